@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""Stage-one throughput: featcache's extract path vs the model alone vs the tutorial way.
+
+Three ways to turn N image files into stored features with the same model, batch
+size, device and preprocessing:
+
+* ``ours``     ``featcache.extract(folder)`` into a fresh, empty cache: listing, content
+               digests, model build, DataLoader decode workers, forward, writer thread,
+               view file. Files on disk -> features in the store.
+* ``model``    the ceiling: the same FeatureExtractor on preprocessed batches that are
+               already in memory (real images of the set, decoded once before timing),
+               forward only.
+* ``tutorial`` the seed tutorials' way: decode and preprocess every image into one
+               in-memory tensor first (one process, no workers), then run the batches,
+               then save the features with h5py.
+
+Every configuration runs in a fresh subprocess. Peak memory is measured by this
+(parent) process sampling the child's process tree from /proc every 50 ms: the
+sum of VmRSS over the child and all its descendants (DataLoader workers included;
+shared pages counted once per process, so an upper bound), and the sum of PSS.
+The child also reports its own VmHWM and the largest reaped child's ru_maxrss
+(getrusage RUSAGE_CHILDREN), for cross-checking.
+
+Efficiency = ours img/s / model img/s and speed-up = ours / tutorial are computed
+per repeat (the runs of one repeat are back to back) and reported as medians.
+
+Fast default (2 CPU cores, a few minutes): resnet18 with seeded random weights
+(--weights none: ImageNet weights cannot be downloaded here; the speed is the
+same), 256x256 JPEG files resized to 64 px, batch 64, 400 and 4,000 images, 3
+repeats. ``--full`` (GPU machine): resnet50 at its native 224 px in bfloat16,
+batch 128, 400 / 4,000 / 20,000 images, 5 repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # noqa: E402
+
+GOAL_EFF_CPU, GOAL_EFF_GPU, GOAL_RSS_GROWTH_MB = 0.80, 0.90, 100.0
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _model_and_transform(a):
+    import torch
+
+    from featcache.engine import ident_transform, resolve_device, resolve_precision
+    from featcache.keys import resolve_identity
+    from featcache.layers import FeatureExtractor
+
+    dev = resolve_device(a.device)
+    prec = resolve_precision(a.precision, dev)
+    ident, entry, choice = resolve_identity(a.backbone, weights=a.weights, layer="penultimate", pool="avg",
+                                            image_size=a.image_size, precision=prec, dtype="float32")
+    model = FeatureExtractor(entry.build(choice)).to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, ident_transform(ident), dev, prec
+
+
+def _forward(model, x, dev, prec):
+    import torch
+
+    from featcache.engine import _autocast
+
+    x = x.to(dev, non_blocking=True)
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with _autocast(dev, prec):
+        return model(x).float().cpu().numpy()
+
+
+def child_ours(a) -> dict:
+    from featcache.engine import extract
+
+    cache = tempfile.mkdtemp(prefix="featcache-bench-cache-")
+    try:
+        t0 = time.perf_counter()
+        r = extract(a.folder, backbone=a.backbone, weights=a.weights, image_size=a.image_size,
+                              batch_size=a.batch_size, workers=a.workers, device=a.device, precision=a.precision,
+                              cache_dir=cache)
+        wall = time.perf_counter() - t0
+        assert r.extracted == a.n and not r.cache_hit, (r.extracted, a.n, r.cache_hit)
+        return {"method": "ours", "n": a.n, "wall_s": wall, "img_per_s": a.n / wall, "timings": r.timings,
+                "device": r.device, "feature_key": r.feature_key, "dim": r.dim,
+                "workers": a.workers if a.workers is not None else _default_workers(),
+                "store_bytes": _bench.folder_bytes(cache)}
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _default_workers() -> int:
+    from featcache.engine import default_workers
+
+    return default_workers()
+
+
+def child_tutorial(a) -> dict:
+    import h5py
+    import numpy as np
+    import torch
+
+    from featcache.images import IMAGE_EXTENSIONS, decode_image
+
+    out_dir = tempfile.mkdtemp(prefix="featcache-bench-tutorial-")
+    try:
+        t0 = time.perf_counter()
+        root = Path(a.folder)
+        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        classes = sorted({p.parent.name for p in paths})
+        labels = np.array([classes.index(p.parent.name) for p in paths], dtype=np.int64)
+        model, tf, dev, prec = _model_and_transform(a)
+        t1 = time.perf_counter()
+        images = torch.stack([tf(decode_image(str(p))) for p in paths])  # the whole data set in memory
+        t2 = time.perf_counter()
+        feats = []
+        with torch.inference_mode():
+            for i in range(0, len(images), a.batch_size):
+                feats.append(_forward(model, images[i:i + a.batch_size], dev, prec))
+        features = np.concatenate(feats)
+        t3 = time.perf_counter()
+        with h5py.File(Path(out_dir) / "features.h5", "w") as f:
+            f.create_dataset("features", data=features)
+            f.create_dataset("labels", data=labels)
+        t4 = time.perf_counter()
+        assert len(features) == a.n, (len(features), a.n)
+        return {"method": "tutorial", "n": a.n, "wall_s": t4 - t0, "img_per_s": a.n / (t4 - t0),
+                "timings": {"setup_s": t1 - t0, "decode_s": t2 - t1, "forward_s": t3 - t2, "write_s": t4 - t3},
+                "images_tensor_mb": images.numel() * images.element_size() / _bench.MB}
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def child_model(a) -> dict:
+    import torch
+
+    from featcache.images import IMAGE_EXTENSIONS, decode_image
+
+    model, tf, dev, prec = _model_and_transform(a)
+    paths = sorted(p for p in Path(a.folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    k = min(len(paths), 4 * a.batch_size)
+    batches = [torch.stack([tf(decode_image(str(p))) for p in paths[i:i + a.batch_size]])
+               for i in range(0, k, a.batch_size)]
+    if dev.type == "cuda":
+        batches = [b.pin_memory() for b in batches]
+    with torch.inference_mode():
+        _forward(model, batches[0], dev, prec)  # warm-up (kernel selection), not timed
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        done, j = 0, 0
+        while done < a.n:
+            b = batches[j % len(batches)]
+            take = min(len(b), a.n - done)
+            _forward(model, b[:take], dev, prec)  # .cpu() in _forward synchronises
+            done += take
+            j += 1
+        wall = time.perf_counter() - t0
+    return {"method": "model", "n": a.n, "wall_s": wall, "img_per_s": a.n / wall,
+            "timings": {"forward_s": wall}, "distinct_images_cycled": k}
+
+
+CHILDREN = {"ours": child_ours, "tutorial": child_tutorial, "model": child_model}
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def child_cmd(a, method: str, folder: Path, n: int) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--folder", str(folder), "--n", str(n),
+           "--backbone", a.backbone, "--weights", a.weights, "--batch-size", str(a.batch_size),
+           "--device", a.device, "--precision", a.precision]
+    if a.image_size:
+        cmd += ["--image-size", str(a.image_size)]
+    if a.workers is not None:
+        cmd += ["--workers", str(a.workers)]
+    if a.torch_threads is not None:
+        cmd += ["--torch-threads", str(a.torch_threads)]
+    return cmd
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--full", action="store_true", help="GPU settings: resnet50, native 224 px, bf16, batch 128, "
+                   "400/4000/20000 images, 5 repeats")
+    p.add_argument("--quick", action="store_true", help="smoke-test settings: 16 px, 20/60 images, 1 repeat")
+    p.add_argument("--backbone", default=None, help="default resnet18 (resnet50 with --full)")
+    p.add_argument("--weights", default=None, help="default none = seeded random init (speed is the same); "
+                   "DEFAULT where the weights are available")
+    p.add_argument("--image-size", type=int, default=None, help="model input size in px (default 64; "
+                   "--full: the weights' own 224)")
+    p.add_argument("--source-size", type=int, default=256, help="size of the generated JPEG files (px)")
+    p.add_argument("--format", default="jpeg", choices=["jpeg", "png"])
+    p.add_argument("--sizes", default=None, help="comma list of data set sizes (default 400,4000)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64 (128 with --full)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers of ours (default: featcache's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads of the main process "
+                   "in every method (default: torch's own choice, one per core)")
+    p.add_argument("--repeats", type=int, default=None, help="default 3 (5 with --full, 1 with --quick)")
+    p.add_argument("--data-dir", default=None, help=f"where generated images are kept (default "
+                   f"{_bench.DEFAULT_DATA_DIR})")
+    p.add_argument("--out", default=str(_bench.RESULTS_DIR), help="folder for the JSON and PNG results")
+    p.add_argument("--name", default="extract_throughput", help="base name of the result files")
+    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        return a
+    full, quick = a.full, a.quick
+    a.backbone = a.backbone or ("resnet50" if full else "resnet18")
+    a.weights = a.weights or ("DEFAULT" if a.backbone == "efficientnet_lite0" else "none")
+    if a.image_size is None and not full:
+        a.image_size = 16 if quick else 64
+    a.batch_size = a.batch_size or (128 if full else 32 if quick else 64)
+    a.repeats = a.repeats or (5 if full else 1 if quick else 3)
+    a.sizes = [int(s) for s in (a.sizes or ("400,4000,20000" if full else "20,60" if quick else "400,4000")).split(",")]
+    if quick:
+        a.source_size = min(a.source_size, 64)
+    return a
+
+
+def main(argv=None) -> dict:
+    a = parse(argv)
+    if a.child:
+        import_s = _bench.warm_imports()
+        if a.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(a.torch_threads)
+        res = CHILDREN[a.child](a)
+        res["import_s"] = import_s
+        res.update(_bench.child_memory_report())
+        print(json.dumps(res, default=_bench._json_default))
+        return res
+
+    info = _bench.machine_info(a.device)
+    n_max = max(a.sizes)
+    t_gen = time.perf_counter()
+    pool = _bench.image_pool(n_max, size=a.source_size, fmt=a.format, data_dir=a.data_dir)
+    files = _bench.pool_files(pool)
+    work = Path(tempfile.mkdtemp(prefix="featcache-bench-throughput-"))
+    folders = {}
+    for n in a.sizes:
+        folders[n] = pool if n == n_max else _bench.link_subset(pool, work / f"n{n}", files[:n])
+    gen_s = time.perf_counter() - t_gen
+    image_bytes = _bench.folder_bytes(pool) / n_max
+    print(f"extract_throughput: {a.backbone} (weights {a.weights}) at {a.image_size or 'native'} px, batch "
+          f"{a.batch_size}, {a.format.upper()} files {a.source_size}x{a.source_size} (~{image_bytes / 1024:.1f} KiB "
+          f"each), sizes {a.sizes}, {a.repeats} repeats", flush=True)
+    print(f"machine: {_bench.describe_machine(info)}", flush=True)
+
+    runs: list[dict] = []
+    try:
+        for rep in range(a.repeats):
+            order = ["model", "ours", "tutorial"]
+            order = order[rep % 3:] + order[:rep % 3]  # rotate: no method always runs first
+            plan = [(m, n_max) for m in order] + [(m, n) for n in sorted(a.sizes) if n != n_max
+                                                    for m in ("ours", "tutorial")]
+            for method, n in plan:
+                res = _bench.run_child(child_cmd(a, method, folders[n], n))
+                res["repeat"] = rep
+                runs.append(res)
+                print(f"  repeat {rep + 1}/{a.repeats} {method:8s} n={n:6d}: {res['img_per_s']:8.1f} img/s, "
+                      f"tree peak RSS {res['tree_peak_rss_mb']:7.0f} MB", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    summary = summarise(a, runs, n_max)
+    result = {
+        "benchmark": "extract_throughput",
+        "command": _bench.command_line(),
+        "settings": {"backbone": a.backbone, "weights": a.weights, "image_size": a.image_size or "native",
+                     "source_images": f"{a.source_size}x{a.source_size} {a.format.upper()}, generated shapes",
+                     "bytes_per_image": image_bytes, "batch_size": a.batch_size, "workers": a.workers,
+                     "device": a.device, "precision": a.precision, "torch_threads": a.torch_threads, "sizes": a.sizes,
+                     "repeats": a.repeats,
+                     "full": a.full, "quick": a.quick, "generate_s": gen_s},
+        "memory_method": ("tree_peak_rss_mb = max over 50 ms samples of the sum of VmRSS (/proc/PID/status) of the "
+                          "child process and all its descendants (DataLoader workers); each configuration in a "
+                          "fresh subprocess; shared pages (torch libraries mapped by every worker) are counted once "
+                          "per process, so it is an upper bound. self_vmhwm_mb: the child's own VmHWM "
+                          "(/proc/self/status, exact peak of the main process). worker_maxrss_mb: "
+                          "getrusage(RUSAGE_CHILDREN).ru_maxrss in the child = peak RSS of its largest reaped "
+                          "DataLoader worker."),
+        "machine": _bench.finish_info(info),
+        "summary": summary,
+        "runs": runs,
+    }
+    return _bench.publish(result, a.out, a.name, lambda path: plot(result, path), print_report)
+
+
+def summarise(a, runs: list[dict], n_max: int) -> dict:
+    gpu = any(r.get("device", "").startswith("cuda") for r in runs) or (a.device.startswith("cuda"))
+    by = {}
+    for r in runs:
+        by.setdefault((r["method"], r["n"]), []).append(r)
+    eff, speedup = [], []
+    for rep in range(a.repeats):
+        pick = {m: next((r for r in runs if r["repeat"] == rep and r["method"] == m and r["n"] == n_max), None)
+                for m in ("model", "ours", "tutorial")}
+        if pick["model"] and pick["ours"]:
+            eff.append(pick["ours"]["img_per_s"] / pick["model"]["img_per_s"])
+        if pick["tutorial"] and pick["ours"]:
+            speedup.append(pick["ours"]["img_per_s"] / pick["tutorial"]["img_per_s"])
+    rows = []
+    for (m, n), rs in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        row = {"method": m, "n": n, "img_per_s": _bench.median(r["img_per_s"] for r in rs),
+               "img_per_s_range": _bench.spread(r["img_per_s"] for r in rs),
+               "wall_s": _bench.median(r["wall_s"] for r in rs),
+               "tree_peak_rss_mb": _bench.median(r["tree_peak_rss_mb"] for r in rs),
+               "self_vmhwm_mb": _bench.median(r.get("self_vmhwm_mb") for r in rs),
+               "worker_maxrss_mb": _bench.median(r.get("largest_reaped_child_maxrss_mb") for r in rs)}
+        keys = set().union(*(r.get("timings", {}).keys() for r in rs))
+        row["timings_median"] = {k: _bench.median(r["timings"].get(k) for r in rs) for k in sorted(keys)}
+        rows.append(row)
+    goal_eff = GOAL_EFF_GPU if gpu else GOAL_EFF_CPU
+    eff_med = _bench.median(eff)
+    n_min = min(a.sizes)
+
+    def med(m, n, k="tree_peak_rss_mb"):
+        return _bench.median(r[k] for r in by.get((m, n), []))
+
+    growth = {m: (med(m, n_max) - med(m, n_min)) if med(m, n_max) is not None and med(m, n_min) is not None
+              else None for m in ("ours", "tutorial")}
+    growth_main = {m: (med(m, n_max, "self_vmhwm_mb") - med(m, n_min, "self_vmhwm_mb"))
+                   if med(m, n_max) is not None and med(m, n_min) is not None else None for m in ("ours", "tutorial")}
+    ours_t = next((r["timings_median"] for r in rows if r["method"] == "ours" and r["n"] == n_max), {})
+    total = ours_t.get("total_s") or 0.0
+    profile = {k: ours_t.get(k) for k in ("digest_s", "build_s", "decode_s", "wait_s", "forward_s", "write_s",
+                                          "view_s", "extract_s", "total_s")}
+    profile["forward_share_of_total"] = (ours_t.get("forward_s") or 0) / total if total else None
+    profile["wait_share_of_total"] = (ours_t.get("wait_s") or 0) / total if total else None
+    profile["outside_loop_share"] = (total - (ours_t.get("extract_s") or 0)) / total if total else None
+    model_row = next((r for r in rows if r["method"] == "model"), None)
+    if model_row and total:
+        # forward time the model alone would need for these images, vs the forward time measured inside extract
+        profile["forward_slowdown_inside_extract"] = (ours_t.get("forward_s") or 0) / (n_max / model_row["img_per_s"])
+    return {
+        "n_max": n_max, "n_min": n_min,
+        "efficiency_per_repeat": eff, "efficiency_median": eff_med, "efficiency_goal": goal_eff,
+        "efficiency_verdict": _bench.goal(eff_med, goal_eff, at_most=False),
+        "speedup_vs_tutorial_per_repeat": speedup, "speedup_vs_tutorial_median": _bench.median(speedup),
+        "rss_growth_mb": growth, "main_vmhwm_growth_mb": growth_main, "rss_growth_goal_mb": GOAL_RSS_GROWTH_MB,
+        "rss_growth_verdict": _bench.goal(growth["ours"], GOAL_RSS_GROWTH_MB),
+        "ours_profile_median_s": profile,
+        "rows": rows,
+    }
+
+
+def print_report(res: dict) -> None:
+    s, st = res["summary"], res["settings"]
+    print()
+    print(f"== extract_throughput: {st['backbone']} weights={st['weights']} image_size={st['image_size']} "
+          f"batch={st['batch_size']} device={st['device']}; {st['source_images']}; median of {st['repeats']} ==")
+    print(_bench.table(s["rows"], [("method", "method"), ("n", "images"), ("img_per_s", "img/s", 1),
+                                   ("wall_s", "wall s", 2), ("tree_peak_rss_mb", "tree peak RSS MB", 0),
+                                   ("self_vmhwm_mb", "main VmHWM MB", 0),
+                                   ("worker_maxrss_mb", "largest worker maxrss MB", 0)]))
+    print()
+    print(f"efficiency ours/model at {s['n_max']} images: {_bench.fmt(s['efficiency_median'])} "
+          f"(per repeat {[round(e, 3) for e in s['efficiency_per_repeat']]}), goal >= {s['efficiency_goal']}: "
+          f"{s['efficiency_verdict']}")
+    print(f"speed-up over the tutorial way: {_bench.fmt(s['speedup_vs_tutorial_median'], 2)}x "
+          f"(per repeat {[round(e, 2) for e in s['speedup_vs_tutorial_per_repeat']]})")
+    g = s["rss_growth_mb"]
+    print(f"tree peak RSS growth {s['n_min']} -> {s['n_max']} images: ours {_bench.fmt(g['ours'], 0)} MB, tutorial "
+          f"{_bench.fmt(g['tutorial'], 0)} MB; goal for ours <= {s['rss_growth_goal_mb']:.0f} MB: "
+          f"{s['rss_growth_verdict']}")
+    p = s["ours_profile_median_s"]
+    print("ours, where the time goes (median s): " + ", ".join(
+        f"{k[:-2]} {p[k]:.2f}" for k in ("digest_s", "build_s", "decode_s", "wait_s", "forward_s", "write_s",
+                                         "view_s", "total_s") if p.get(k) is not None)
+          + " (decode is summed over the workers, in parallel with forward)")
+    if p.get("forward_slowdown_inside_extract") is not None:
+        print(f"forward inside extract took {p['forward_slowdown_inside_extract']:.2f}x the model-only time for the "
+              f"same images; waiting on data {_bench.fmt(p['wait_share_of_total'])} of the total; outside the loop "
+              f"(digests, build, view) {_bench.fmt(p['outside_loop_share'])}")
+
+
+def plot(res: dict, path: Path) -> None:
+    s = res["summary"]
+    fig = _bench.new_figure(11.0, 4.2)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    rows = s["rows"]
+    methods = ["model", "ours", "tutorial"]
+    at_max = [next((r for r in rows if r["method"] == m and r["n"] == s["n_max"]), None) for m in methods]
+    vals = [r["img_per_s"] if r else 0 for r in at_max]
+    bars = ax1.bar(methods, vals, color=["#999999", "#1f77b4", "#ff7f0e"])
+    for b, r in zip(bars, at_max):
+        if r and r.get("img_per_s_range"):
+            lo, hi = r["img_per_s_range"]
+            ax1.plot([b.get_x() + b.get_width() / 2] * 2, [lo, hi], color="black", lw=1)
+    ax1.set_ylabel("images / s (median, min-max bar)")
+    ax1.set_title(f"throughput at {s['n_max']} images; efficiency {_bench.fmt(s['efficiency_median'], 2)}")
+    for m, c in (("ours", "#1f77b4"), ("tutorial", "#ff7f0e")):
+        pts = sorted((r["n"], r["tree_peak_rss_mb"]) for r in rows if r["method"] == m)
+        if pts:
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=c,
+                     label=f"{m}: process tree (sum of VmRSS)")
+        hwm = sorted((r["n"], r["self_vmhwm_mb"]) for r in rows if r["method"] == m and r.get("self_vmhwm_mb"))
+        if hwm:
+            ax2.plot([p[0] for p in hwm], [p[1] for p in hwm], marker="s", color=c, linestyle="--",
+                     label=f"{m}: main process VmHWM")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("images")
+    ax2.set_ylabel("peak RSS of the process tree, MB")
+    ax2.set_title("peak memory vs data set size")
+    ax2.legend(fontsize=7)
+    st = res["settings"]
+    fig.suptitle(f"{st['backbone']} ({st['weights']}) {st['image_size']} px, batch {st['batch_size']}, "
+                 f"{res['machine']['cpu_model']} x{res['machine']['usable_cores']}", fontsize=9)
+    _bench.save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,458 @@
+"""The command line: parse, call one library function, print.
+
+Library errors (FeatcacheError) become one clean ``Error:`` line, here and only here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from featcache import __version__
+from featcache.errors import FeatcacheError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FeatcacheError as e:
+            from featcache.engine import Interrupted
+
+            err = click.ClickException(str(e))
+            if isinstance(e, Interrupted):
+                err.exit_code = 130
+            raise err from None
+
+
+def cache_option(f):
+    return click.option("--cache", "cache_dir", envvar="FEATCACHE_CACHE", default="cache", show_default=True,
+                        type=click.Path(file_okay=False),
+                        help="Feature store folder (or set FEATCACHE_CACHE).")(f)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document on stdout.")(f)
+
+
+def _emit_json(doc) -> None:
+    click.echo(json.dumps(doc, indent=2, default=str))
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in cols}
+    lines = ["  ".join(c.upper().ljust(widths[c]) for c in cols)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _size(n: int | None) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="featcache")
+def cli():
+    """featcache: extract frozen-backbone features once, train heads on them in seconds."""
+
+
+@cli.command()
+@cache_option
+@json_option
+def backbones(cache_dir, as_json):
+    """List every backbone that can be extracted, with its feature dim and weights."""
+    from featcache.backbones import describe_all
+
+    rows = describe_all(cache_dir)
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        r["weights_list"] = ",".join(w + ("*" if w == r["default_weights"] else "") for w in r["weights"]) or "-"
+    click.echo(_table(rows, ["name", "dim", "source", "weights_list"]).replace("WEIGHTS_LIST", "WEIGHTS (*=DEFAULT)"))
+
+
+def _extract_options(required: bool):
+    """The options of `extract`, shared by the commands that extract on the way (fit-head)."""
+    opts = [
+        click.option("--data", required=required,
+                     help="Image folder, CSV file, builtin:digits | builtin:clipart, or torchvision:NAME."),
+        click.option("--backbone", default="efficientnet_lite0", show_default=True, help="See `featcache backbones`."),
+        click.option("--weights", default="DEFAULT", show_default=True,
+                     help="DEFAULT, a weights name (e.g. IMAGENET1K_V2), none (random init), or a state-dict file."),
+        click.option("--layer", default="penultimate", show_default=True,
+                     help="penultimate (input of the final classifier) or a module name, e.g. features."),
+        click.option("--pool", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True,
+                     help="Pooling of spatial layers; none keeps the flattened map."),
+        click.option("--image-size", type=int, default=None,
+                     help="Resize and centre-crop to this size (part of the key)."),
+        click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                     show_default=True, help="Compute precision; auto = bfloat16 AMP on CUDA, float32 on CPU."),
+        click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+                     help="Storage dtype of the features."),
+        click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass."),
+        click.option("--workers", type=int, default=None,
+                     help="DataLoader decode workers [default: cores - 1, at most 8]."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+        click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+                     help="What to do with an image that cannot be decoded."),
+        click.option("--path-column", default="path", show_default=True, help="CSV: column of image paths."),
+        click.option("--label-column", default="label", show_default=True,
+                     help="CSV: column of labels ('' for none)."),
+        click.option("--split-column", default=None, help="CSV: optional column of train/val/test."),
+        click.option("--root", default=None,
+                     help="CSV: folder the paths are relative to [default: the CSV's folder]; "
+                          "torchvision:NAME: the dataset root [default: $TORCHVISION_DATA or ./data]."),
+        click.option("--split", "tv_split", type=click.Choice(["train", "test", "all"]), default="all",
+                     show_default=True, help="torchvision: which official split to read."),
+        click.option("--download", is_flag=True, help="torchvision: download the dataset if it is missing."),
+        click.option("--no-labels", is_flag=True, help="Folder: treat sub-folders as plain folders, not classes."),
+        click.option("--flush-every", type=float, default=60.0, show_default=True,
+                     help="Seconds between row flushes: a killed run recomputes at most this much work."),
+        click.option("--flush-rows", type=int, default=8192, show_default=True,
+                     help="Rows between row flushes (whichever of the two comes first)."),
+        click.option("--augment", type=int, default=0, show_default=True,
+                     help="Also cache N seeded augmented copies of every training image."),
+        click.option("--augment-seed", type=int, default=0, show_default=True,
+                     help="Seed of the augmented copies (part of their feature key)."),
+    ]
+
+    def decorate(f):
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return decorate
+
+
+def _extract_kwargs(kw: dict) -> dict:
+    """CLI option values -> featcache.extract() keyword arguments (pops them from kw)."""
+    names = ("backbone", "weights", "layer", "pool", "image_size", "precision", "dtype", "batch_size", "workers",
+             "device", "on_error", "path_column", "split_column", "root", "tv_split", "download")
+    out = {n: kw.pop(n) for n in names}
+    out["label_column"] = kw.pop("label_column") or None
+    out["labelled"] = not kw.pop("no_labels")
+    out["flush_seconds"] = kw.pop("flush_every")
+    out["flush_rows"] = kw.pop("flush_rows")
+    out["augment"] = kw.pop("augment")
+    out["augment_seed"] = kw.pop("augment_seed")
+    return out
+
+
+def _progress(as_json: bool, quiet: bool = False) -> bool:
+    return not quiet and not as_json and sys.stderr.isatty()
+
+
+@cli.command()
+@_extract_options(required=True)
+@cache_option
+@json_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def extract(data, cache_dir, as_json, quiet, **kw):
+    """Stage one: extract features of DATA into the store (a second run is a cache hit)."""
+    from featcache.engine import extract as run
+
+    result = run(data, cache_dir=cache_dir, progress=_progress(as_json, quiet), **_extract_kwargs(kw))
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 reports for all
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    click.echo(result.summary())
+    for s in result.skipped[:10]:
+        click.echo(f"  skipped {s['id']}: {s['error']}", err=True)
+    if len(result.skipped) > 10:
+        click.echo(f"  ... and {len(result.skipped) - 10} more (listed in the view's 'skipped' attribute)", err=True)
+
+
+SWEEP_SHORTCUTS = {"C": "C", "weight_decay": "weight_decay", "lr": "lr", "hidden_sizes": "hidden_sizes",
+                   "dropout": "dropout", "n_neighbors": "n_neighbors", "max_epochs": "max_epochs"}
+
+
+@cli.command("fit-head")
+@click.option("--head", default="logreg", show_default=True, help="See `featcache heads`.")
+@click.option("--features", "features_ref", default=None,
+              help="A view: file path, feature KEY (or prefix) with one view, or KEY:DATA.")
+@_extract_options(required=False)
+@click.option("--C", "C", default=None, help="logreg/svm: inverse regularisation; a comma list sweeps.")
+@click.option("--weight-decay", default=None, help="linear/mlp: AdamW weight decay; a comma list sweeps.")
+@click.option("--lr", default=None, help="linear/mlp: learning rate; a comma list sweeps.")
+@click.option("--hidden-sizes", default=None, help="mlp: layer sizes as 512 or 512:256; a comma list sweeps.")
+@click.option("--dropout", default=None, help="mlp: dropout; a comma list sweeps.")
+@click.option("--n-neighbors", default=None, help="knn: neighbours; a comma list sweeps.")
+@click.option("--max-epochs", default=None, help="linear/mlp: epoch limit (early stopping on val).")
+@click.option("--param", "extra_params", multiple=True, metavar="NAME=VALUES",
+              help="Any head parameter, e.g. --param temperature=0.05,0.1 (repeatable).")
+@click.option("--sweep", "use_default_grid", is_flag=True, help="Sweep the head's default grid on the val split.")
+@click.option("--val-fraction", type=float, default=0.15, show_default=True)
+@click.option("--test-fraction", type=float, default=0.15, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
+              help="Where to save the head [default: CACHE/heads/KEY/HEAD-TIME.head.npz].")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write the test confusion matrix PNG.")
+@click.option("--from-disk", is_flag=True, help="Read features from the HDF5 view in batches (larger than memory).")
+@click.option("--jobs", "n_jobs", type=int, default=-1, show_default=True, help="Parallel fits in a sweep.")
+@cache_option
+@json_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropout, n_neighbors, max_epochs,
+             extra_params, use_default_grid, val_fraction, test_fraction, seed, output, plot, from_disk, n_jobs,
+             cache_dir, as_json, quiet, **kw):
+    """Stage two: fit a head on cached features (--features), or on --data extracted on the way."""
+    from featcache.errors import FeatcacheError
+    from featcache.train import fit_head as run
+    from featcache.train import parse_grid
+
+    ekw = _extract_kwargs(kw)
+    if bool(features_ref) == bool(data):
+        raise FeatcacheError("fit-head needs exactly one of --features (a cached view) or --data (extracted "
+                             "on the way, a cache hit when already done)")
+    augmented = None
+    if data:
+        from featcache.engine import extract as run_extract
+
+        extracted = run_extract(data, cache_dir=cache_dir, progress=_progress(as_json, quiet), **ekw)
+        features_ref = extracted.view
+        augmented = extracted.augmented["view"] if extracted.augmented else None
+    elif ekw["augment"]:
+        from featcache.augment import find_augmented_view
+        from featcache.views import load_features
+
+        plain = load_features(features_ref, cache_dir=cache_dir, mmap=True)
+        plain.features.file.close()
+        augmented = find_augmented_view(plain.identity, plain.attrs.get("data_name", ""), ekw["augment"],
+                                        ekw["augment_seed"], cache_dir)
+    values = dict(C=C, weight_decay=weight_decay, lr=lr, hidden_sizes=hidden_sizes, dropout=dropout,
+                  n_neighbors=n_neighbors, max_epochs=max_epochs)
+    for item in extra_params:
+        name, sep, v = item.partition("=")
+        if not sep or not name.strip():
+            raise FeatcacheError(f"--param {item!r}: expected NAME=VALUE or NAME=V1,V2,...")
+        values[name.strip()] = v
+    parsed = parse_grid(values)
+    params = {k: v[0] for k, v in parsed.items() if len(v) == 1}
+    grid = {k: v for k, v in parsed.items() if len(v) > 1}
+    result = run(features_ref, head, params=params, grid=grid, use_default_grid=use_default_grid,
+                 val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, cache_dir=cache_dir,
+                 output=output, plot=plot, from_disk=from_disk, n_jobs=n_jobs, augmented=augmented)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        click.echo(result.summary())
+
+
+@cli.command()
+@click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False),
+              help="A head file saved by fit-head.")
+@click.option("--data", required=True, help="New images: folder, CSV, or builtin:NAME.")
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="CSV file [default: stdout].")
+@click.option("--path-column", default="path", show_default=True, help="CSV: column of image paths.")
+@click.option("--root", default=None, help="CSV: folder the paths are relative to.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass.")
+@click.option("--workers", type=int, default=None, help="DataLoader decode workers.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="What to do with an image that cannot be decoded.")
+@cache_option
+@json_option
+def predict(head_path, data, output, path_column, root, batch_size, workers, device, on_error, cache_dir, as_json):
+    """Label new images with a saved head (their features are reused or extracted)."""
+    from featcache.predict import predict as run
+
+    pred = run(head_path, data, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
+               on_error=on_error, path_column=path_column, root=root, progress=_progress(as_json or not output))
+    if output:
+        from featcache.store import atomic_write_text
+        from pathlib import Path
+
+        atomic_write_text(Path(output), pred.to_csv())
+    if as_json:
+        _emit_json(pred.to_dict())
+    elif output:
+        click.echo(f"{len(pred.rows)} predictions -> {output}")
+    else:
+        click.echo(pred.to_csv(), nl=False)
+
+
+@cli.command()
+@click.option("--key", "feature_key", default=None, help="Only results on this feature key (or prefix).")
+@click.option("--sort-by", default="test.accuracy", show_default=True,
+              help="A column or metric path, e.g. val.macro_f1 or timings.fit_s.")
+@click.option("--limit", type=int, default=None, help="Show the best N.")
+@cache_option
+@json_option
+def results(feature_key, sort_by, limit, cache_dir, as_json):
+    """Show the results log as a table, best first."""
+    from featcache.evaluate import read_results, results_table
+    from featcache.store import FeatureStore
+
+    records = read_results(FeatureStore(cache_dir).results_log, feature_key=feature_key)
+    rows = results_table(records, sort_by=sort_by)[:limit]
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo("no results yet; run `featcache fit-head` first")
+        return
+    cols = list(rows[0].keys())
+    fmt = [{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    click.echo(_table(fmt, cols))
+    if records.malformed:
+        click.echo(f"({records.malformed} malformed lines skipped)", err=True)
+
+
+@cli.command()
+@json_option
+def heads(as_json):
+    """List the heads fit-head can train, with their default sweep grids."""
+    from featcache.heads import default_grid, get_head_class, list_heads
+
+    rows = []
+    for name in list_heads():
+        cls = get_head_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        rows.append({"name": name, "grid": json.dumps(default_grid(name)), "about": doc})
+    if as_json:
+        _emit_json(rows)
+    else:
+        click.echo(_table(rows, ["name", "grid", "about"]))
+
+
+@cli.group()
+def cache():
+    """Look after the feature store: ls, info, verify, gc, export."""
+
+
+@cache.command("ls")
+@cache_option
+@json_option
+def cache_ls(cache_dir, as_json):
+    """List the feature sets in the store."""
+    from featcache.store import FeatureStore
+
+    rows = [fs.info() for fs in FeatureStore(cache_dir).sets()]
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo(f"no features in {cache_dir}; run `featcache extract` first")
+        return
+    for r in rows:
+        r["size"], r["views_n"] = _size(r["bytes"]), len(r["views"])
+    click.echo(_table(rows, ["key", "backbone", "layer", "dim", "image_size", "dtype", "rows", "views_n", "size",
+                             "created"]).replace("VIEWS_N", "VIEWS"))
+
+
+@cache.command("info")
+@click.argument("ref")
+@cache_option
+@json_option
+def cache_info(ref, cache_dir, as_json):
+    """Show one feature set (KEY or prefix) or one view file (PATH)."""
+    from featcache.views import describe
+
+    doc = describe(ref, cache_dir)
+    if as_json:
+        _emit_json(doc)
+        return
+    for k, v in doc.items():
+        if isinstance(v, (dict, list)):
+            v = json.dumps(v)
+        click.echo(f"{k:>12}: {v}")
+
+
+@cache.command("verify")
+@click.option("--fast", is_flag=True, help="Skip reading every value (NaN/inf and view-vs-rows checks).")
+@cache_option
+@json_option
+def cache_verify(fast, cache_dir, as_json):
+    """Check every file of the store; exit 1 when a problem is found."""
+    from featcache.maintenance import verify
+
+    rep = verify(cache_dir, check_values=not fast)
+    if as_json:
+        _emit_json(rep.to_dict())
+    else:
+        for p in rep.problems:
+            click.echo(f"PROBLEM {p.path}: {p.problem}\n        fix: {p.fix}")
+        if rep.temporary_files:
+            click.echo(f"{len(rep.temporary_files)} temporary files (`featcache cache gc` removes those of "
+                       "finished writers)")
+        click.echo(f"{'ok' if rep.ok else f'{len(rep.problems)} problems'}: {rep.checked_files} files, "
+                   f"{rep.rows} rows checked")
+    if not rep.ok:
+        sys.exit(1)
+
+
+@cache.command("gc")
+@click.option("--prune-rows", is_flag=True, help="Also drop rows that no view references.")
+@click.option("--repair", is_flag=True, help="Move damaged files aside (their rows are re-extracted next time).")
+@cache_option
+@json_option
+def cache_gc(prune_rows, repair, cache_dir, as_json):
+    """Remove temporary files of dead writers, merge shards, optionally prune or repair."""
+    from featcache.maintenance import gc
+
+    rep = gc(cache_dir, prune_rows=prune_rows, repair=repair)
+    if as_json:
+        _emit_json(rep.to_dict())
+        return
+    click.echo(f"removed {len(rep.removed_temporary)} temporary files ({_size(rep.freed_bytes)}), merged "
+               f"{rep.merged_shards} shards, pruned {rep.pruned_rows} rows, moved aside {len(rep.quarantined)} "
+               "damaged files")
+
+
+@cli.command("run")
+@click.argument("pipeline_path", metavar="PIPELINE.toml", type=click.Path(dir_okay=False))
+@click.option("--jobs", "n_jobs", type=int, default=-1, show_default=True, help="Parallel fits in a sweep.")
+@cache_option
+@json_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+def run_cmd(pipeline_path, n_jobs, cache_dir, as_json, quiet):
+    """Run a pipeline file: extract every backbone (reusing cached rows), fit every head, summarise."""
+    from click.core import ParameterSource
+
+    from featcache.pipeline import load_pipeline, run_pipeline
+
+    # --cache or FEATCACHE_CACHE beat the file's `cache`; the file's beats the default
+    given = click.get_current_context().get_parameter_source("cache_dir") is not ParameterSource.DEFAULT
+    result = run_pipeline(load_pipeline(pipeline_path), cache_dir=cache_dir if given else None,
+                          progress=not (as_json or quiet), n_jobs=n_jobs)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        click.echo(result.summary())
+
+
+@cache.command("export")
+@click.argument("ref", metavar="KEY[:DATA]|PATH")
+@click.option("--format", "fmt", type=click.Choice(["npz", "parquet", "csv"]), default=None,
+              help="Output format [default: the suffix of -o, else npz]; parquet needs pyarrow.")
+@click.option("--output", "-o", default=None, type=click.Path(),
+              help="Output file or folder [default: ./KEY-DATA.FORMAT].")
+@cache_option
+@json_option
+def cache_export(ref, fmt, output, cache_dir, as_json):
+    """Write one view (features, labels, ids, split, class names) as npz, csv or parquet."""
+    from featcache.export import export_view
+
+    result = export_view(ref, fmt, output, cache_dir)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        click.echo(result.summary())
+
+
+def main():
+    cli(prog_name="featcache")
+
+
+if __name__ == "__main__":
+    main()

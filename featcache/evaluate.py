@@ -1,0 +1,42 @@
+"""Evaluation: splits, metrics, hyper-parameter sweeps and the results log.
+
+A facade: the code lives in one module per concern, and this module re-exports
+their public names so that ``from featcache.evaluate import ...`` keeps working.
+
+:mod:`featcache.splits`
+    :func:`make_splits` assigns every row to ``"train"``, ``"val"`` or ``"test"``
+    (``""`` = not used); :func:`split_summary` turns an assignment into the
+    ``split`` block of a results record. Also :class:`EvaluationError`.
+:mod:`featcache.metrics`
+    :func:`compute_metrics` returns a JSON-serialisable dict.
+:mod:`featcache.sweeps`
+    :func:`sweep` fits every combination of a parameter grid (in parallel with
+    joblib/loky), scores each on the validation split only and returns a
+    :class:`SweepResult`. It is never given the test split.
+:mod:`featcache.results`
+    The results log (JSON lines): :func:`append_result`, :func:`read_results`,
+    :func:`results_table`; its module docstring documents the record schema.
+
+All of it works on numpy arrays only: it never imports a backbone, never reads an image.
+"""
+from __future__ import annotations
+
+from featcache.metrics import compute_metrics
+from featcache.results import TABLE_COLUMNS, ResultList, append_result, read_results, results_table
+from featcache.splits import SPLIT_NAMES, EvaluationError, make_splits, split_summary
+from featcache.sweeps import SweepResult, sweep
+
+__all__ = [
+    "EvaluationError",
+    "SPLIT_NAMES",
+    "make_splits",
+    "split_summary",
+    "compute_metrics",
+    "SweepResult",
+    "sweep",
+    "ResultList",
+    "append_result",
+    "read_results",
+    "results_table",
+    "TABLE_COLUMNS",
+]

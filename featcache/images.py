@@ -1,0 +1,126 @@
+"""Decoding image files to RGB, in DataLoader workers.
+
+Every mode ends as 8-bit RGB: transparency (RGBA, LA, palette with a
+transparent index) is composited on white, grayscale and palette are expanded,
+16/32-bit images are scaled to 8 bits, CMYK is converted, EXIF orientation is
+applied, animated images use their first frame. A change here changes the
+features, so it bumps ``keys.DECODER_VERSION``.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm .jfif".split()
+)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    a = np.asarray(img)
+    if a.dtype == np.uint8:
+        return Image.fromarray(a)
+    a = a.astype(np.float64)
+    hi = 65535.0 if a.max(initial=0) > 255 or img.mode.startswith("I;16") else 255.0
+    if img.mode in ("F",):
+        lo, hi = float(a.min(initial=0)), float(a.max(initial=1))
+        a = (a - lo) / max(hi - lo, 1e-12) * 255.0
+    else:
+        a = a / hi * 255.0
+    return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB, transparency composited on white."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # palette-with-transparency notices
+        img = ImageOps.exif_transpose(img)
+        if img.mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            img = _to_8bit(img)
+        if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode in ("L", "RGB") and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return img
+
+
+class ImageTooLarge(ValueError):
+    pass
+
+
+def decode_image(path: str, max_pixels: int | None = None) -> Image.Image:
+    """Open, decode fully and convert; raises on anything unreadable.
+
+    Images above ``max_pixels`` (default Pillow's decompression-bomb limit,
+    about 89 megapixels) are refused before decoding, so one huge file cannot
+    exhaust a worker's memory.
+    """
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageTooLarge(f"image too large to decode safely ({e})") from None
+    with img:
+        w, h = img.size
+        if limit and w * h > limit:
+            raise ImageTooLarge(f"image of {w}x{h} = {w * h / 1e6:.0f} megapixels is above the "
+                                f"{limit / 1e6:.0f}-megapixel limit; downscale it first")
+        img.seek(0)  # first frame of animated images
+        img.load()
+        return to_rgb(img)
+
+
+class FileReader:
+    """Reads rows of a manifest from image files (the default reader)."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def load(self, i: int) -> Image.Image:
+        return decode_image(self.paths[i])
+
+    def digests(self, digest_cache) -> list[str | None]:
+        return digest_cache.digests(self.paths)
+
+
+class ImageRows(torch.utils.data.Dataset):
+    """Rows of a reader -> (position, tensor | None, error | None, decode seconds), in workers."""
+
+    def __init__(self, reader, positions: list[int], transform):
+        self.reader, self.positions, self.transform = reader, positions, transform
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int):
+        t0 = time.perf_counter()
+        pos = self.positions[i]
+        try:
+            tensor = self.transform(self.reader.load(pos))  # readers return RGB
+            err = None
+        except Exception as e:  # noqa: BLE001 - the policy decides; the error text travels
+            tensor, err = None, f"{type(e).__name__}: {e}"
+        return pos, tensor, err, time.perf_counter() - t0
+
+
+def collate(items):
+    """Batch of good images + list of (position, error) for the bad ones."""
+    good = [(p, t) for p, t, e, _ in items if e is None]
+    bad = [(p, e) for p, _, e, _ in items if e is not None]
+    seconds = sum(s for *_, s in items)
+    if good:
+        positions = torch.tensor([p for p, _ in good], dtype=torch.int64)
+        images = torch.stack([t for _, t in good])
+    else:
+        positions, images = torch.empty(0, dtype=torch.int64), None
+    return positions, images, bad, seconds

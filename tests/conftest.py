@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny generated image folders and a temporary store. No network."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+
+def make_image(path: Path, seed: int, size=(40, 32), mode="RGB", fmt=None) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    img.save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """root/<cat|dog>/img_i.png, 6 per class, with one nested sub-folder and a stray text file."""
+    root = tmp_path / "pets"
+    for c, cls in enumerate(["cat", "dog"]):
+        for i in range(6):
+            sub = root / cls / ("nested" if i == 5 else "")
+            make_image(sub / f"img_{i}.png", seed=100 * c + i)
+    (root / "cat" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"

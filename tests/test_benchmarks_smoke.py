@@ -1,0 +1,94 @@
+"""The benchmark scripts run end to end with their smallest settings and write the expected JSON.
+
+Each script runs as a subprocess (as a user would run it) with ``--quick`` and ``--out`` in a
+temporary folder; generated images go to a temporary folder too (``FEATCACHE_BENCH_DATA``).
+Only the shape of the output is checked here, not the speed: the numbers of a smoke run on a
+busy CI machine mean nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+pytestmark = pytest.mark.slow
+
+
+def run_script(name: str, tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "results"
+    env = {**os.environ, "FEATCACHE_BENCH_DATA": str(tmp_path / "data"), "FEATCACHE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--out", str(out), *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert "==" in proc.stdout  # the printed table
+    assert (out / f"{name}.png").stat().st_size > 0
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    res = json.loads((out / f"{name}.json").read_text())
+    assert res["benchmark"] == name
+    assert res["machine"]["cpu_model"] and res["machine"]["usable_cores"] >= 1
+    assert res["command"] and res["settings"]["quick"] is True
+    return res
+
+
+def test_compare_heads(tmp_path):
+    from featcache.heads import list_heads
+
+    res = run_script("compare_heads", tmp_path)
+    assert res["extraction"]["wall_s"] > 0 and res["extraction"]["rows"] == 300
+    heads = {r["head"]: r for r in res["rows"]}
+    assert set(heads) == set(list_heads())
+    for r in heads.values():
+        for k in ("test_accuracy", "balanced_accuracy", "macro_f1", "fit_s", "predict_s", "fit_over_extract"):
+            assert isinstance(r[k], float), (r["head"], k)
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+        assert r["verdict"] in ("PASS", "MISS")
+        assert r["goal"] == (0.05 if r["head"] == "mlp" else 0.01)
+    assert len(res["runs"]) == len(heads) * res["settings"]["repeats"]
+
+
+def test_extract_throughput(tmp_path):
+    res = run_script("extract_throughput", tmp_path)
+    s = res["summary"]
+    assert s["efficiency_median"] > 0 and s["speedup_vs_tutorial_median"] > 0
+    assert s["efficiency_verdict"] in ("PASS", "MISS") and s["rss_growth_verdict"] in ("PASS", "MISS")
+    methods = {(r["method"], r["n"]) for r in s["rows"]}
+    assert methods == {("model", 60), ("ours", 60), ("tutorial", 60), ("ours", 20), ("tutorial", 20)}
+    for r in s["rows"]:
+        assert r["img_per_s"] > 0 and r["tree_peak_rss_mb"] > 0
+    for k in ("decode_s", "wait_s", "forward_s", "write_s", "total_s"):
+        assert s["ours_profile_median_s"][k] is not None
+    assert set(s["rss_growth_mb"]) == {"ours", "tutorial"}
+
+
+def test_cache_reuse(tmp_path):
+    res = run_script("cache_reuse", tmp_path)
+    run = res["runs"][0]
+    assert run["warm_cache_hit"] is True and run["warm_model_built"] is False and run["warm_builds"] == 0
+    assert run["warm_new_process"]["model_built"] is False
+    assert run["grown_extracted"] == res["settings"]["added"] == 30
+    assert run["grown_reused"] == res["settings"]["images"] == 300
+    steps = [r["step"] for r in res["rows"]]
+    assert steps[0] == "cold extraction" and len(steps) == 5
+    for k in ("cold_s", "warm_s", "grown_s", "head_s", "grown_over_cold"):
+        assert res["median"][k] > 0
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_scale(tmp_path):
+    res = run_script("scale", tmp_path)
+    assert res["complete"] is True
+    ex = res["extraction"]
+    assert ex["rows"] == 140 and ex["img_per_s"] > 0 and ex["store_view_bytes_per_row"] > 0
+    assert {h["head"] for h in res["heads"]} == {"ncm", "knn", "logreg"}
+    for h in res["heads"]:
+        assert 0.0 <= h["test_accuracy"] <= 1.0 and h["fit_s"] >= 0
+    assert res["raw_pixels"]["features"] == "raw pixels 784-d" and res["raw_pixels"]["test_accuracy"] > 0
+    assert "arXiv:1708.07747" in res["published_source"]

@@ -1,0 +1,367 @@
+"""Heads: registry, scikit-learn conformance, accuracy, torch training details."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.datasets import make_blobs
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import featcache.heads.base as heads_base
+import featcache.heads._torch_train as torch_train
+from featcache.errors import HeadError, UnknownNameError
+from featcache.heads import (
+    HEADS,
+    HeadInputError,
+    default_grid,
+    get_head_class,
+    head_name,
+    is_lazy,
+    list_heads,
+    make_head,
+    register_head,
+)
+
+ALL_HEADS = ["knn", "linear", "logreg", "mlp", "ncm", "svm"]
+# Few epochs / a small hidden layer keep the torch heads fast on these small data sets.
+FAST = {"linear": dict(max_epochs=30), "mlp": dict(hidden_sizes=(64,), max_epochs=30)}
+# On ~100 rows the default lr=1e-3 with batch_size=256 takes one step per epoch: too few.
+SMALL = {
+    "linear": dict(lr=1e-2, batch_size=32, max_epochs=30),
+    "mlp": dict(hidden_sizes=(32,), lr=1e-2, batch_size=32, max_epochs=30),
+}
+
+
+def fast_head(name: str, **params):
+    """A head with few epochs (for the 600-row `blobs`)."""
+    return make_head(name, **{**FAST.get(name, {}), **params})
+
+
+def small_head(name: str, **params):
+    """A head trained quickly and well on the ~100-row `small` data."""
+    return make_head(name, **{**SMALL.get(name, {}), **params})
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """4 well-separated classes in 64 dims: 600 training rows, 400 (balanced) test rows."""
+    X, y = make_blobs(n_samples=1000, n_features=64, centers=4, cluster_std=6.0, random_state=0)
+    return train_test_split(X.astype(np.float32), y, test_size=0.4, random_state=0, stratify=y)
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A small 3-class problem for API conformance checks."""
+    X, y = make_blobs(n_samples=120, n_features=8, centers=3, cluster_std=2.0, random_state=1)
+    return X, y
+
+
+# ----------------------------------------------------------------- registry
+def test_registry_lists_every_head():
+    assert list_heads() == ALL_HEADS
+    assert set(HEADS) == set(ALL_HEADS)
+    for name in ALL_HEADS:
+        assert head_name(make_head(name)) == name
+        assert isinstance(make_head(name), get_head_class(name))
+
+
+def test_unknown_head_name_suggests_close_matches():
+    with pytest.raises(UnknownNameError, match="unknown head 'mpl'; did you mean 'mlp'"):
+        get_head_class("mpl")
+    with pytest.raises(UnknownNameError, match="logreg"):
+        make_head("logrg")
+
+
+def test_register_duplicate_name_raises():
+    with pytest.raises(HeadError, match="'knn' is already registered"):
+        register_head("knn")(type("OtherKNN", (), {}))
+    assert HEADS["knn"].__name__ == "KNNHead"
+
+
+def test_make_head_rejects_unknown_parameter():
+    with pytest.raises(HeadError, match=r"no parameter\(s\) 'hiden_sizes'.*hidden_sizes"):
+        make_head("mlp", hiden_sizes=(3,))
+
+
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_default_grid(name):
+    grid = default_grid(name)
+    params = make_head(name).get_params()
+    assert grid and set(grid) <= set(params)
+    for key, values in grid.items():
+        assert isinstance(values, list) and 2 <= len(values) <= 5, (key, values)
+        make_head(name, **{key: values[0]})  # every value is a valid parameter value
+    assert any(3 <= len(v) for v in grid.values())
+    grid[next(iter(grid))].append("mutated")  # callers get a copy
+    assert "mutated" not in default_grid(name)[next(iter(grid))]
+
+
+# ----------------------------------------------------------------- scikit-learn checks
+def _check_instances():
+    # The scikit-learn checks fit a few dozen to 300 rows of 2-10 features; the torch heads'
+    # defaults (lr=1e-3, batch_size=256) are meant for thousands of rows and take too few
+    # optimiser steps there, so the checks run them with a larger lr and smaller batches.
+    torch_fast = dict(lr=1e-2, batch_size=32, max_epochs=20)
+    out = []
+    for name in ALL_HEADS:
+        params = torch_fast if name in ("linear", "mlp") else {}
+        if name == "mlp":
+            params = {**params, "hidden_sizes": (32,)}
+        out.append(make_head(name, **params))
+    return out
+
+
+@parametrize_with_checks(_check_instances())
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)
+
+
+# ----------------------------------------------------------------- conformance
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_params_clone_and_learned_attributes(name, small):
+    X, y = small
+    head = small_head(name)
+    params = head.get_params()
+    assert clone(head).get_params() == params
+    assert head.set_params(**params).get_params() == params
+    key, values = next(iter(default_grid(name).items()))
+    head.set_params(**{key: values[-1]})
+    assert head.get_params()[key] == values[-1]
+    head = small_head(name)
+    before = set(vars(head))
+    assert head.fit(X, y) is head
+    learned = set(vars(head)) - before
+    assert learned and all(a.endswith("_") for a in learned), learned
+    assert head.n_features_in_ == X.shape[1]
+    assert list(head.classes_) == [0, 1, 2]
+    # a clone is unfitted and keeps the parameters
+    twin = clone(head)
+    assert twin.get_params() == head.get_params()
+    assert not any(a.endswith("_") for a in vars(twin))
+
+
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_predict_proba_columns_follow_classes(name, small):
+    X, y = small
+    names = np.array(["zebra", "ant", "moth"])
+    y_str = names[y]
+    head = small_head(name).fit(X, y_str)
+    assert list(head.classes_) == ["ant", "moth", "zebra"]
+    proba = head.predict_proba(X)
+    assert proba.shape == (len(X), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-9)
+    assert (proba >= 0).all()
+    pred = head.predict(X)
+    assert set(pred) <= set(names)
+    np.testing.assert_array_equal(head.classes_[proba.argmax(axis=1)], pred)
+    assert head.score(X, y_str) > 0.9
+
+
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_grid_search_and_cross_val(name, small):
+    X, y = small
+    key, values = next(iter(default_grid(name).items()))
+    search = GridSearchCV(small_head(name), {key: values[:2]}, cv=2).fit(X, y)
+    assert search.best_params_[key] in values[:2]
+    assert search.best_estimator_.score(X, y) > 0.9
+    scores = cross_val_score(small_head(name), X, y, cv=3)
+    assert scores.shape == (3,) and scores.mean() > 0.9
+
+
+# ----------------------------------------------------------------- accuracy
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_accuracy_on_separable_features(name, blobs):
+    X_train, X_test, y_train, y_test = blobs
+    assert fast_head(name).fit(X_train, y_train).score(X_test, y_test) >= 0.95
+
+
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_chance_level_on_shuffled_labels(name, blobs):
+    X_train, X_test, y_train, y_test = blobs
+    rng = np.random.default_rng(1)
+    # train and test labels permuted independently: no head can beat chance except by noise
+    y_train, y_test = rng.permutation(y_train), rng.permutation(y_test)
+    chance = 1 / 4  # the test set is stratified (balanced)
+    limit = chance + 3 * math.sqrt(chance * (1 - chance) / len(y_test))  # +3 binomial SE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        score = fast_head(name).fit(X_train, y_train).score(X_test, y_test)
+    assert score <= limit, (score, limit)
+
+
+# ----------------------------------------------------------------- input errors
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_single_class_is_refused(name, small):
+    X, _ = small
+    with pytest.raises(HeadError, match=r"single class \('only'.*at least 2 classes"):
+        make_head(name).fit(X, np.array(["only"] * len(X)))
+
+
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_nan_features_are_refused(name, small):
+    X, y = small
+    bad = X.copy()
+    bad[5, 2] = np.nan
+    with pytest.raises(HeadInputError, match=r"NaN values in 1 row\(s\) \(first: row 5\)"):
+        small_head(name).fit(bad, y)
+    head = small_head(name).fit(X, y)
+    bad[7, 0] = np.inf
+    with pytest.raises(HeadError, match=r"NaN and inf values in 2 row\(s\)"):
+        head.predict(bad)
+
+
+def test_bad_hyperparameters_are_reported(small):
+    X, y = small
+    with pytest.raises(HeadError, match=r"lr=-1 .*expected a positive number"):
+        make_head("linear", lr=-1).fit(X, y)
+    with pytest.raises(HeadError, match=r"hidden_sizes=\(0,\).*tuple of positive ints"):
+        make_head("mlp", hidden_sizes=(0,)).fit(X, y)
+    with pytest.raises(HeadError, match=r"dropout=1\.5"):
+        make_head("mlp", dropout=1.5).fit(X, y)
+    with pytest.raises(HeadError, match=r"weights='nearest'"):
+        make_head("knn", weights="nearest").fit(X, y)
+    with pytest.raises(HeadError, match=r"device='tpu9'"):
+        make_head("linear", device="tpu9").fit(X, y)
+
+
+def test_wrong_number_of_features(small):
+    X, y = small
+    head = small_head("ncm").fit(X, y)
+    with pytest.raises(ValueError, match="X has 3 features, but NCMHead is expecting 8"):
+        head.predict(X[:, :3])
+
+
+# ----------------------------------------------------------------- state
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_from_state_predicts_identically(name, small):
+    X, y = small
+    head = small_head(name).fit(X, np.array(["a", "b", "c"])[y])
+    state = head.get_state()
+    assert all(isinstance(v, np.ndarray) and v.dtype != object for v in state.values())
+    assert state["classes_"].dtype.kind == "U"
+    rebuilt = type(head).from_state(head.get_params(), state)
+    np.testing.assert_array_equal(rebuilt.predict_proba(X), head.predict_proba(X))
+    np.testing.assert_array_equal(rebuilt.predict(X), head.predict(X))
+
+
+def test_from_state_reports_missing_arrays(small):
+    X, y = small
+    state = small_head("logreg").fit(X, y).get_state()
+    del state["coef_"]
+    with pytest.raises(HeadError, match="lacks coef_"):
+        get_head_class("logreg").from_state({}, state)
+
+
+# ----------------------------------------------------------------- torch heads
+@pytest.mark.parametrize("name", ["linear", "mlp"])
+def test_torch_heads_are_reproducible(name, blobs):
+    X_train, X_test, y_train, _ = blobs
+    a = fast_head(name, random_state=3).fit(X_train, y_train)
+    b = fast_head(name, random_state=3).fit(X_train, y_train)
+    np.testing.assert_array_equal(a.predict_proba(X_test), b.predict_proba(X_test))
+    np.testing.assert_array_equal(a.loss_curve_, b.loss_curve_)
+    c = fast_head(name, random_state=4).fit(X_train, y_train)
+    assert not np.array_equal(a.predict_proba(X_test), c.predict_proba(X_test))
+
+
+def test_torch_training_history(blobs):
+    import torch
+
+    X_train, _, y_train, _ = blobs
+    threads = torch.get_num_threads()
+    head = make_head("linear", max_epochs=40, patience=3).fit(X_train, y_train)
+    assert torch.get_num_threads() == threads  # a temporary change at most
+    assert 1 <= head.best_epoch_ <= head.n_epochs_ <= 40
+    assert len(head.loss_curve_) == len(head.validation_scores_) == head.n_epochs_
+    assert head.validation_scores_[head.best_epoch_ - 1] == head.validation_scores_.max()
+    assert head.mean_.shape == head.scale_.shape == (64,)
+    full = make_head("linear", max_epochs=5, early_stopping=False).fit(X_train, y_train)
+    assert full.n_epochs_ == full.best_epoch_ == 5 and full.validation_scores_.size == 0
+
+
+def test_tiny_training_set_disables_early_stopping():
+    X = np.random.default_rng(0).normal(size=(5, 4))
+    with pytest.warns(UserWarning, match="early stopping is disabled"):
+        head = make_head("linear", max_epochs=3).fit(X, [0, 0, 1, 1, 2])
+    assert head.n_epochs_ == 3
+
+
+class RowLimitedArray:
+    """An h5py dataset that counts reads and refuses to be read whole."""
+
+    def __init__(self, dataset, max_rows: int):
+        self.dataset, self.max_rows = dataset, max_rows
+        self.reads, self.rows_read, self.largest_read = 0, 0, 0
+
+    @property
+    def shape(self):
+        return self.dataset.shape
+
+    @property
+    def dtype(self):
+        return self.dataset.dtype
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        assert isinstance(key, slice) and key.step in (None, 1), key
+        rows = len(range(*key.indices(self.shape[0])))
+        assert rows <= self.max_rows, f"read {rows} rows at once"
+        self.reads += 1
+        self.rows_read += rows
+        self.largest_read = max(self.largest_read, rows)
+        return self.dataset[key]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("np.asarray() on the whole dataset")
+
+
+@pytest.mark.parametrize("cache_validation", [True, False])
+def test_torch_head_trains_from_h5py_in_blocks(tmp_path, monkeypatch, blobs, cache_validation):
+    X_train, X_test, y_train, y_test = blobs
+    monkeypatch.setattr(heads_base, "BLOCK_BYTES", 128 * 64 * 4)  # blocks of 128 rows
+    if not cache_validation:
+        monkeypatch.setattr(torch_train, "VAL_CACHE_BYTES", 0)  # re-read validation rows
+    with h5py.File(tmp_path / "features.h5", "w") as f:
+        f.create_dataset("x", data=X_train, chunks=(64, 64))
+        f.create_dataset("x_test", data=X_test)
+    params = dict(batch_size=64, max_epochs=30)
+    from_memory = make_head("linear", **params).fit(X_train, y_train)
+    with h5py.File(tmp_path / "features.h5", "r") as f:
+        lazy = RowLimitedArray(f["x"], max_rows=128)
+        assert is_lazy(lazy) and is_lazy(f["x"])
+        head = make_head("linear", **params).fit(lazy, y_train)
+        assert lazy.reads > 5 and lazy.largest_read == 128
+        lazy_test = RowLimitedArray(f["x_test"], max_rows=128)
+        proba = head.predict_proba(lazy_test)
+        assert lazy_test.reads == math.ceil(len(X_test) / 128)
+    np.testing.assert_allclose(proba, head.predict_proba(X_test), rtol=1e-12, atol=1e-12)
+    acc_lazy = head.score(X_test, y_test)
+    acc_memory = from_memory.score(X_test, y_test)
+    assert acc_lazy >= 0.95 and abs(acc_lazy - acc_memory) <= 0.02
+    np.testing.assert_allclose(head.mean_, X_train.mean(axis=0, dtype=np.float64), atol=1e-9)
+    np.testing.assert_allclose(head.scale_, X_train.std(axis=0, dtype=np.float64), rtol=1e-9)
+
+
+def test_lazy_features_with_nan_are_refused(tmp_path, blobs):
+    X_train, _, y_train, _ = blobs
+    bad = X_train.copy()
+    bad[300, 1] = np.nan
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        f.create_dataset("x", data=bad)
+    with h5py.File(tmp_path / "bad.h5", "r") as f:
+        with pytest.raises(HeadInputError, match=r"NaN.*row 300"):
+            make_head("linear", max_epochs=2).fit(f["x"], y_train)
