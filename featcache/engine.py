@@ -173,6 +173,21 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def pad_batch(images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Repeat the last image until the batch has ``batch_size`` rows.
+
+    Kernels choose their algorithm by shape (BLAS takes another path for a few rows than
+    for many, oneDNN for a batch of one), so the same image can come out a few ulp apart
+    in a short batch. Every forward call has the same shape instead: a row's features never
+    depend on which rows shared its batch, and resumed, grown and torchrun runs give the
+    values of an uninterrupted single-process run bit for bit (same ``--batch-size``).
+    The cost is at most one batch of extra compute per run and rank."""
+    short = batch_size - images.shape[0]
+    if short <= 0:
+        return images
+    return torch.cat([images, images[-1:].expand(short, *images.shape[1:])])
+
+
 def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], digests: list[str],
                  transform, writer: _Writer, *, device: torch.device, precision: str, batch_size: int,
                  workers: int, on_error: str, ids: list[str], progress: bool, timings: dict) -> list[dict]:
@@ -208,12 +223,13 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
                     skipped.append({"id": ids[p], "error": err})
                 if images is not None:
                     t1 = time.perf_counter()
-                    x = images.to(device, non_blocking=True)
+                    n = images.shape[0]
+                    x = pad_batch(images, batch_size).to(device, non_blocking=True)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with _autocast(device, precision):
                         feats = extractor(x)
-                    feats = feats.float().cpu().numpy()
+                    feats = feats[:n].float().cpu().numpy()
                     timings["forward_s"] += time.perf_counter() - t1
                     writer.put([digest_at[int(p)] for p in pos], feats)
                 bar.update(len(pos) + len(bad))

@@ -162,3 +162,19 @@ def test_workers_give_identical_features(image_folder, cache_dir, tmp_path):
     a = featcache.extract(str(image_folder), cache_dir=tmp_path / "a", workers=0, **kw)
     b = featcache.extract(str(image_folder), cache_dir=tmp_path / "b", workers=2, **kw)
     np.testing.assert_array_equal(featcache.load_features(a.view).features, featcache.load_features(b.view).features)
+
+
+def test_a_row_does_not_depend_on_the_rows_batched_with_it(image_folder, cache_dir, tmp_path):
+    """Grown one image at a time (batches of one), then whole: equal to a one-shot run bit for bit.
+    Unpadded, a batch of one takes another kernel path and differs in the last bits."""
+    kw = dict(backbone="resnet18", weights="none", image_size=32, batch_size=4, workers=0)
+    whole = featcache.load_features(featcache.extract(str(image_folder), cache_dir=tmp_path / "one", **kw).view)
+    grown = tmp_path / "grown"
+    for i, path in enumerate(sorted(image_folder.rglob("*.png"))[:3]):
+        part = tmp_path / f"part{i}"
+        (part / "cat").mkdir(parents=True)
+        (part / "cat" / path.name).write_bytes(path.read_bytes())
+        assert featcache.extract(str(part), cache_dir=grown, **kw).extracted == 1
+    r = featcache.extract(str(image_folder), cache_dir=grown, **kw)
+    assert (r.reused, r.extracted) == (3, 9)
+    np.testing.assert_array_equal(featcache.load_features(r.view).features, whole.features)
