@@ -85,8 +85,8 @@ def child_ours(a) -> dict:
     try:
         t0 = time.perf_counter()
         r = extract(a.folder, backbone=a.backbone, weights=a.weights, image_size=a.image_size,
-                              batch_size=a.batch_size, workers=a.workers, device=a.device, precision=a.precision,
-                              cache_dir=cache)
+                    batch_size=a.batch_size, workers=a.workers, device=a.device, precision=a.precision,
+                    decode=a.decode, cache_dir=cache)
         wall = time.perf_counter() - t0
         assert r.extracted == a.n and not r.cache_hit, (r.extracted, a.n, r.cache_hit)
         return {"method": "ours", "n": a.n, "wall_s": wall, "img_per_s": a.n / wall, "timings": r.timings,
@@ -177,7 +177,7 @@ CHILDREN = {"ours": child_ours, "tutorial": child_tutorial, "model": child_model
 def child_cmd(a, method: str, folder: Path, n: int) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--folder", str(folder), "--n", str(n),
            "--backbone", a.backbone, "--weights", a.weights, "--batch-size", str(a.batch_size),
-           "--device", a.device, "--precision", a.precision]
+           "--device", a.device, "--precision", a.precision, "--decode", a.decode]
     if a.image_size:
         cmd += ["--image-size", str(a.image_size)]
     if a.workers is not None:
@@ -204,6 +204,8 @@ def parse(argv=None):
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers of ours (default: featcache's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
+    p.add_argument("--decode", default="workers", choices=["workers", "device"],
+                   help="where ours decodes JPEG files (device = torchvision.io / nvJPEG on CUDA)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads of the main process "
                    "in every method (default: torch's own choice, one per core)")
     p.add_argument("--repeats", type=int, default=None, help="default 3 (5 with --full, 1 with --quick)")
@@ -283,8 +285,8 @@ def main(argv=None) -> dict:
         "settings": {"backbone": a.backbone, "weights": a.weights, "image_size": a.image_size or "native",
                      "source_images": f"{a.source_size}x{a.source_size} {a.format.upper()}, generated shapes",
                      "bytes_per_image": image_bytes, "batch_size": a.batch_size, "workers": a.workers,
-                     "device": a.device, "precision": a.precision, "torch_threads": a.torch_threads, "sizes": a.sizes,
-                     "repeats": a.repeats,
+                     "device": a.device, "precision": a.precision, "decode": a.decode,
+                     "torch_threads": a.torch_threads, "sizes": a.sizes, "repeats": a.repeats,
                      "full": a.full, "quick": a.quick, "generate_s": gen_s},
         "memory_method": ("tree_peak_rss_mb = max over 50 ms samples of the sum of VmRSS (/proc/PID/status) of the "
                           "child process and all its descendants (DataLoader workers); each configuration in a "
@@ -337,8 +339,8 @@ def summarise(a, runs: list[dict], n_max: int) -> dict:
                    if med(m, n_max) is not None and med(m, n_min) is not None else None for m in ("ours", "tutorial")}
     ours_t = next((r["timings_median"] for r in rows if r["method"] == "ours" and r["n"] == n_max), {})
     total = ours_t.get("total_s") or 0.0
-    profile = {k: ours_t.get(k) for k in ("digest_s", "build_s", "decode_s", "wait_s", "forward_s", "write_s",
-                                          "view_s", "extract_s", "total_s")}
+    profile = {k: ours_t.get(k) for k in ("digest_s", "build_s", "decode_s", "device_decode_s", "wait_s", "forward_s",
+                                          "write_s", "view_s", "extract_s", "total_s")}
     profile["forward_share_of_total"] = (ours_t.get("forward_s") or 0) / total if total else None
     profile["wait_share_of_total"] = (ours_t.get("wait_s") or 0) / total if total else None
     profile["outside_loop_share"] = (total - (ours_t.get("extract_s") or 0)) / total if total else None
@@ -379,8 +381,8 @@ def print_report(res: dict) -> None:
           f"{s['rss_growth_verdict']}")
     p = s["ours_profile_median_s"]
     print("ours, where the time goes (median s): " + ", ".join(
-        f"{k[:-2]} {p[k]:.2f}" for k in ("digest_s", "build_s", "decode_s", "wait_s", "forward_s", "write_s",
-                                         "view_s", "total_s") if p.get(k) is not None)
+        f"{k[:-2]} {p[k]:.2f}" for k in ("digest_s", "build_s", "decode_s", "device_decode_s", "wait_s", "forward_s",
+                                         "write_s", "view_s", "total_s") if p.get(k) is not None)
           + " (decode is summed over the workers, in parallel with forward)")
     if p.get("forward_slowdown_inside_extract") is not None:
         print(f"forward inside extract took {p['forward_slowdown_inside_extract']:.2f}x the model-only time for the "

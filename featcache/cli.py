@@ -122,6 +122,10 @@ def _extract_options(required: bool):
                      help="Also cache N seeded augmented copies of every training image."),
         click.option("--augment-seed", type=int, default=0, show_default=True,
                      help="Seed of the augmented copies (part of their feature key)."),
+        click.option("--decode", type=click.Choice(["workers", "device"]), default="workers", show_default=True,
+                     help="Where JPEG files are decoded: PIL in the DataLoader workers, or torchvision.io on "
+                          "the extraction device (nvJPEG on CUDA, for JPEG-heavy data on a GPU). Part of the "
+                          "feature key."),
     ]
 
     def decorate(f):
@@ -143,6 +147,7 @@ def _extract_kwargs(kw: dict) -> dict:
     out["flush_rows"] = kw.pop("flush_rows")
     out["augment"] = kw.pop("augment")
     out["augment_seed"] = kw.pop("augment_seed")
+    out["decode"] = kw.pop("decode")
     return out
 
 

@@ -25,8 +25,9 @@ from featcache import distributed
 from featcache.data import Manifest, load_manifest
 from featcache.errors import FeatcacheError, ImageDecodeError, UnknownNameError
 from featcache.faults import failpoint
+from featcache.device_decode import decode_jpegs
 from featcache.images import ImageRows, collate
-from featcache.keys import FeatureIdentity, resolve_identity
+from featcache.keys import JPEG_ON_DEVICE, FeatureIdentity, resolve_identity
 from featcache.layers import FeatureExtractor
 from featcache.store import FeatureSet, FeatureStore
 
@@ -67,11 +68,15 @@ class ExtractResult:
         rate = self.extracted / t["extract_s"] if t.get("extract_s") else 0.0
         s = (f"{head}: extracted {self.extracted}, reused {self.reused}, skipped {len(self.skipped)} "
              f"in {t.get('total_s', 0):.1f} s ({rate:.1f} img/s on {self.device}; decode {t.get('decode_s', 0):.1f} s "
-             f"in workers, waiting on data {t.get('wait_s', 0):.1f} s, forward {t.get('forward_s', 0):.1f} s, "
-             f"write {t.get('write_s', 0):.1f} s) -> {self.view}")
+             f"in workers{self._device_decode()}, waiting on data {t.get('wait_s', 0):.1f} s, "
+             f"forward {t.get('forward_s', 0):.1f} s, write {t.get('write_s', 0):.1f} s) -> {self.view}")
         if self.ignored:
             s += f"; {self.ignored} non-image files ignored"
         return s + self._augmented_summary()
+
+    def _device_decode(self) -> str:
+        s = self.timings.get("device_decode_s")
+        return f" + {s:.1f} s of JPEG on {self.device}" if s is not None else ""
 
     def _augmented_summary(self) -> str:
         a = self.augmented
@@ -188,14 +193,22 @@ def pad_batch(images: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([images, images[-1:].expand(short, *images.shape[1:])])
 
 
+def _merge(pos, images, bad, jpeg_pos, jpeg_images, jpeg_bad, device: torch.device):
+    """Worker-decoded rows + device-decoded JPEG rows -> one batch on the device."""
+    parts = [t.to(device, non_blocking=True) for t in (images, jpeg_images) if t is not None]
+    merged = torch.cat(parts) if len(parts) > 1 else (parts[0] if parts else None)
+    return torch.cat([pos, jpeg_pos]), merged, [*bad, *jpeg_bad]
+
+
 def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], digests: list[str],
                  transform, writer: _Writer, *, device: torch.device, precision: str, batch_size: int,
-                 workers: int, on_error: str, ids: list[str], progress: bool, timings: dict) -> list[dict]:
+                 workers: int, on_error: str, ids: list[str], progress: bool, timings: dict,
+                 decode: str = "workers") -> list[dict]:
     """Decode -> forward -> writer for the given rows; returns the skipped files."""
     from tqdm import tqdm
 
     loader = torch.utils.data.DataLoader(
-        ImageRows(reader, positions, transform), batch_size=batch_size, shuffle=False,
+        ImageRows(reader, positions, transform, raw_jpeg=decode == "device"), batch_size=batch_size, shuffle=False,
         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
     )
@@ -210,11 +223,15 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
             while True:
                 t0 = time.perf_counter()
                 try:
-                    pos, images, bad, dsec = next(it)
+                    pos, images, bad, dsec, jpegs = next(it)
                 except StopIteration:
                     break
                 timings["wait_s"] += time.perf_counter() - t0
                 timings["decode_s"] += dsec
+                if jpegs:
+                    t1 = time.perf_counter()
+                    pos, images, bad = _merge(pos, images, bad, *decode_jpegs(jpegs, transform, device), device)
+                    timings["device_decode_s"] = timings.get("device_decode_s", 0.0) + time.perf_counter() - t1
                 for p, err in bad:
                     if on_error == "fail":
                         raise ImageDecodeError(
@@ -272,6 +289,7 @@ def extract(
     progress: bool = False,
     augment: int = 0,
     augment_seed: int = 0,
+    decode: str = "workers",
     _extra: dict | None = None,
 ) -> ExtractResult:
     """Extract (or reuse) the features of ``data``; returns where the view is and what it cost.
@@ -279,6 +297,9 @@ def extract(
     ``augment=N`` also extracts N seeded augmented copies of every training image
     into a feature set of their own (see featcache.augment); the result's
     ``augmented`` holds that view's path and counts.
+
+    ``decode="device"`` decodes JPEG files with torchvision.io on ``device`` (nvJPEG on
+    CUDA) instead of PIL in the workers; it is part of the feature key.
     """
     if augment:
         from featcache.augment import augmented_manifest, identity_extra
@@ -308,7 +329,8 @@ def extract(
     dev = distributed.rank_device(dev, dist)
     prec = resolve_precision(precision, dev)
     ident, entry, choice = resolve_identity(backbone, weights=weights, layer=layer, pool=pool,
-                                            image_size=image_size, precision=prec, dtype=dtype, extra=_extra)
+                                            image_size=image_size, precision=prec, dtype=dtype, extra=_extra,
+                                            decode=decode)
     store = FeatureStore(cache_dir)
     manifest = _manifest_of(data, store, path_column=path_column, label_column=label_column, root=root,
                             split_column=split_column, labelled=labelled, tv_split=tv_split, download=download)
@@ -343,7 +365,7 @@ def extract(
                 extractor, manifest.reader, mine, [manifest.digests[i] for i in mine],
                 ident_transform(ident), writer, device=dev, precision=prec, batch_size=batch_size,
                 workers=default_workers() if workers is None else workers, on_error=on_error, ids=manifest.ids,
-                progress=progress and dist.is_main, timings=timings)
+                progress=progress and dist.is_main, timings=timings, decode=decode)
         except KeyboardInterrupt:
             saved = writer.finish()
             raise Interrupted(f"interrupted: {saved} new rows saved in {fs.key}; run the same command again "
@@ -454,4 +476,5 @@ def options_from_identity(identity: dict, weights_path: str | None = None) -> di
     pre = identity["preprocess"]
     image_size = None if pre == default else int(pre["crop"])
     return dict(backbone=identity["backbone"], weights=weights, layer=identity["layer"], pool=identity["pool"],
-                image_size=image_size, precision=identity["precision"], dtype=identity["dtype"])
+                image_size=image_size, precision=identity["precision"], dtype=identity["dtype"],
+                decode="device" if identity.get("decoder") == JPEG_ON_DEVICE else "workers")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -80,6 +81,35 @@ def decode_image(path: str, max_pixels: int | None = None) -> Image.Image:
         return to_rgb(img)
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def jpeg_bytes(path: str, max_pixels: int | None = None) -> bytes | None:
+    """The file's bytes if it is a JPEG the tensor decoder takes (RGB or grayscale), else None.
+
+    Only the header is parsed here (no pixel decoding); images above the pixel limit
+    are refused as in :func:`decode_image`. CMYK/YCCK JPEGs and JPEGs with an EXIF
+    rotation (nvJPEG does not apply it) return None and are decoded by PIL instead.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(JPEG_MAGIC):
+        return None
+    import io
+
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h, mode = img.width, img.height, img.mode
+            orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken header: let PIL's decode_image report it
+        return None
+    if limit and w * h > limit:
+        raise ImageTooLarge(f"image of {w}x{h} = {w * h / 1e6:.0f} megapixels is above the "
+                            f"{limit / 1e6:.0f}-megapixel limit; downscale it first")
+    return data if mode in ("RGB", "L") and orientation == 1 else None
+
+
 class FileReader:
     """Reads rows of a manifest from image files (the default reader)."""
 
@@ -89,15 +119,36 @@ class FileReader:
     def load(self, i: int) -> Image.Image:
         return decode_image(self.paths[i])
 
+    def jpeg(self, i: int) -> bytes | None:
+        """Undecoded bytes of row i when it is a plain JPEG (for decoding on the device)."""
+        return jpeg_bytes(self.paths[i])
+
     def digests(self, digest_cache) -> list[str | None]:
         return digest_cache.digests(self.paths)
 
 
-class ImageRows(torch.utils.data.Dataset):
-    """Rows of a reader -> (position, tensor | None, error | None, decode seconds), in workers."""
+class RawJpeg:
+    """Undecoded JPEG bytes travelling from a worker to the device decoder."""
 
-    def __init__(self, reader, positions: list[int], transform):
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | torch.Tensor):
+        self.data = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+    def pin_memory(self) -> "RawJpeg":  # called by the DataLoader's pin-memory thread
+        return RawJpeg(self.data.pin_memory())
+
+
+class ImageRows(torch.utils.data.Dataset):
+    """Rows of a reader -> (position, tensor | RawJpeg | None, error | None, decode seconds), in workers.
+
+    With ``raw_jpeg`` (``--decode device``) plain JPEG files are passed on undecoded when the
+    reader can give their bytes; everything else is decoded and transformed here.
+    """
+
+    def __init__(self, reader, positions: list[int], transform, raw_jpeg: bool = False):
         self.reader, self.positions, self.transform = reader, positions, transform
+        self.raw_jpeg = raw_jpeg and hasattr(reader, "jpeg")
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -106,16 +157,26 @@ class ImageRows(torch.utils.data.Dataset):
         t0 = time.perf_counter()
         pos = self.positions[i]
         try:
-            tensor = self.transform(self.reader.load(pos))  # readers return RGB
+            data = self.reader.jpeg(pos) if self.raw_jpeg else None
+            item = RawJpeg(data) if data is not None else self.transform(self.reader.load(pos))  # readers give RGB
             err = None
         except Exception as e:  # noqa: BLE001 - the policy decides; the error text travels
-            tensor, err = None, f"{type(e).__name__}: {e}"
-        return pos, tensor, err, time.perf_counter() - t0
+            item, err = None, f"{type(e).__name__}: {e}"
+        return pos, item, err, time.perf_counter() - t0
 
 
-def collate(items):
-    """Batch of good images + list of (position, error) for the bad ones."""
-    good = [(p, t) for p, t, e, _ in items if e is None]
+class Batch(NamedTuple):
+    positions: torch.Tensor  # rows of ``images``
+    images: torch.Tensor | None  # decoded and transformed in workers
+    bad: list  # (position, error)
+    seconds: float  # decode seconds summed over workers
+    jpegs: list  # (position, RawJpeg) left to decode on the device
+
+
+def collate(items) -> Batch:
+    """Batch of good images + list of (position, error) for the bad ones + raw JPEGs."""
+    good = [(p, t) for p, t, e, _ in items if e is None and not isinstance(t, RawJpeg)]
+    jpegs = [(p, t) for p, t, e, _ in items if isinstance(t, RawJpeg)]
     bad = [(p, e) for p, _, e, _ in items if e is not None]
     seconds = sum(s for *_, s in items)
     if good:
@@ -123,4 +184,4 @@ def collate(items):
         images = torch.stack([t for _, t in good])
     else:
         positions, images = torch.empty(0, dtype=torch.int64), None
-    return positions, images, bad, seconds
+    return Batch(positions, images, bad, seconds, jpegs)

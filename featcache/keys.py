@@ -18,6 +18,11 @@ from featcache.layers import POOLS
 FORMAT_VERSION = 1
 # Bumped whenever image decoding (mode conversion, alpha compositing) changes.
 DECODER_VERSION = "rgb-on-white-v1"
+# Where JPEG files are decoded: by PIL in DataLoader workers, or by torchvision.io on the
+# extraction device with tensor resizing (slightly different pixels, hence another key;
+# the same key on CPU and CUDA, as for the forward pass).
+DECODE_MODES = ("workers", "device")
+JPEG_ON_DEVICE = DECODER_VERSION + "+jpeg-torchvision-io-v1"
 DTYPES = ("float32", "float16")
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -78,6 +83,7 @@ def resolve_identity(
     precision: str = "float32",
     dtype: str = "float32",
     extra: dict | None = None,
+    decode: str = "workers",
 ):
     """-> (FeatureIdentity, BackboneEntry, WeightsChoice), without building the model.
 
@@ -90,6 +96,8 @@ def resolve_identity(
         raise UnknownNameError("storage dtype", dtype, DTYPES)
     if precision not in PRECISIONS:
         raise UnknownNameError("precision", precision, PRECISIONS)
+    if decode not in DECODE_MODES:
+        raise UnknownNameError("--decode mode", decode, DECODE_MODES)
     if not layer:
         raise FeatcacheError("--layer is empty; expected 'penultimate' or a module name")
     choice = entry.resolve_weights(weights)
@@ -104,6 +112,7 @@ def resolve_identity(
         preprocess=pre.to_dict(),
         precision=precision,
         dtype=dtype,
+        decoder=JPEG_ON_DEVICE if decode == "device" else DECODER_VERSION,
         extra=dict(extra or {}),
     )
     return ident, entry, choice

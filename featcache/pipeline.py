@@ -292,7 +292,8 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike, *, cache_dir: str | os.
     for b in pipeline.backbones:  # every identity resolves before any work is done
         try:
             resolve_identity(b.name, weights=b.weights, layer=b.layer, pool=b.pool, image_size=b.image_size,
-                             precision="float32" if b.precision == "auto" else b.precision, dtype=b.dtype)
+                             precision="float32" if b.precision == "auto" else b.precision, dtype=b.dtype,
+                             decode=b.decode)
         except FeatcacheError as e:
             raise context(f"backbone {b.label!r}", e) from e
     d = pipeline.data
@@ -313,9 +314,9 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike, *, cache_dir: str | os.
         say(f"[{i}/{n_b}] {b.label}: extracting ({b.name}, weights {b.weights}, layer {b.layer})")
         try:
             r = extract(manifest, backbone=b.name, weights=b.weights, layer=b.layer, pool=b.pool,
-                        image_size=b.image_size, precision=b.precision, dtype=b.dtype, cache_dir=store.root,
-                        batch_size=x.batch_size, workers=x.workers, device=x.device, on_error=x.on_error,
-                        flush_seconds=x.flush_every, progress=bars)
+                        image_size=b.image_size, precision=b.precision, dtype=b.dtype, decode=b.decode,
+                        cache_dir=store.root, batch_size=x.batch_size, workers=x.workers, device=x.device,
+                        on_error=x.on_error, flush_seconds=x.flush_every, progress=bars)
         except Interrupted:
             raise
         except FeatcacheError as e:

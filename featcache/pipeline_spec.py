@@ -15,7 +15,7 @@ schema is documented in ``docs/pipelines.md``; in short::
                   tv_split, labelled, download
     [split]       val_fraction, test_fraction, seed
     [extract]     batch_size, workers, device, on_error, flush_every   (speed / policy only)
-    [[backbones]] name (required), label, weights, layer, pool, image_size, precision, dtype
+    [[backbones]] name (required), label, weights, layer, pool, image_size, precision, dtype, decode
     [[heads]]     name (required), label, params, grid, sweep, backbones
 
 Unknown keys are :class:`~featcache.errors.UnknownNameError` (with close matches and
@@ -101,6 +101,7 @@ class BackboneSpec:
     image_size: int | None = None
     precision: str = "auto"
     dtype: str = "float32"
+    decode: str = "workers"
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ _BACKBONE = {
     "image_size": ("integer", "224"),
     "precision": ("string", '"auto", "float32", "bfloat16" or "float16"'),
     "dtype": ("string", '"float32" or "float16"'),
+    "decode": ("string", '"workers" or "device"'),
 }
 _HEAD = {
     "name": ("string", '"logreg" (see `featcache heads`)'),
@@ -191,6 +193,7 @@ _CHOICES = {
     ("backbones", "pool"): ("avg", "max", "none"),
     ("backbones", "precision"): ("auto", "float32", "bfloat16", "float16"),
     ("backbones", "dtype"): ("float32", "float16"),
+    ("backbones", "decode"): ("workers", "device"),
 }
 
 
@@ -413,7 +416,8 @@ def _parse_backbones(items, ctx: _Ctx, base: Path) -> tuple[BackboneSpec, ...]:
             label=b.get("label", name), name=name, weights=weights, layer=b.get("layer", "penultimate"),
             pool=ctx.choice("backbones", where, "pool", b.get("pool", "avg")), image_size=size,
             precision=ctx.choice("backbones", where, "precision", b.get("precision", "auto")),
-            dtype=ctx.choice("backbones", where, "dtype", b.get("dtype", "float32")))
+            dtype=ctx.choice("backbones", where, "dtype", b.get("dtype", "float32")),
+            decode=ctx.choice("backbones", where, "decode", b.get("decode", "workers")))
         if not spec.layer:
             raise ctx.error(f'{where} layer is empty; expected "penultimate" or a module name such as "features"')
         _check_label(ctx, where, spec.label, [o.label for o in out], "backbones")

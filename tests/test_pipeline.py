@@ -69,6 +69,9 @@ def test_minimal_pipeline_defaults(tmp_path):
     assert (p.split.val_fraction, p.split.test_fraction, p.split.seed) == (0.15, 0.15, 0)
     b = p.backbones[0]
     assert (b.label, b.weights, b.layer, b.pool, b.image_size) == ("resnet18", "DEFAULT", "penultimate", "avg", None)
+    assert b.decode == "workers"
+    assert parse(MINIMAL.replace('name = "resnet18"', 'name = "resnet18"\ndecode = "device"'),
+                 tmp_path).backbones[0].decode == "device"
     h = p.heads[0]
     assert (h.label, h.params, h.grid, h.sweep, h.backbones) == ("logreg", {}, {}, False, None)
     assert load_pipeline(write(tmp_path / "my demo (v2).toml", MINIMAL)).name == "my-demo-v2"
@@ -122,6 +125,8 @@ def test_unknown_backbone_and_head_names(tmp_path):
     (lambda t: 'name = "a b"\n' + t, "name = 'a b' cannot name a folder"),
     (lambda t: t.replace('name = "resnet18"', 'name = "resnet18"\nweights = "nope/w.pth"'),
      "weights = 'nope/w.pth': no such file"),
+    (lambda t: t.replace('name = "resnet18"', 'name = "resnet18"\ndecode = "gpu"'),
+     "unknown [[backbones]] #1 (resnet18) decode 'gpu'"),
 ])
 def test_wrong_types_and_values_name_the_key_and_what_was_expected(tmp_path, edit, expect):
     with pytest.raises((PipelineError, UnknownNameError)) as e:
