@@ -204,8 +204,9 @@ def parse(argv=None):
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers of ours (default: featcache's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
-    p.add_argument("--decode", default="workers", choices=["workers", "device"],
-                   help="where ours decodes JPEG files (device = torchvision.io / nvJPEG on CUDA)")
+    p.add_argument("--decode", default="workers", choices=["workers", "draft", "device"],
+                   help="how ours decodes JPEG files: see `featcache extract --help` (the model-only and "
+                        "tutorial ways always decode fully with PIL)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads of the main process "
                    "in every method (default: torch's own choice, one per core)")
     p.add_argument("--repeats", type=int, default=None, help="default 3 (5 with --full, 1 with --quick)")

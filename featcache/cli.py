@@ -11,6 +11,7 @@ import sys
 import click
 
 from featcache import __version__
+from featcache.decoders import DECODE_MODES
 from featcache.errors import FeatcacheError
 
 
@@ -122,9 +123,10 @@ def _extract_options(required: bool):
                      help="Also cache N seeded augmented copies of every training image."),
         click.option("--augment-seed", type=int, default=0, show_default=True,
                      help="Seed of the augmented copies (part of their feature key)."),
-        click.option("--decode", type=click.Choice(["workers", "device"]), default="workers", show_default=True,
-                     help="Where JPEG files are decoded: PIL in the DataLoader workers, or torchvision.io on "
-                          "the extraction device (nvJPEG on CUDA, for JPEG-heavy data on a GPU). Part of the "
+        click.option("--decode", type=click.Choice(list(DECODE_MODES)), default="workers", show_default=True,
+                     help="How JPEG files are decoded: workers = PIL in the DataLoader workers; draft = PIL at a "
+                          "reduced DCT scale no smaller than the resize target (large photos, small inputs); "
+                          "device = torchvision.io on the extraction device (nvJPEG on CUDA). Part of the "
                           "feature key."),
     ]
 

@@ -4,7 +4,7 @@ Workers read the bytes and parse only the header (:func:`featcache.images.jpeg_b
 the main thread decodes a batch at once with ``torchvision.io.decode_jpeg`` (nvJPEG on
 CUDA, libjpeg on CPU) and applies the same resize / crop / normalise as the worker
 path, on tensors. Pixels differ slightly from PIL's (IDCT and resize rounding), so the
-mode is part of the feature key (``keys.JPEG_ON_DEVICE``). A JPEG the device decoder
+mode is part of the feature key (``keys.DECODERS``). A JPEG the device decoder
 rejects is decoded by PIL from the same bytes, so it gets no worse treatment than on
 the worker path.
 """

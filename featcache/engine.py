@@ -27,7 +27,8 @@ from featcache.errors import FeatcacheError, ImageDecodeError, UnknownNameError
 from featcache.faults import failpoint
 from featcache.device_decode import decode_jpegs
 from featcache.images import ImageRows, collate
-from featcache.keys import JPEG_ON_DEVICE, FeatureIdentity, resolve_identity
+from featcache.decoders import DECODERS
+from featcache.keys import FeatureIdentity, resolve_identity
 from featcache.layers import FeatureExtractor
 from featcache.store import FeatureSet, FeatureStore
 
@@ -203,12 +204,12 @@ def _merge(pos, images, bad, jpeg_pos, jpeg_images, jpeg_bad, device: torch.devi
 def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], digests: list[str],
                  transform, writer: _Writer, *, device: torch.device, precision: str, batch_size: int,
                  workers: int, on_error: str, ids: list[str], progress: bool, timings: dict,
-                 decode: str = "workers") -> list[dict]:
+                 decode: str = "workers", resize: int | None = None) -> list[dict]:
     """Decode -> forward -> writer for the given rows; returns the skipped files."""
     from tqdm import tqdm
 
     loader = torch.utils.data.DataLoader(
-        ImageRows(reader, positions, transform, raw_jpeg=decode == "device"), batch_size=batch_size, shuffle=False,
+        ImageRows(reader, positions, transform, decode=decode, resize=resize), batch_size=batch_size, shuffle=False,
         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
     )
@@ -365,7 +366,8 @@ def extract(
                 extractor, manifest.reader, mine, [manifest.digests[i] for i in mine],
                 ident_transform(ident), writer, device=dev, precision=prec, batch_size=batch_size,
                 workers=default_workers() if workers is None else workers, on_error=on_error, ids=manifest.ids,
-                progress=progress and dist.is_main, timings=timings, decode=decode)
+                progress=progress and dist.is_main, timings=timings, decode=decode,
+                resize=int(ident.preprocess["resize"]))
         except KeyboardInterrupt:
             saved = writer.finish()
             raise Interrupted(f"interrupted: {saved} new rows saved in {fs.key}; run the same command again "
@@ -477,4 +479,4 @@ def options_from_identity(identity: dict, weights_path: str | None = None) -> di
     image_size = None if pre == default else int(pre["crop"])
     return dict(backbone=identity["backbone"], weights=weights, layer=identity["layer"], pool=identity["pool"],
                 image_size=image_size, precision=identity["precision"], dtype=identity["dtype"],
-                decode="device" if identity.get("decoder") == JPEG_ON_DEVICE else "workers")
+                decode={v: k for k, v in DECODERS.items()}.get(identity.get("decoder"), "workers"))

@@ -4,7 +4,7 @@ Every mode ends as 8-bit RGB: transparency (RGBA, LA, palette with a
 transparent index) is composited on white, grayscale and palette are expanded,
 16/32-bit images are scaled to 8 bits, CMYK is converted, EXIF orientation is
 applied, animated images use their first frame. A change here changes the
-features, so it bumps ``keys.DECODER_VERSION``.
+features, so it bumps ``decoders.DECODER_VERSION``.
 """
 from __future__ import annotations
 
@@ -57,12 +57,15 @@ class ImageTooLarge(ValueError):
     pass
 
 
-def decode_image(path: str, max_pixels: int | None = None) -> Image.Image:
+def decode_image(path: str, max_pixels: int | None = None, draft: int | None = None) -> Image.Image:
     """Open, decode fully and convert; raises on anything unreadable.
 
     Images above ``max_pixels`` (default Pillow's decompression-bomb limit,
     about 89 megapixels) are refused before decoding, so one huge file cannot
-    exhaust a worker's memory.
+    exhaust a worker's memory. With ``draft=S`` a JPEG is decoded at the smallest
+    DCT scale (1/2, 1/4, 1/8) that keeps its shorter side at S px or more: a large
+    photo bound for a small input decodes several times faster, with slightly
+    different pixels (``--decode draft``).
     """
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     with warnings.catch_warnings():
@@ -77,6 +80,9 @@ def decode_image(path: str, max_pixels: int | None = None) -> Image.Image:
             raise ImageTooLarge(f"image of {w}x{h} = {w * h / 1e6:.0f} megapixels is above the "
                                 f"{limit / 1e6:.0f}-megapixel limit; downscale it first")
         img.seek(0)  # first frame of animated images
+        if draft and img.format == "JPEG":
+            short = min(w, h)
+            img.draft(None, (max(1, w * draft // short), max(1, h * draft // short)))
         img.load()
         return to_rgb(img)
 
@@ -116,8 +122,8 @@ class FileReader:
     def __init__(self, paths: list[str]):
         self.paths = paths
 
-    def load(self, i: int) -> Image.Image:
-        return decode_image(self.paths[i])
+    def load(self, i: int, draft: int | None = None) -> Image.Image:
+        return decode_image(self.paths[i], draft=draft)
 
     def jpeg(self, i: int) -> bytes | None:
         """Undecoded bytes of row i when it is a plain JPEG (for decoding on the device)."""
@@ -142,13 +148,16 @@ class RawJpeg:
 class ImageRows(torch.utils.data.Dataset):
     """Rows of a reader -> (position, tensor | RawJpeg | None, error | None, decode seconds), in workers.
 
-    With ``raw_jpeg`` (``--decode device``) plain JPEG files are passed on undecoded when the
-    reader can give their bytes; everything else is decoded and transformed here.
+    ``decode`` (``--decode``) applies to image files (a :class:`FileReader`): ``device`` passes
+    plain JPEG files on undecoded, ``draft`` decodes JPEGs at a reduced scale no smaller
+    than ``resize`` px; everything else is decoded and transformed here.
     """
 
-    def __init__(self, reader, positions: list[int], transform, raw_jpeg: bool = False):
+    def __init__(self, reader, positions: list[int], transform, decode: str = "workers", resize: int | None = None):
         self.reader, self.positions, self.transform = reader, positions, transform
-        self.raw_jpeg = raw_jpeg and hasattr(reader, "jpeg")
+        files = isinstance(reader, FileReader)
+        self.raw_jpeg = files and decode == "device"
+        self.load_kw = {"draft": resize} if files and decode == "draft" else {}
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -158,7 +167,7 @@ class ImageRows(torch.utils.data.Dataset):
         pos = self.positions[i]
         try:
             data = self.reader.jpeg(pos) if self.raw_jpeg else None
-            item = RawJpeg(data) if data is not None else self.transform(self.reader.load(pos))  # readers give RGB
+            item = RawJpeg(data) if data is not None else self.transform(self.reader.load(pos, **self.load_kw))
             err = None
         except Exception as e:  # noqa: BLE001 - the policy decides; the error text travels
             item, err = None, f"{type(e).__name__}: {e}"

@@ -12,17 +12,11 @@ import json
 from dataclasses import dataclass, field
 
 from featcache.backbones import get_backbone
+from featcache.decoders import DECODE_MODES, DECODER_VERSION, DECODERS
 from featcache.errors import FeatcacheError, UnknownNameError
 from featcache.layers import POOLS
 
 FORMAT_VERSION = 1
-# Bumped whenever image decoding (mode conversion, alpha compositing) changes.
-DECODER_VERSION = "rgb-on-white-v1"
-# Where JPEG files are decoded: by PIL in DataLoader workers, or by torchvision.io on the
-# extraction device with tensor resizing (slightly different pixels, hence another key;
-# the same key on CPU and CUDA, as for the forward pass).
-DECODE_MODES = ("workers", "device")
-JPEG_ON_DEVICE = DECODER_VERSION + "+jpeg-torchvision-io-v1"
 DTYPES = ("float32", "float16")
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -112,7 +106,7 @@ def resolve_identity(
         preprocess=pre.to_dict(),
         precision=precision,
         dtype=dtype,
-        decoder=JPEG_ON_DEVICE if decode == "device" else DECODER_VERSION,
+        decoder=DECODERS[decode],
         extra=dict(extra or {}),
     )
     return ident, entry, choice

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featcache.decoders import DECODE_MODES
 from featcache.errors import FeatcacheError, UnknownNameError
 
 __all__ = [
@@ -175,7 +176,7 @@ _BACKBONE = {
     "image_size": ("integer", "224"),
     "precision": ("string", '"auto", "float32", "bfloat16" or "float16"'),
     "dtype": ("string", '"float32" or "float16"'),
-    "decode": ("string", '"workers" or "device"'),
+    "decode": ("string", '"workers", "draft" or "device"'),
 }
 _HEAD = {
     "name": ("string", '"logreg" (see `featcache heads`)'),
@@ -193,7 +194,7 @@ _CHOICES = {
     ("backbones", "pool"): ("avg", "max", "none"),
     ("backbones", "precision"): ("auto", "float32", "bfloat16", "float16"),
     ("backbones", "dtype"): ("float32", "float16"),
-    ("backbones", "decode"): ("workers", "device"),
+    ("backbones", "decode"): DECODE_MODES,
 }
 
 

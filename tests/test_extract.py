@@ -126,7 +126,7 @@ def test_datasets_sharing_images_share_rows(image_folder, cache_dir, tmp_path):
 
 @pytest.mark.parametrize("change", [dict(layer="layer3"), dict(image_size=48), dict(weights="IMAGENET1K_V1"),
                                     dict(pool="max"), dict(dtype="float16"), dict(precision="bfloat16"),
-                                    dict(decode="device")])
+                                    dict(decode="device"), dict(decode="draft")])
 def test_identity_changes_with_everything_that_changes_features(change):
     base = dict(weights="none", layer="penultimate", pool="avg", image_size=32, precision="float32",
                 dtype="float32")

@@ -1,4 +1,5 @@
-"""--decode device: JPEG files decoded by torchvision.io on the extraction device (CPU here)."""
+"""--decode draft (PIL at a reduced DCT scale) and --decode device (torchvision.io on the extraction
+device, CPU here): each close to the default PIL decoding, under a feature key of its own."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ from featcache.cli import cli
 from featcache.device_decode import decode_jpegs
 from featcache.engine import ident_transform, options_from_identity
 from featcache.errors import ImageDecodeError
-from featcache.images import ImageTooLarge, RawJpeg, jpeg_bytes
-from featcache.keys import DECODER_VERSION, JPEG_ON_DEVICE, resolve_identity
+from featcache.images import ImageTooLarge, RawJpeg, decode_image, jpeg_bytes
+from featcache.decoders import DECODER_VERSION, DECODERS
+from featcache.keys import resolve_identity
 
 from test_extract import resnet_pre_fc, seeded_model
 
@@ -52,7 +54,7 @@ def test_device_decode_is_close_to_pil_under_its_own_key(jpeg_folder, tmp_path):
     pil = featcache.extract(str(jpeg_folder), cache_dir=cache, **KW)
     dev = featcache.extract(str(jpeg_folder), cache_dir=cache, decode="device", **KW)
     assert dev.feature_key != pil.feature_key
-    assert dev.identity["decoder"] == JPEG_ON_DEVICE and pil.identity["decoder"] == DECODER_VERSION
+    assert dev.identity["decoder"] == DECODERS["device"] and pil.identity["decoder"] == DECODER_VERSION
     assert (dev.rows, dev.extracted, dev.skipped) == (12, 12, [])
     a, b = featcache.load_features(pil.view), featcache.load_features(dev.view)
     assert a.ids == b.ids and a.labels.tolist() == b.labels.tolist()
@@ -153,9 +155,9 @@ def test_cli_option_and_its_error(jpeg_folder, tmp_path):
             "--weights", "none", "--image-size", "48", "--workers", "0"]
     ok = CliRunner().invoke(cli, [*args, "--decode", "device", "--json"])
     assert ok.exit_code == 0, ok.output
-    assert json.loads(ok.stdout)["identity"]["decoder"] == JPEG_ON_DEVICE
+    assert json.loads(ok.stdout)["identity"]["decoder"] == DECODERS["device"]
     bad = CliRunner().invoke(cli, [*args, "--decode", "gpu"])
-    assert bad.exit_code == 2 and "'gpu' is not one of 'workers', 'device'" in bad.output
+    assert bad.exit_code == 2 and "'gpu' is not one of 'workers', 'draft', 'device'" in bad.output
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG)")
@@ -166,3 +168,41 @@ def test_nvjpeg_is_close_to_the_cpu_decoder(jpeg_folder, tmp_path):
     assert gpu.feature_key == cpu.feature_key  # one key on both devices, as for the forward pass
     a, b = featcache.load_features(cpu.view), featcache.load_features(gpu.view)
     assert cosine(a.features, b.features).min() > 0.999
+
+
+def test_draft_decodes_large_jpegs_at_a_reduced_scale(tmp_path):
+    big = smooth_jpeg(tmp_path / "big.jpg", seed=2, size=(640, 480))
+    assert decode_image(str(big)).size == (640, 480)
+    assert decode_image(str(big), draft=48).size == (80, 60)  # 1/8: the shorter side stays >= 48
+    assert decode_image(str(big), draft=100).size == (160, 120)  # 1/4
+    assert decode_image(str(big), draft=480).size == (640, 480)  # no smaller scale keeps 480 px
+    small = smooth_jpeg(tmp_path / "small.jpg", seed=2)
+    assert np.array_equal(np.asarray(decode_image(str(small), draft=48)), np.asarray(decode_image(str(small))))
+    png = tmp_path / "p.png"
+    Image.new("RGB", (640, 480), (1, 2, 3)).save(png)
+    assert decode_image(str(png), draft=48).size == (640, 480)  # JPEG only
+    rotated = smooth_jpeg(tmp_path / "rot.jpg", seed=2, size=(640, 480), exif=_exif_orientation(6))
+    assert decode_image(str(rotated), draft=48).size == (60, 80)  # scaled, then turned upright
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (640, 480), (10, 200, 30, 0)).save(cmyk, "JPEG")
+    img = decode_image(str(cmyk), draft=48)
+    assert img.mode == "RGB" and img.size == (80, 60)
+
+
+def test_draft_features_are_close_under_their_own_key(tmp_path):
+    root = tmp_path / "photos"
+    for i in range(6):
+        smooth_jpeg(root / ("a" if i % 2 else "b") / f"{i}.jpg", seed=i, size=(400, 300))
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(root / "a" / "flat.png")
+    cache = tmp_path / "cache"
+    full = featcache.extract(str(root), cache_dir=cache, **KW)
+    draft = featcache.extract(str(root), cache_dir=cache, decode="draft", **KW)
+    assert draft.feature_key != full.feature_key and draft.identity["decoder"] == DECODERS["draft"]
+    a, b = featcache.load_features(full.view), featcache.load_features(draft.view)
+    assert a.ids == b.ids
+    assert cosine(a.features, b.features).min() > 0.99
+    png = a.ids.index("a/flat.png")
+    np.testing.assert_array_equal(a.features[png], b.features[png])
+    assert not np.array_equal(a.features[0], b.features[0])
+    assert options_from_identity(draft.identity)["decode"] == "draft"
+    assert featcache.extract(str(root), cache_dir=cache, decode="draft", **KW).cache_hit
