@@ -23,11 +23,11 @@ import torch
 
 from featcache import distributed
 from featcache.data import Manifest, load_manifest
+from featcache.decoders import DECODERS
+from featcache.device_decode import decode_jpegs
 from featcache.errors import FeatcacheError, ImageDecodeError, UnknownNameError
 from featcache.faults import failpoint
-from featcache.device_decode import decode_jpegs
 from featcache.images import ImageRows, collate
-from featcache.decoders import DECODERS
 from featcache.keys import FeatureIdentity, resolve_identity
 from featcache.layers import FeatureExtractor
 from featcache.store import FeatureSet, FeatureStore
@@ -348,56 +348,60 @@ def extract(
     view = fs.view_path(manifest.name, manifest.fingerprint())
     common = dict(feature_key=fs.key, data=manifest.name, identity=ident.to_dict(), ignored=len(manifest.ignored),
                   device=str(dev))
-    # rank 0 decides (a cache hit, or which rows are missing) so that every rank agrees
-    hit, todo, skipped = dist.broadcast(_plan(fs, manifest, view, on_error) if dist.is_main else None)
-    if hit:
-        return _cache_hit(view, timings, t_start, common)
+    # a shared lock for the whole run: `cache gc` (exclusive) leaves a set alone while rows are
+    # being added to it, as they are in no view yet
+    with fs.lock(shared=True):
+        # rank 0 decides (a cache hit, or which rows are missing) so that every rank agrees
+        hit, todo, skipped = dist.broadcast(_plan(fs, manifest, view, on_error) if dist.is_main else None)
+        if hit:
+            return _cache_hit(view, timings, t_start, common)
 
-    mine = todo[dist.rank::dist.world]
-    extracted, built, bad = 0, False, []
-    if mine:
+        mine = todo[dist.rank::dist.world]
+        extracted, built, bad = 0, False, []
+        if mine:
+            t0 = time.perf_counter()
+            extractor = FeatureExtractor(entry.build(choice), layer=layer, pool=pool).to(dev)
+            if dev.type == "cuda":
+                extractor = extractor.to(memory_format=torch.channels_last)
+            built = True
+            timings["build_s"] = time.perf_counter() - t0
+            writer = _Writer(fs, flush_rows, flush_seconds)
+            writer.start()
+            t0 = time.perf_counter()
+            try:
+                bad = run_backbone(
+                    extractor, manifest.reader, mine, [manifest.digests[i] for i in mine],
+                    ident_transform(ident), writer, device=dev, precision=prec, batch_size=batch_size,
+                    workers=default_workers() if workers is None else workers, on_error=on_error, ids=manifest.ids,
+                    progress=progress and dist.is_main, timings=timings, decode=decode,
+                    resize=int(ident.preprocess["resize"]))
+            except KeyboardInterrupt:
+                saved = writer.finish()
+                raise Interrupted(f"interrupted: {saved} new rows saved in {fs.key}; run the same command again "
+                                  "to resume from there") from None
+            except BaseException:
+                writer.finish()  # keep what was computed: the next run resumes from it
+                raise
+            extracted = writer.finish()
+            timings["write_s"] = writer.busy
+            timings["extract_s"] = time.perf_counter() - t0
+        ranks = dist.gather((extracted, built, bad))
+        extracted = sum(r[0] for r in ranks)
+        built = any(r[1] for r in ranks)
+        skipped = skipped + [b for r in ranks for b in r[2]]
         t0 = time.perf_counter()
-        extractor = FeatureExtractor(entry.build(choice), layer=layer, pool=pool).to(dev)
-        if dev.type == "cuda":
-            extractor = extractor.to(memory_format=torch.channels_last)
-        built = True
-        timings["build_s"] = time.perf_counter() - t0
-        writer = _Writer(fs, flush_rows, flush_seconds)
-        writer.start()
-        t0 = time.perf_counter()
-        try:
-            bad = run_backbone(
-                extractor, manifest.reader, mine, [manifest.digests[i] for i in mine],
-                ident_transform(ident), writer, device=dev, precision=prec, batch_size=batch_size,
-                workers=default_workers() if workers is None else workers, on_error=on_error, ids=manifest.ids,
-                progress=progress and dist.is_main, timings=timings, decode=decode,
-                resize=int(ident.preprocess["resize"]))
-        except KeyboardInterrupt:
-            saved = writer.finish()
-            raise Interrupted(f"interrupted: {saved} new rows saved in {fs.key}; run the same command again "
-                              "to resume from there") from None
-        except BaseException:
-            writer.finish()  # keep what was computed: the next run resumes from it
-            raise
-        extracted = writer.finish()
-        timings["write_s"] = writer.busy
-        timings["extract_s"] = time.perf_counter() - t0
-    ranks = dist.gather((extracted, built, bad))
-    extracted = sum(r[0] for r in ranks)
-    built = any(r[1] for r in ranks)
-    skipped = skipped + [b for r in ranks for b in r[2]]
-    t0 = time.perf_counter()
-    keep, skipped = _rows_to_keep(manifest, skipped)
+        keep, skipped = _rows_to_keep(manifest, skipped)
+        if dist.is_main:
+            fs.write_view(
+                view, [manifest.digests[i] for i in keep], ids=[manifest.ids[i] for i in keep],
+                labels=manifest.labels[keep] if len(keep) else np.zeros(0, np.int64),
+                split=[manifest.split[i] for i in keep], class_names=manifest.class_names,
+                attrs={"weights_path": choice.path or "", "data_source": manifest.source, "data_root": manifest.root,
+                       "data_name": manifest.name, "fingerprint": manifest.fingerprint(), "skipped": skipped,
+                       "ignored_files": len(manifest.ignored), "world_size": dist.world})
+    dist.barrier()  # every rank has let go of the set: rank 0 may merge its small shards
     if dist.is_main:
-        fs.write_view(
-            view, [manifest.digests[i] for i in keep], ids=[manifest.ids[i] for i in keep],
-            labels=manifest.labels[keep] if len(keep) else np.zeros(0, np.int64),
-            split=[manifest.split[i] for i in keep], class_names=manifest.class_names,
-            attrs={"weights_path": choice.path or "", "data_source": manifest.source, "data_root": manifest.root,
-                   "data_name": manifest.name, "fingerprint": manifest.fingerprint(), "skipped": skipped,
-                   "ignored_files": len(manifest.ignored), "world_size": dist.world})
         fs.compact()
-    dist.barrier()
     timings["view_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     return ExtractResult(view=str(view), rows=len(keep), dim=fs.dim() or 0, extracted=extracted,

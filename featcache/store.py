@@ -77,7 +77,8 @@ def write_hdf5_atomically(path: Path, build, *, in_memory: bool = True) -> Path:
     ``in_memory`` builds the file image in memory and writes it with plain file I/O,
     so a full disk or a file-size limit is a clean OSError (HDF5 itself is left in
     a state that crashes the interpreter at exit when a disk write fails under it).
-    Large files (views beyond VIEW_IN_MEMORY_BYTES) are written by HDF5 directly.
+    Large files (views beyond VIEW_IN_MEMORY_BYTES) are written by HDF5 through a Python
+    file object, so a failed write is an OSError there too, not a broken HDF5 library.
     """
     with atomic_path(path, before_replace=lambda: failpoint("publish")) as tmp:
         if in_memory:
@@ -88,7 +89,7 @@ def write_hdf5_atomically(path: Path, build, *, in_memory: bool = True) -> Path:
                 fh.write(buf.getbuffer())
             del buf
         else:
-            with h5py.File(tmp, "w") as f:
+            with open(tmp, "wb+") as fh, h5py.File(fh, "w") as f:
                 build(f)
     return path
 
@@ -189,8 +190,19 @@ class FeatureSet:
     # -- locking
     @contextlib.contextmanager
     def lock(self, *, shared: bool = False, blocking: bool = True):
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "a+") as fh:
+        """flock on the set's .lock file: shared while extracting or writing a view, exclusive
+        for merging, pruning and gc. Yields whether it was taken (False: busy, non-blocking).
+        On a store that cannot be written (read-only mount) only reading is possible, and
+        reading needs no lock: it yields True."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fh = open(self.dir / ".lock", "a+")
+        except OSError:
+            if not shared:
+                raise
+            yield True
+            return
+        with fh:
             flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
             try:
                 fcntl.flock(fh, flags)
@@ -238,7 +250,16 @@ class FeatureSet:
         return RowIndex(shards, where)
 
     def writer(self, dim: int, **kw) -> ShardWriter:
+        self.create()
         return ShardWriter(self.rows_dir, dim, self.identity.dtype, key=self.key, **kw)
+
+    def create(self) -> None:
+        """Write identity.json (atomically) if it is not there: the set exists from its first write on,
+        so a run that fails before computing anything (bad layer, missing weights) leaves no empty set."""
+        path = self.dir / "identity.json"
+        if not path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(self.identity.to_dict(), indent=2, sort_keys=True))
 
     def dim(self) -> int | None:
         for path in self.shards():
@@ -254,7 +275,9 @@ class FeatureSet:
             raise StoreError(f"feature set {self.key} has no rows")
         missing = [d for d in digests if d not in index]
         if missing:
-            raise StoreError(f"{len(missing)} rows missing from {self.key} (first digest {missing[0]})")
+            raise StoreError(f"{len(missing)} rows missing from {self.key} (first digest {missing[0]}): they were "
+                             "removed meanwhile (`cache gc --repair` or by hand); re-run the same command to "
+                             "compute them again")
         block = max(1, BLOCK_BYTES // (dim * 4))
         files: dict[int, h5py.File] = {}
         try:
@@ -285,6 +308,7 @@ class FeatureSet:
     def write_view(self, path: Path, digests: list[str], *, ids: list[str], labels: np.ndarray,
                    split: list[str], class_names: list[str], attrs: dict) -> Path:
         """Materialise one contiguous view file (temporary name, then rename)."""
+        self.create()
         with self.lock(shared=True):
             index = self.row_index()
             dim = self.dim() or 0
@@ -383,7 +407,8 @@ class FeatureStore:
         return self.root / "results.jsonl"
 
     def open(self, identity: FeatureIdentity) -> FeatureSet:
-        """The feature set of ``identity``, created if new (identity.json written atomically)."""
+        """The feature set of ``identity``; a stored identity.json must match it. A new set is
+        written to disk with its first rows or view (``FeatureSet.create``)."""
         key = identity.key
         fs = FeatureSet(self, key, identity)
         path = fs.dir / "identity.json"
@@ -392,9 +417,6 @@ class FeatureStore:
             if canonical_json(stored.to_dict()) != canonical_json(identity.to_dict()):
                 raise StoreError(f"{path} does not hold the identity of key {key} (edited by hand?); "
                                  "move the folder away and re-run to rebuild it")
-        else:
-            fs.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(identity.to_dict(), indent=2, sort_keys=True))
         return fs
 
     def _read_identity(self, path: Path) -> FeatureIdentity:
@@ -410,12 +432,15 @@ class FeatureStore:
         return ident
 
     def sets(self) -> list[FeatureSet]:
+        """Every readable feature set. One whose identity cannot be read (damaged, or of another
+        store format) is left out here, so the others stay usable; `cache verify` reports it."""
         if not self.features_dir.is_dir():
             return []
         out = []
         for d in sorted(self.features_dir.iterdir()):
             if (d / "identity.json").is_file():
-                out.append(FeatureSet(self, d.name, self._read_identity(d / "identity.json")))
+                with contextlib.suppress(StoreError):
+                    out.append(FeatureSet(self, d.name, self._read_identity(d / "identity.json")))
         return out
 
     def find(self, key: str) -> FeatureSet:

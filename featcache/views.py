@@ -57,7 +57,8 @@ def check_view(path: str | os.PathLike) -> None:
             fmt = int(f.attrs.get("format", -1))
             if fmt != FORMAT_VERSION:
                 raise StoreError(f"{path} has view format {fmt}; this featcache reads {FORMAT_VERSION}: "
-                                 "re-run `featcache extract` to rebuild it")
+                                 "`featcache cache gc --repair` moves it aside, then re-run `featcache extract` "
+                                 "to rebuild it")
             n = f["features"].shape[0]
             for k in ("labels", "ids", "split"):
                 if f[k].shape[0] != n:

@@ -179,3 +179,16 @@ def test_a_row_does_not_depend_on_the_rows_batched_with_it(image_folder, cache_d
     r = featcache.extract(str(image_folder), cache_dir=grown, **kw)
     assert (r.reused, r.extracted) == (3, 9)
     np.testing.assert_array_equal(featcache.load_features(r.view).features, whole.features)
+
+
+def test_a_run_that_fails_before_computing_leaves_no_feature_set(image_folder, cache_dir):
+    from featcache.errors import FeatcacheError
+    from featcache.store import FeatureStore
+
+    with pytest.raises(FeatcacheError, match="layer5"):
+        featcache.extract(str(image_folder), backbone="resnet18", weights="none", image_size=32, layer="layer5",
+                          cache_dir=cache_dir, workers=0)
+    assert FeatureStore(cache_dir).sets() == []  # `cache ls` shows nothing half-made
+    r = featcache.extract(str(image_folder), backbone="resnet18", weights="none", image_size=32,
+                          cache_dir=cache_dir, workers=0)
+    assert [s.key for s in FeatureStore(cache_dir).sets()] == [r.feature_key]
