@@ -123,7 +123,10 @@ def _write_csv(tmp: Path, f, n: int, dim: int) -> None:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["id", "label", "split", *(f"f{j}" for j in range(dim))])
         buf = io.StringIO()
-        prefix = csv.writer(buf, lineterminator="")
+        # The terminator of the prefix writer is cut off below, but the csv module quotes a field
+        # that contains any character of its terminator: "\r\n" makes it quote ids (and labels)
+        # holding a newline or a carriage return, which would otherwise split the record.
+        prefix = csv.writer(buf, lineterminator="\r\n")
         for start, block in _blocks(f.features, n, dim):
             lines = []
             for k, vec in enumerate(block.astype(np.float64).tolist()):
@@ -131,7 +134,7 @@ def _write_csv(tmp: Path, f, n: int, dim: int) -> None:
                 buf.seek(0)
                 buf.truncate()
                 prefix.writerow([f.ids[i], names[i] or "", f.split[i]])
-                lines.append(buf.getvalue() + ("," + row_fmt % tuple(vec) if dim else "") + "\n")
+                lines.append(buf.getvalue()[:-2] + ("," + row_fmt % tuple(vec) if dim else "") + "\n")
             fh.write("".join(lines))
 
 

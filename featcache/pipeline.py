@@ -4,7 +4,10 @@ A pipeline names a data set, a split, a list of backbones and a list of heads.
 Running it extracts every backbone's features with :func:`featcache.engine.extract`
 (every row the store already holds is reused, so a second run extracts nothing),
 fits every head on every backbone with :func:`featcache.train.fit_head`, and
-writes a summary next to the results::
+writes a summary next to the results. With ``[extract] augment = N`` each
+backbone also extracts (or reuses) N seeded augmented copies of every training
+image, and every head trains on the plain training rows plus those copies
+(validation and test stay plain)::
 
     <cache>/pipelines/<name>/summary.json     everything PipelineResult.to_dict() holds
     <cache>/pipelines/<name>/summary.png      test accuracy per backbone x head, and vs fit time
@@ -96,7 +99,21 @@ class BackboneRun:
     #: device, pipeline}; None when there is no measurement of at least MIN_RATE_ROWS rows.
     rate: dict | None = None
     rate_source: str | None = None  # "this run" | "previous run of pipeline X at T" | None
-    time_saved_s: float | None = None  # reused x seconds_per_row; None when unknown
+    time_saved_s: float | None = None  # (reused + augmented reused) x seconds_per_row; None when unknown
+    #: the augmented copies ([extract] augment > 0): {feature_key, view, copies, seed, rows,
+    #: extracted, reused, cache_hit}; None without augmentation. ``extracted``/``reused``
+    #: above count the plain rows only.
+    augmented: dict | None = None
+
+    @property
+    def extracted_all(self) -> int:
+        """Rows extracted, plain and augmented."""
+        return self.extracted + (self.augmented["extracted"] if self.augmented else 0)
+
+    @property
+    def reused_all(self) -> int:
+        """Rows reused from the store, plain and augmented."""
+        return self.reused + (self.augmented["reused"] if self.augmented else 0)
 
 
 @dataclass
@@ -117,6 +134,8 @@ class HeadRow:
     predict_s: float
     head_path: str
     metrics: dict = field(default_factory=dict)
+    n_train: int | None = None  # plain training rows
+    n_train_augmented: int = 0  # augmented copies of them added to the training set
 
 
 @dataclass
@@ -131,14 +150,18 @@ class PipelineResult:
     started: str
     summary_json: str | None = None
     summary_png: str | None = None
+    #: {"copies": N, "seed": S} when the heads trained on N augmented copies per training image
+    augment: dict | None = None
 
     @property
     def extracted(self) -> int:
-        return sum(b.extracted for b in self.backbones)
+        """Rows extracted by this run, plain and augmented, over every backbone."""
+        return sum(b.extracted_all for b in self.backbones)
 
     @property
     def reused(self) -> int:
-        return sum(b.reused for b in self.backbones)
+        """Rows reused from the store, plain and augmented, over every backbone."""
+        return sum(b.reused_all for b in self.backbones)
 
     @property
     def time_saved_s(self) -> float | None:
@@ -155,7 +178,7 @@ class PipelineResult:
         best = self.best
         return {
             "name": self.name, "pipeline": self.pipeline, "cache_dir": self.cache_dir, "data": self.data,
-            "started": self.started, "total_s": self.total_s,
+            "started": self.started, "total_s": self.total_s, "augment": self.augment,
             "extracted": self.extracted, "reused": self.reused,
             "time_saved_s": self.time_saved_s, "time_saved_unknown_for": unknown,
             "best": {"backbone": best.backbone, "head": best.head, "test_acc": best.test_acc} if best else None,
@@ -168,33 +191,49 @@ class PipelineResult:
         cols = ["backbone", "head", "params", "val_acc", "test_acc", "balanced_acc", "macro_f1", "fit_s"]
         best = self.best
         rows = []
+        augmented = any(r.n_train_augmented for r in self.results)
         for r in self.results:
             d = {c: getattr(r, c) for c in cols}
+            if augmented:  # training rows: plain + augmented copies
+                d["train"] = f"{r.n_train}+{r.n_train_augmented}"
             d["params"] = ", ".join(f"{k}={_fmt_param(v)}" for k, v in r.params.items()) or "defaults"
             for c in cols[3:]:
                 d[c] = "-" if d[c] is None else (f"{d[c]:.2f}" if c == "fit_s" else f"{d[c]:.4f}")
             d["head"] = r.head + (" *" if r is best else "")
             rows.append(d)
+        if augmented:
+            cols.insert(3, "train")
         return _text_table(rows, cols)
 
     def summary(self) -> str:
-        lines = [f"pipeline {self.name}: {len(self.backbones)} backbone(s), {len(self.results)} head fits on "
-                 f"{self.data} in {self.total_s:.1f} s (store {self.cache_dir})", ""]
+        lines = [(f"pipeline {self.name}: {len(self.backbones)} backbone(s), {len(self.results)} head fits on "
+                  f"{self.data} in {self.total_s:.1f} s (store {self.cache_dir})")]
+        if self.augment:
+            lines.append(f"heads trained with {self.augment['copies']} augmented copies per training image "
+                         f"(seed {self.augment['seed']}); validation and test on plain features")
+        lines.append("")
         for b in self.backbones:
             s = (f"  {b.label} [{b.feature_key}]: {b.rows} rows x {b.dim}, extracted {b.extracted}, "
                  f"reused {b.reused}" + (" (cache hit)" if b.cache_hit else ""))
             if b.extracted:
                 s += f", extraction {b.timings.get('extract_s', 0.0):.1f} s"
-            if b.time_saved_s is not None and b.reused:
+            if b.time_saved_s is not None and b.reused_all:
                 s += (f"; saved ~{b.time_saved_s:.1f} s ({b.rate['seconds_per_row'] * 1000:.1f} ms/row, "
                       f"{b.rate_source})")
-            elif b.reused:
+            elif b.reused_all:
                 s += f"; time saved unknown (no extraction of >= {MIN_RATE_ROWS} rows measured yet)"
             if b.skipped:
                 s += f"; {b.skipped} unreadable images skipped"
             lines.append(s)
+            a = b.augmented
+            if a:
+                lines.append(f"    augmented [{a['feature_key']}]: {a['rows']} rows ({a['copies']} copies of each of "
+                             f"{a['rows'] // max(1, a['copies'])} images, seed {a['seed']}), extracted "
+                             f"{a['extracted']}, reused {a['reused']}"
+                             + (" (cache hit)" if a["cache_hit"] else ""))
         total = self.time_saved_s
         lines.append(f"  total: extracted {self.extracted}, reused {self.reused}"
+                     + (" (plain and augmented rows)" if self.augment else "")
                      + (f", saved ~{total:.1f} s of extraction" if total else ""))
         lines += ["", self.table()]
         best = self.best
@@ -311,12 +350,14 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike, *, cache_dir: str | os.
     x = pipeline.extract
     n_b = len(pipeline.backbones)
     for i, b in enumerate(pipeline.backbones, start=1):
-        say(f"[{i}/{n_b}] {b.label}: extracting ({b.name}, weights {b.weights}, layer {b.layer})")
+        say(f"[{i}/{n_b}] {b.label}: extracting ({b.name}, weights {b.weights}, layer {b.layer}"
+            + (f", {x.augment} augmented copies per training image" if x.augment else "") + ")")
         try:
             r = extract(manifest, backbone=b.name, weights=b.weights, layer=b.layer, pool=b.pool,
                         image_size=b.image_size, precision=b.precision, dtype=b.dtype, decode=b.decode,
                         cache_dir=store.root, batch_size=x.batch_size, workers=x.workers, device=x.device,
-                        on_error=x.on_error, flush_seconds=x.flush_every, progress=bars)
+                        on_error=x.on_error, flush_seconds=x.flush_every, progress=bars,
+                        augment=x.augment, augment_seed=x.augment_seed)
         except Interrupted:
             raise
         except FeatcacheError as e:
@@ -330,18 +371,27 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike, *, cache_dir: str | os.
             rate = _previous_rate(store.root, r.feature_key, r.device)
             source = (f"measured by pipeline {rate.get('pipeline')!r} at {rate.get('measured_at')} "
                       f"on {rate['rows']} rows") if rate else None
+        aug = None
+        if r.augmented:  # the copies' own counts; their rows cost at least a plain row each
+            aug = {k: r.augmented[k] for k in ("feature_key", "view", "copies", "rows", "extracted", "reused",
+                                                "cache_hit")}
+            aug["seed"] = x.augment_seed
+        reused_all = r.reused + (aug["reused"] if aug else 0)
         if rate is not None:
-            saved = r.reused * rate["seconds_per_row"]
+            saved = reused_all * rate["seconds_per_row"]
         else:
-            saved = 0.0 if r.reused == 0 else None
+            saved = 0.0 if reused_all == 0 else None
         run = BackboneRun(label=b.label, backbone=b.name, feature_key=r.feature_key, view=r.view, rows=r.rows,
                           dim=r.dim, extracted=r.extracted, reused=r.reused, cache_hit=r.cache_hit,
                           skipped=len(r.skipped), timings=dict(r.timings), rate=rate, rate_source=source,
-                          time_saved_s=saved)
+                          time_saved_s=saved, augmented=aug)
         runs.append(run)
         say(f"[{i}/{n_b}] {b.label}: {r.rows} rows x {r.dim} [{r.feature_key}], extracted {r.extracted}, "
-            f"reused {r.reused} in {r.timings.get('total_s', 0.0):.1f} s")
+            f"reused {r.reused} in {r.timings.get('total_s', 0.0):.1f} s"
+            + (f"; augmented {aug['rows']} rows, extracted {aug['extracted']}, reused {aug['reused']}"
+               if aug else ""))
         feats = load_features(r.view)
+        augmented_view = aug["view"] if aug else None  # as `fit-head --augment N` does
         for h in pipeline.heads_for(b):
             say(f"[{i}/{n_b}] {b.label}: fitting {h.label}"
                 + (" (sweep)" if h.sweep or h.grid else ""))
@@ -349,7 +399,8 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike, *, cache_dir: str | os.
                 fr = fit_head(feats, h.name, params=h.params, grid=h.grid, use_default_grid=h.sweep,
                               val_fraction=pipeline.split.val_fraction, test_fraction=pipeline.split.test_fraction,
                               seed=pipeline.split.seed, cache_dir=store.root,
-                              output=out_dir / "heads" / b.label / f"{h.label}.head.npz", n_jobs=n_jobs)
+                              output=out_dir / "heads" / b.label / f"{h.label}.head.npz", n_jobs=n_jobs,
+                              augmented=augmented_view)
             except FeatcacheError as e:
                 raise context(f"head {h.label!r} on backbone {b.label!r}", e) from e
             test, val = fr.metrics.get("test") or {}, fr.metrics.get("val") or {}
@@ -358,10 +409,12 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike, *, cache_dir: str | os.
                 head_name=h.name, params=fr.params, val_acc=val.get("accuracy"), test_acc=test.get("accuracy"),
                 balanced_acc=test.get("balanced_accuracy"), macro_f1=test.get("macro_f1"),
                 fit_s=float(fr.timings["fit_s"]), predict_s=float(fr.timings["predict_s"]),
-                head_path=fr.head_path, metrics=fr.metrics))
+                head_path=fr.head_path, metrics=fr.metrics, n_train=fr.split.get("n_train"),
+                n_train_augmented=int(fr.split.get("n_train_augmented", 0))))
 
     result = PipelineResult(name=pipeline.name, pipeline=pipeline.path, cache_dir=str(store.root),
-                            data=d.source, backbones=runs, results=rows, total_s=0.0, started=started)
+                            data=d.source, backbones=runs, results=rows, total_s=0.0, started=started,
+                            augment={"copies": x.augment, "seed": x.augment_seed} if x.augment else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     png = _plot_summary(rows, [b.label for b in pipeline.backbones], out_dir / "summary.png",
                         title=f"pipeline {pipeline.name} ({manifest.name}, {len(manifest)} images)")

@@ -15,6 +15,7 @@ schema is documented in ``docs/pipelines.md``; in short::
                   tv_split, labelled, download
     [split]       val_fraction, test_fraction, seed
     [extract]     batch_size, workers, device, on_error, flush_every   (speed / policy only)
+                  augment, augment_seed   (cached augmented copies: a feature set of their own)
     [[backbones]] name (required), label, weights, layer, pool, image_size, precision, dtype, decode
     [[heads]]     name (required), label, params, grid, sweep, backbones
 
@@ -81,13 +82,23 @@ class SplitSpec:
 
 @dataclass(frozen=True)
 class ExtractSpec:
-    """``[extract]``: options of stage one that do not change the features."""
+    """``[extract]``: options of stage one that do not change the (plain) features.
+
+    ``augment = N`` (> 0) also caches N seeded augmented copies of every training
+    image per backbone (see :mod:`featcache.augment`), and every head then trains on
+    the plain training rows plus their copies; evaluation stays on plain features.
+    The copies are a feature set of their own (the augmentation policy and
+    ``augment_seed`` are part of its identity), so the plain feature key of each
+    backbone is the same with or without ``augment``. Pipeline-wide, as the split is.
+    """
 
     batch_size: int = 64
     workers: int | None = None
     device: str = "auto"
     on_error: str = "fail"
     flush_every: float = 60.0
+    augment: int = 0  # augmented copies per training image; 0 = none
+    augment_seed: int = 0  # seed of the copies (part of the augmented set's identity)
 
 
 @dataclass(frozen=True)
@@ -166,6 +177,8 @@ _EXTRACT = {
     "device": ("string", '"auto", "cpu" or "cuda"'),
     "on_error": ("string", '"fail" or "skip"'),
     "flush_every": ("number", "60"),
+    "augment": ("integer", "2"),
+    "augment_seed": ("integer", "0"),
 }
 _BACKBONE = {
     "name": ("string", '"resnet18" (see `featcache backbones`)'),
@@ -367,12 +380,17 @@ def parse_pipeline(doc: dict, *, base_dir: str | os.PathLike = ".", source: str 
         device=ext.get("device", "auto"),
         on_error=ctx.choice("extract", "[extract]", "on_error", ext.get("on_error", "fail")),
         flush_every=float(ext.get("flush_every", 60.0)),
+        augment=ext.get("augment", 0),
+        augment_seed=ext.get("augment_seed", 0),
     )
     ctx.positive("[extract]", "batch_size", ext_spec.batch_size)
     if ext_spec.workers is not None:
         ctx.positive("[extract]", "workers", ext_spec.workers, 0)
     if ext_spec.flush_every <= 0:
         raise ctx.error(f"[extract] flush_every = {ext_spec.flush_every} is out of range; expected seconds > 0")
+    if ext_spec.augment < 0:
+        raise ctx.error(f"[extract] augment = {ext_spec.augment} is out of range; expected 0 (no augmented "
+                        "copies) or a positive number of augmented copies per training image, e.g. augment = 2")
 
     backbones = _parse_backbones(doc.get("backbones"), ctx, base)
     heads = _parse_heads(doc.get("heads"), ctx, {b.label for b in backbones})

@@ -123,3 +123,24 @@ def test_cli_cache_export(view, tmp_path):
     res = CliRunner().invoke(cli, ["cache", "export", r.view, "-o", str(tmp_path / "f.npz"), "--json"])
     doc = json.loads(res.stdout)
     assert (doc["rows"], doc["dim"], doc["format"], doc["path"]) == (9, 512, "npz", str(tmp_path / "f.npz"))
+
+
+def test_csv_quotes_ids_with_a_newline_and_a_comma(tmp_path):
+    """An id holding a newline (and a comma, and a carriage return) stays one quoted record."""
+    data = tmp_path / "odd"
+    make_image(data / "a" / "plain.png", seed=1)
+    make_image(data / "a" / "line\nbreak, comma.png", seed=2)
+    make_image(data / "b" / "carriage\rreturn.png", seed=3)
+    make_image(data / "b" / "other.png", seed=4)
+    r = extract(str(data), backbone="resnet18", weights="none", image_size=32, workers=0,
+                cache_dir=tmp_path / "cache")
+    f = load_features(r.view)
+    assert "a/line\nbreak, comma.png" in f.ids and "b/carriage\rreturn.png" in f.ids
+    out = export_view(r.view, "csv", tmp_path / "odd.csv")
+    with open(out.path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert len(rows) == 1 + 4 and all(len(x) == 3 + 512 for x in rows)
+    assert [x[0] for x in rows[1:]] == f.ids
+    assert [x[1] for x in rows[1:]] == [f.class_names[i] for i in f.labels]
+    feats = np.array([[float(v) for v in x[3:]] for x in rows[1:]], dtype=np.float32)
+    np.testing.assert_array_equal(feats, f.features)

@@ -134,6 +134,29 @@ def test_wrong_types_and_values_name_the_key_and_what_was_expected(tmp_path, edi
     assert expect in str(e.value)
 
 
+def test_augment_defaults_and_values(tmp_path):
+    x = parse(MINIMAL, tmp_path).extract
+    assert (x.augment, x.augment_seed) == (0, 0)
+    x = parse(MINIMAL + "[extract]\naugment = 2\naugment_seed = 7\n", tmp_path).extract
+    assert (x.augment, x.augment_seed) == (2, 7)
+
+
+@pytest.mark.parametrize("lines,expect", [
+    ("augment = -1", ("[extract] augment = -1 is out of range; expected 0 (no augmented copies) or a positive "
+                      "number of augmented copies per training image, e.g. augment = 2")),
+    ("augment = 1.5", "[extract] augment = 1.5 is a float; expected an integer, e.g. augment = 2"),
+    ('augment = "2"', '[extract] augment = "2" is a string; expected an integer, e.g. augment = 2'),
+    ("augment = true", "[extract] augment = true is a boolean; expected an integer"),
+    ("augment = 2\naugment_seed = 0.5", ("[extract] augment_seed = 0.5 is a float; expected an integer, "
+                                         "e.g. augment_seed = 0")),
+    ('augment_seed = "x"', '[extract] augment_seed = "x" is a string; expected an integer'),
+])
+def test_bad_augment_values_name_the_key_the_value_and_what_was_expected(tmp_path, lines, expect):
+    with pytest.raises(PipelineError) as e:
+        parse(MINIMAL + "[extract]\n" + lines + "\n", tmp_path)
+    assert expect in str(e.value) and "p.toml" in str(e.value)
+
+
 def test_missing_data_table_and_missing_sections(tmp_path):
     with pytest.raises(PipelineError, match=r"p\.toml: has no \[data\] table; expected e\.g\."):
         parse('[[backbones]]\nname = "resnet18"\n[[heads]]\nname = "logreg"\n', tmp_path)
@@ -267,6 +290,89 @@ def test_cli_run_text_and_cache_from_the_file(tiny_run, monkeypatch):
     bad = write(root / "bad.toml", TINY.replace("[extract]", "[extrakt]"))
     r = CliRunner().invoke(cli, ["run", str(bad)])
     assert r.exit_code == 1 and r.output.startswith("Error: unknown top-level key 'extrakt'; did you mean 'extract'")
+
+
+AUGMENTED = """
+name = "aug"
+[data]
+source = "pets"
+[extract]
+workers = 0
+augment = 2
+[[backbones]]
+name = "resnet18"
+weights = "none"
+image_size = 32
+[[heads]]
+name = "logreg"
+[[heads]]
+name = "ncm"
+"""
+
+
+@pytest.fixture(scope="module")
+def augmented_runs(tmp_path_factory):
+    """The 12-image folder run without augmentation, then with augment = 2 twice, then with another seed."""
+    root = tmp_path_factory.mktemp("aug")
+    for c, cls in enumerate(["cat", "dog"]):
+        for i in range(6):
+            make_image(root / "pets" / cls / f"img_{i}.png", seed=100 * c + i)
+    cache = root / "cache"
+    plain = run_pipeline(parse_pipeline(tomllib.loads(AUGMENTED.replace("augment = 2", "")), base_dir=root),
+                         cache_dir=cache, n_jobs=1)
+    toml = write(root / "aug.toml", AUGMENTED)
+    first = run_pipeline(toml, cache_dir=cache, n_jobs=1)
+    second = run_pipeline(toml, cache_dir=cache, n_jobs=1)
+    reseeded = run_pipeline(write(root / "aug_seed1.toml", AUGMENTED.replace("augment = 2", "augment = 2\naugment_seed = 1")
+                                  .replace('"aug"', '"aug-seed1"')),
+                            cache_dir=cache, n_jobs=1)
+    return cache, plain, first, second, reseeded
+
+
+def test_augment_trains_every_head_on_more_rows(augmented_runs):
+    cache, plain, first, _, _ = augmented_runs
+    assert plain.augment is None and all(b.augmented is None for b in plain.backbones)
+    assert all(r.n_train_augmented == 0 and r.n_train > 0 for r in plain.results)
+    assert [r.head for r in first.results] == ["logreg", "ncm"]
+    for p, a in zip(plain.results, first.results):
+        # the same plain split, plus 2 copies of every training image; val and test stay plain
+        assert a.n_train == p.n_train and a.n_train_augmented == 2 * p.n_train
+        assert a.n_train + a.n_train_augmented > p.n_train
+        assert sum(a.metrics["test"]["confusion_matrix"][0]) + sum(a.metrics["test"]["confusion_matrix"][1]) == \
+            sum(p.metrics["test"]["confusion_matrix"][0]) + sum(p.metrics["test"]["confusion_matrix"][1])
+    b, pb = first.backbones[0], plain.backbones[0]
+    # the plain feature set is the same with or without augmentation: reused, not extracted again
+    assert b.feature_key == pb.feature_key and (b.extracted, b.reused) == (0, 12)
+    a = b.augmented
+    assert a["feature_key"] != b.feature_key and (a["copies"], a["seed"], a["rows"]) == (2, 0, 24)
+    assert (a["extracted"], a["reused"], a["cache_hit"]) == (24, 0, False)
+    assert (first.extracted, first.reused) == (24, 12)  # totals count plain and augmented rows
+    assert first.augment == {"copies": 2, "seed": 0}
+    text = first.summary()
+    assert "heads trained with 2 augmented copies per training image (seed 0)" in text
+    assert "augmented [" in text and "TRAIN" in text and f"{p.n_train}+{2 * p.n_train}" in text
+    doc = json.loads((cache / "pipelines" / "aug" / "summary.json").read_text())
+    assert doc["augment"] == {"copies": 2, "seed": 0} and doc["backbones"][0]["augmented"]["rows"] == 24
+    assert [r["n_train_augmented"] for r in doc["results"]] == [2 * p.n_train] * 2
+
+
+def test_second_augmented_run_extracts_nothing(augmented_runs):
+    _, _, first, second, _ = augmented_runs
+    b = second.backbones[0]
+    assert (b.extracted, b.reused, b.cache_hit) == (0, 12, True)
+    assert (b.augmented["extracted"], b.augmented["reused"], b.augmented["cache_hit"]) == (0, 24, True)
+    assert b.augmented["feature_key"] == first.backbones[0].augmented["feature_key"]
+    assert (second.extracted, second.reused) == (0, 36)
+    assert [r.n_train_augmented for r in second.results] == [r.n_train_augmented for r in first.results]
+    assert "reused 24 (cache hit)" in second.summary()
+
+
+def test_augment_seed_is_part_of_the_augmented_identity(augmented_runs):
+    _, _, first, _, reseeded = augmented_runs
+    a0, a1 = first.backbones[0].augmented, reseeded.backbones[0].augmented
+    assert reseeded.backbones[0].feature_key == first.backbones[0].feature_key  # plain rows: reused
+    assert a1["feature_key"] != a0["feature_key"] and (a1["seed"], a1["extracted"], a1["reused"]) == (1, 24, 0)
+    assert reseeded.extracted == 24 and reseeded.augment == {"copies": 2, "seed": 1}
 
 
 def test_a_failing_backbone_names_itself(tmp_path):
