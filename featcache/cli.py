@@ -1,9 +1,11 @@
 """The command line: parse, call one library function, print.
 
-Library errors (FeatcacheError) become one clean ``Error:`` line, here and only here.
+Library errors (FeatcacheError) and OS errors on paths the user gave (OSError) become one clean ``Error:``
+line, here and only here.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -13,6 +15,29 @@ import click
 from featcache import __version__
 from featcache.decoders import DECODE_MODES
 from featcache.errors import FeatcacheError
+
+# what to do about an OSError, by errno (the message names the path and the OS's reason)
+_OS_FIXES = {
+    errno.ENOENT: "check the path: it (or a folder above it) does not exist",
+    errno.ENOTDIR: "a part of the path is a file where a folder is expected: choose another path or move the file",
+    errno.EISDIR: "the path is a folder where a file is expected: choose a file path",
+    errno.EACCES: "fix the permissions or choose another path",
+    errno.EPERM: "fix the permissions or choose another path",
+    errno.EROFS: "the file system is read-only: choose a path on a writable one",
+    errno.ENOSPC: "free some disk space and re-run the same command",
+    errno.EDQUOT: "free some disk space (quota exceeded) and re-run the same command",
+    errno.EEXIST: "the path exists already: remove it or choose another path",
+    errno.ENAMETOOLONG: "choose a shorter path",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError that escaped a command: the path(s), the OS's reason, how to fix it."""
+    reason = e.strerror or str(e) or type(e).__name__
+    paths = " -> ".join(repr(os.fsdecode(f) if isinstance(f, (str, bytes, os.PathLike)) else f)
+                        for f in (e.filename, e.filename2) if f is not None)
+    fix = _OS_FIXES.get(e.errno, "check the path, its permissions and the free disk space")
+    return f"{paths + ': ' if paths else ''}{reason} ({type(e).__name__}); {fix}"
 
 
 class _Group(click.Group):
@@ -26,11 +51,29 @@ class _Group(click.Group):
             if isinstance(e, Interrupted):
                 err.exit_code = 130
             raise err from None
+        except OSError as e:  # a path the user gave cannot be used: one line, not a traceback
+            raise click.ClickException(os_error_message(e)) from None
+
+
+def _check_cache_dir(ctx, param, value):
+    """--cache must be (or become) a folder: an existing file on its way is a usage error. (The default is
+    not checked here: `run` may take its store from the pipeline file instead.)"""
+    from click.core import ParameterSource
+
+    if value is None or ctx.get_parameter_source(param.name) is ParameterSource.DEFAULT:
+        return value
+    p = os.path.abspath(os.path.expanduser(value))
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    if not os.path.isdir(p):
+        raise click.BadParameter(f"{value!r}: {p!r} is a file, not a folder; expected a folder for the feature "
+                                 "store (created when missing): choose another path")
+    return value
 
 
 def cache_option(f):
     return click.option("--cache", "cache_dir", envvar="FEATCACHE_CACHE", default="cache", show_default=True,
-                        type=click.Path(file_okay=False),
+                        type=click.Path(file_okay=False), callback=_check_cache_dir,
                         help="Feature store folder (or set FEATCACHE_CACHE).")(f)
 
 
@@ -92,15 +135,16 @@ def _extract_options(required: bool):
                      help="penultimate (input of the final classifier) or a module name, e.g. features."),
         click.option("--pool", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True,
                      help="Pooling of spatial layers; none keeps the flattened map."),
-        click.option("--image-size", type=int, default=None,
+        click.option("--image-size", type=click.IntRange(min=1), default=None,
                      help="Resize and centre-crop to this size (part of the key)."),
         click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
                      show_default=True, help="Compute precision; auto = bfloat16 AMP on CUDA, float32 on CPU."),
         click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
                      help="Storage dtype of the features."),
-        click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass."),
-        click.option("--workers", type=int, default=None,
-                     help="DataLoader decode workers [default: cores - 1, at most 8]."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Images per forward pass."),
+        click.option("--workers", type=click.IntRange(min=0), default=None,
+                     help="DataLoader decode workers; 0 decodes in the main process [default: cores - 1, at most 8]."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
         click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
                      help="What to do with an image that cannot be decoded."),
@@ -115,11 +159,11 @@ def _extract_options(required: bool):
                      show_default=True, help="torchvision: which official split to read."),
         click.option("--download", is_flag=True, help="torchvision: download the dataset if it is missing."),
         click.option("--no-labels", is_flag=True, help="Folder: treat sub-folders as plain folders, not classes."),
-        click.option("--flush-every", type=float, default=60.0, show_default=True,
+        click.option("--flush-every", type=click.FloatRange(min=0), default=60.0, show_default=True,
                      help="Seconds between row flushes: a killed run recomputes at most this much work."),
-        click.option("--flush-rows", type=int, default=8192, show_default=True,
+        click.option("--flush-rows", type=click.IntRange(min=1), default=8192, show_default=True,
                      help="Rows between row flushes (whichever of the two comes first)."),
-        click.option("--augment", type=int, default=0, show_default=True,
+        click.option("--augment", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Also cache N seeded augmented copies of every training image."),
         click.option("--augment-seed", type=int, default=0, show_default=True,
                      help="Seed of the augmented copies (part of their feature key)."),
@@ -198,8 +242,10 @@ SWEEP_SHORTCUTS = {"C": "C", "weight_decay": "weight_decay", "lr": "lr", "hidden
 @click.option("--param", "extra_params", multiple=True, metavar="NAME=VALUES",
               help="Any head parameter, e.g. --param temperature=0.05,0.1 (repeatable).")
 @click.option("--sweep", "use_default_grid", is_flag=True, help="Sweep the head's default grid on the val split.")
-@click.option("--val-fraction", type=float, default=0.15, show_default=True)
-@click.option("--test-fraction", type=float, default=0.15, show_default=True)
+@click.option("--val-fraction", type=float, default=0.15, show_default=True,
+              help="Share of the labelled rows held out for validation when the data has no val split.")
+@click.option("--test-fraction", type=float, default=0.15, show_default=True,
+              help="Share of the labelled rows held out for testing when the data has no test split.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
               help="Where to save the head [default: CACHE/heads/KEY/HEAD-TIME.head.npz].")
@@ -262,8 +308,10 @@ def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropou
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="CSV file [default: stdout].")
 @click.option("--path-column", default="path", show_default=True, help="CSV: column of image paths.")
 @click.option("--root", default=None, help="CSV: folder the paths are relative to.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per forward pass.")
-@click.option("--workers", type=int, default=None, help="DataLoader decode workers.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader decode workers; 0 decodes in the main process.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="What to do with an image that cannot be decoded.")
@@ -276,8 +324,9 @@ def predict(head_path, data, output, path_column, root, batch_size, workers, dev
     pred = run(head_path, data, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
                on_error=on_error, path_column=path_column, root=root, progress=_progress(as_json or not output))
     if output:
-        from featcache.store import atomic_write_text
         from pathlib import Path
+
+        from featcache.store import atomic_write_text
 
         atomic_write_text(Path(output), pred.to_csv())
     if as_json:
@@ -292,7 +341,7 @@ def predict(head_path, data, output, path_column, root, batch_size, workers, dev
 @click.option("--key", "feature_key", default=None, help="Only results on this feature key (or prefix).")
 @click.option("--sort-by", default="test.accuracy", show_default=True,
               help="A column or metric path, e.g. val.macro_f1 or timings.fit_s.")
-@click.option("--limit", type=int, default=None, help="Show the best N.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show the best N.")
 @cache_option
 @json_option
 def results(feature_key, sort_by, limit, cache_dir, as_json):

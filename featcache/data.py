@@ -8,12 +8,15 @@ Sources:
 - bundled data: ``builtin:digits`` (scikit-learn's digits written out once as
   PNG files) and ``builtin:clipart`` (320 public-domain clip-art images).
 
-Images are not opened here; decoding happens in DataLoader workers.
+Images are not opened here; they are decoded later, by the extraction (see featcache.engine).
 """
 from __future__ import annotations
 
+import codecs
 import csv
+import difflib
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -94,31 +97,97 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk_images(top: Path, ignored: list[str], root: Path) -> list[str]:
-    """Image files below ``top`` (sorted path strings), following symlinks and detecting loops."""
-    found: list[str] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    cut = len(str(root)) + 1
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            dirnames[:] = []
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in filenames:
-            if f.startswith("."):
+class _Walk:
+    """What one walk of a data folder shares: folders seen (loops and folders reached twice through
+    symlinks), non-image files, broken symlinks."""
+
+    def __init__(self, root: Path):
+        self.root = str(root)
+        self.seen: dict[tuple[int, int], tuple[str, tuple[str, str] | None]] = {}  # -> (where, owner)
+        self.ignored: list[str] = []
+        self.broken: list[tuple[str, str]] = []  # (id of the link, its target)
+
+    def rel(self, path: str) -> str:
+        return safe_id(path[len(self.root) + 1:]) or "."
+
+    def visit(self, path: str, owner: tuple[str, str] | None) -> bool:
+        """Record the folder ``path`` as walked for ``owner`` ((split, class); None: the data folder or a
+        split folder). False when it was walked already: a symlink loop, or the same folder twice in one
+        class. A folder reached for two different classes or splits is an error: its images would be
+        labelled twice."""
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino)
+        if key not in self.seen:
+            self.seen[key] = (self.rel(path), owner)
+            return True
+        where, first = self.seen[key]
+        if first is None or first == owner:
+            return False
+        raise DataError(
+            f"folder {self.rel(path)!r} is the same folder as {where!r} (through a symlink), so its images would "
+            f"belong to {_owner_text(first)} and to {_owner_text(owner)}; remove one of the two links "
+            "(or copy the images, if they really belong to both)"
+        )
+
+    def listdir(self, path: str) -> tuple[list[str], list[str]]:
+        """(sub-folders, files) of ``path``, sorted, hidden names left out; symlinks are followed and broken
+        ones that may be images or folders are recorded in ``broken``."""
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise DataError(f"cannot list folder {self.rel(path)!r} in {self.root!r}: {e.strerror}; fix its "
+                            "permissions or move it out of the data folder") from None
+        dirs, files = [], []
+        for e in entries:
+            if e.name.startswith("."):
                 continue
-            p = os.path.join(dirpath, f)
-            if _is_image(f):
-                found.append(p)
+            try:
+                is_dir = e.is_dir()  # follows symlinks
+            except OSError:  # e.g. a symlink to itself
+                is_dir = False
+            if is_dir:
+                dirs.append(e.path)
+            elif e.is_symlink() and not os.path.exists(e.path):
+                if _is_image(e.name) or not os.path.splitext(e.name)[1]:
+                    self.broken.append((self.rel(e.path), os.readlink(e.path)))
+                else:
+                    self.ignored.append(self.rel(e.path))
             else:
-                ignored.append(safe_id(p[cut:]))
-    return sorted(found)
+                files.append(e.path)
+        return dirs, files
+
+    def images(self, top: str, owner: tuple[str, str]) -> list[str]:
+        """Image files below the folder ``top`` (sorted path strings); other files go to ``ignored``."""
+        found: list[str] = []
+        stack = [top]
+        while stack:
+            path = stack.pop()
+            if not self.visit(path, owner):
+                continue
+            dirs, files = self.listdir(path)
+            for f in files:
+                if _is_image(f):
+                    found.append(f)
+                else:
+                    self.ignored.append(self.rel(f))
+            stack.extend(reversed(dirs))
+        return sorted(found)
+
+    def check_broken(self) -> None:
+        if self.broken:
+            shown = ", ".join(f"{link!r} -> {target!r}" for link, target in self.broken[:5])
+            more = f" and {len(self.broken) - 5} more" if len(self.broken) > 5 else ""
+            raise DataError(
+                f"{len(self.broken)} broken symlink{'s' if len(self.broken) > 1 else ''} in {self.root!r} "
+                f"(the target does not exist): {shown}{more}; fix the links or delete them"
+            )
 
 
-def _subdirs(p: Path) -> list[Path]:
-    return sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _owner_text(owner: tuple[str, str] | None) -> str:
+    split, cls = owner or ("", "")
+    parts = ([f"class {cls!r}"] if cls else []) + ([f"split {split!r}"] if split else [])
+    return " of ".join(parts) or "the unlabelled images"
 
 
 def from_folder(root: str | os.PathLike, *, labelled: bool = True, name: str | None = None) -> Manifest:
@@ -129,21 +198,36 @@ def from_folder(root: str | os.PathLike, *, labelled: bool = True, name: str | N
     if not root.is_dir():
         raise DataError(f"--data {str(root)!r} is neither a folder nor a .csv file")
     root = root.resolve()
-    ignored: list[str] = []
+    walk = _Walk(root)
+    walk.visit(str(root), None)
     rows: list[tuple[str, str, str]] = []  # (path, class, split)
-    top = _subdirs(root)
-    split_dirs = [d for d in top if d.name.lower() in SPLIT_NAMES]
-    groups = [(d, SPLIT_NAMES[d.name.lower()]) for d in split_dirs] if split_dirs and len(split_dirs) == len(top) \
-        else [(root, "")]
+    top, top_files = walk.listdir(str(root))
+    root_st = os.stat(root)
+    top = [d for d in top if not os.path.samestat(os.stat(d), root_st)]  # root/link -> root: a loop
+    split_dirs = [d for d in top if os.path.basename(d).lower() in SPLIT_NAMES]
+    if split_dirs and len(split_dirs) == len(top):
+        groups = [(d, SPLIT_NAMES[os.path.basename(d).lower()]) for d in split_dirs]
+        walk.ignored.extend(walk.rel(f) for f in top_files)  # beside the split folders: in no split
+    else:
+        groups = [(str(root), "")]
     for base, split in groups:
-        for f in sorted(x for x in base.iterdir() if x.is_file() and not x.name.startswith(".")):
-            if _is_image(f.name):
-                rows.append((str(f), "", split))
+        if base == str(root):
+            subdirs, files = top, top_files
+        elif walk.visit(base, None):
+            subdirs, files = walk.listdir(base)
+        else:
+            continue  # a split folder that is a symlink to another one
+        for f in files:
+            if _is_image(f):
+                rows.append((f, "", split))
             else:
-                ignored.append(safe_id(f.relative_to(root).as_posix()))
-        for cls_dir in _subdirs(base):
-            for p in _walk_images(cls_dir, ignored, root):
-                rows.append((p, cls_dir.name if labelled else "", split))
+                walk.ignored.append(walk.rel(f))
+        for cls_dir in subdirs:
+            cls = os.path.basename(cls_dir) if labelled else ""
+            for p in walk.images(cls_dir, (split, cls)):
+                rows.append((p, cls, split))
+    walk.check_broken()
+    ignored = walk.ignored
     if not rows:
         raise DataError(
             f"no images found in {str(root)!r} ({len(ignored)} other files); expected image files "
@@ -190,39 +274,112 @@ def _class_order(values: list[str]) -> list[str]:
         return uniq
 
 
+def _read_csv_text(csv_path: Path) -> str:
+    """The text of a CSV file: UTF-8, with or without a byte-order mark."""
+    data = csv_path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"CSV file {str(csv_path)!r} is UTF-16 text; expected UTF-8: save it as 'CSV UTF-8' "
+                        "(or convert it, e.g. iconv -f UTF-16 -t UTF-8)")
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        pos = start + e.start
+        line = data.count(b"\n", 0, pos) + 1
+        raise DataError(
+            f"CSV file {str(csv_path)!r} is not UTF-8: byte 0x{data[pos]:02x} at offset {pos} (line {line}) "
+            "is not valid UTF-8; expected UTF-8 text: save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 "
+            "IN.csv > OUT.csv)"
+        ) from None
+
+
+def _missing_text(line: int, rel: str, p: Path) -> str:
+    why = ""
+    if p.is_symlink() and not p.exists():
+        why = f" (a broken symlink to {os.readlink(p)!r})"
+    elif p.is_dir():
+        why = " (a folder)"
+    return f"line {line} {rel!r}{why}"
+
+
 def from_csv(csv_path: str | os.PathLike, *, path_column: str = "path", label_column: str | None = "label",
              root: str | os.PathLike | None = None, split_column: str | None = None) -> Manifest:
+    """A manifest from a CSV file: a header line naming the columns, then one line per image.
+
+    Every row has one value per column; blank lines are skipped; a blank label means unlabelled and
+    a blank split value means no split.
+    """
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise DataError(f"CSV file {str(csv_path)!r} does not exist")
+    name = csv_path.name
     base = Path(root).expanduser().resolve() if root else csv_path.resolve().parent
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
+    reader = csv.reader(io.StringIO(_read_csv_text(csv_path), newline=""))
+    records: list[tuple[int, list[str]]] = []  # (line number, fields)
+    try:
+        header = next((row for row in reader if any(x.strip() for x in row)), None)
+        if header is None:
+            raise DataError(f"CSV file {str(csv_path)!r} is empty; expected a header line naming the columns "
+                            f"(e.g. {path_column},{label_column or 'label'}) and then one line per image")
+        header = [x.strip() for x in header]
         for col, opt in ((path_column, "--path-column"), (label_column, "--label-column"),
                          (split_column, "--split-column")):
             if col and col not in header:
-                raise UnknownNameError(f"column of {csv_path.name} (set {opt})", col, header)
-        records = list(reader)
+                raise UnknownNameError(f"column of {name} (set {opt})", col, header)
+        for row in reader:
+            if not any(x.strip() for x in row):
+                continue  # a blank line (or only commas)
+            if len(row) != len(header):
+                raise DataError(
+                    f"{name} line {reader.line_num}: {len(row)} field{'s' if len(row) != 1 else ''} but the header "
+                    f"has {len(header)} ({','.join(header)}); expected one value per column (blank for none): "
+                    "fix the row, and quote values that contain commas"
+                )
+            records.append((reader.line_num, row))
+    except csv.Error as e:
+        raise DataError(f"{name} line {reader.line_num}: not valid CSV ({e}); expected comma-separated values "
+                        "with a header line: fix the line") from None
     if not records:
-        raise DataError(f"CSV file {str(csv_path)!r} has a header but no rows")
-    ids, paths, labels, splits, missing, seen = [], [], [], [], [], set()
-    for line, r in enumerate(records, start=2):
-        rel = (r[path_column] or "").strip()
+        raise DataError(f"CSV file {str(csv_path)!r} has a header ({','.join(header)}) but no rows; expected one "
+                        "line per image after it")
+    i_path = header.index(path_column)
+    i_label = header.index(label_column) if label_column else None
+    i_split = header.index(split_column) if split_column else None
+    ids, paths, labels, splits, missing, seen = [], [], [], [], [], {}
+    for line, r in records:
+        rel = r[i_path].strip()
+        if not rel:
+            raise DataError(f"{name} line {line}: column {path_column!r} is empty; expected an image path: "
+                            "fill it in or remove the row")
         if rel in seen:
-            raise DataError(f"{csv_path.name} line {line}: path {rel!r} appears twice; remove the duplicate row")
-        seen.add(rel)
+            raise DataError(f"{name} line {line}: path {rel!r} appears twice (first on line {seen[rel]}); "
+                            "remove the duplicate row")
+        seen[rel] = line
         p = (base / rel) if not os.path.isabs(rel) else Path(rel)
         if not p.is_file():
-            missing.append(rel)
+            missing.append((line, rel, p))
         ids.append(rel)
         paths.append(str(p))
-        labels.append((r[label_column] or "").strip() if label_column else "")
-        splits.append(SPLIT_NAMES.get((r[split_column] or "").strip().lower(), "") if split_column else "")
+        labels.append(r[i_label].strip() if i_label is not None else "")
+        split = r[i_split].strip() if i_split is not None else ""
+        if split and split.lower() not in SPLIT_NAMES:
+            close = difflib.get_close_matches(split.lower(), SPLIT_NAMES, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise DataError(f"{name} line {line}: {split!r} in column {split_column!r} is not a split; {hint}expected "
+                            f"one of {', '.join(SPLIT_NAMES)}, or blank for no split: fix the value")
+        splits.append(SPLIT_NAMES[split.lower()] if split else "")
     if missing:
+        if len(missing) * 2 > len(ids):  # most (or all) missing: the paths are relative to another folder
+            raise DataError(
+                f"{len(missing)} of {len(ids)} files listed in {name} are not under {str(base)!r} "
+                f"(first: {_missing_text(*missing[0])}); set --root to the folder the {path_column!r} column "
+                "is relative to"
+            )
+        shown = ", ".join(_missing_text(*m) for m in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise DataError(
-            f"{len(missing)} of {len(ids)} files listed in {csv_path.name} are not under {str(base)!r} "
-            f"(first: {missing[0]!r}); set --root to the folder the {path_column!r} column is relative to"
+            f"{len(missing)} of {len(ids)} files listed in {name} are missing under {str(base)!r}: {shown}{more}; "
+            "fix those paths or remove their rows"
         )
     _check_label_types(labels, csv_path.name, label_column)
     class_names = _class_order([x for x in labels if x])

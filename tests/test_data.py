@@ -75,7 +75,7 @@ def test_csv_like_the_vehicle_tutorial(tmp_path):
 def test_csv_duplicate_rows(tmp_path):
     make_image(tmp_path / "a.png", seed=1)
     (tmp_path / "d.csv").write_text("path,label\na.png,x\na.png,x\n")
-    with pytest.raises(DataError, match="appears twice"):
+    with pytest.raises(DataError, match=r"line 3: path .a\.png. appears twice \(first on line 2\)"):
         from_csv(tmp_path / "d.csv")
 
 
@@ -191,3 +191,130 @@ def test_symlinked_files_and_folders_are_followed(tmp_path):
     (tmp_path / "data" / "c2").symlink_to(tmp_path / "src", target_is_directory=True)
     m = from_folder(tmp_path / "data")
     assert m.ids == ["c1/link.png", "c2/x.png"] and m.class_names == ["c1", "c2"]
+
+
+# ----------------------------------------------------------------- bad input: folders
+
+
+def test_symlink_back_to_the_data_root_is_not_a_class(tmp_path):
+    make_image(tmp_path / "cls" / "a.png", seed=1)
+    make_image(tmp_path / "cls2" / "b.png", seed=2)
+    (tmp_path / "toploop").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "cls" / "up").symlink_to(tmp_path, target_is_directory=True)
+    m = from_folder(tmp_path)
+    assert m.class_names == ["cls", "cls2"] and m.ids == ["cls/a.png", "cls2/b.png"]
+
+
+def test_symlink_back_to_the_root_keeps_split_folders(tmp_path):
+    for split in ("train", "test"):
+        make_image(tmp_path / split / "a" / "x.png", seed=hash(split) % 100)
+    (tmp_path / "loop").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "train" / "a" / "back").symlink_to(tmp_path / "train", target_is_directory=True)
+    m = from_folder(tmp_path)
+    assert m.ids == ["test/a/x.png", "train/a/x.png"] and m.split == ["test", "train"] and m.class_names == ["a"]
+
+
+def test_one_folder_in_two_classes_is_an_error(tmp_path):
+    make_image(tmp_path / "cat" / "a.png", seed=1)
+    (tmp_path / "dog").symlink_to(tmp_path / "cat", target_is_directory=True)
+    with pytest.raises(DataError, match=r"'dog' is the same folder as 'cat' .*class 'cat' and to class 'dog'; "
+                                        r"remove one of the two links"):
+        from_folder(tmp_path)
+
+
+def test_broken_symlinks_are_named_with_their_target(tmp_path):
+    make_image(tmp_path / "cls" / "a.png", seed=1)
+    (tmp_path / "cls" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "lost_class").symlink_to(tmp_path / "moved_away")
+    (tmp_path / "cls" / "old.txt").symlink_to(tmp_path / "nowhere.txt")  # not an image: ignored, as before
+    with pytest.raises(DataError) as e:
+        from_folder(tmp_path)
+    msg = str(e.value)
+    assert msg.startswith("2 broken symlinks in ") and "permissions" not in msg
+    assert f"'cls/gone.png' -> '{tmp_path / 'nowhere.png'}'" in msg
+    assert f"'lost_class' -> '{tmp_path / 'moved_away'}'" in msg and msg.endswith("fix the links or delete them")
+
+
+# ----------------------------------------------------------------- bad input: CSV files
+
+
+def two_images(tmp_path):
+    for i in range(2):
+        make_image(tmp_path / f"{i}.png", seed=i)
+
+
+def test_csv_not_utf8(tmp_path):
+    two_images(tmp_path)
+    (tmp_path / "l.csv").write_bytes("path,label\n0.png,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"'.*l\.csv' is not UTF-8: byte 0xe9 at offset 20 \(line 2\).*save the "
+                                        r"file as UTF-8"):
+        from_csv(tmp_path / "l.csv")
+    (tmp_path / "w.csv").write_bytes("path,label\n0.png,x\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"is UTF-16 text; expected UTF-8"):
+        from_csv(tmp_path / "w.csv")
+
+
+def test_csv_bom_crlf_and_blank_lines(tmp_path):
+    two_images(tmp_path)
+    (tmp_path / "b.csv").write_bytes(b"\xef\xbb\xbf path , label\r\n0.png,caf\xc3\xa9\r\n\r\n,\r\n1.png,x\r\n")
+    m = from_csv(tmp_path / "b.csv")
+    assert m.ids == ["0.png", "1.png"] and m.class_names == ["caf\u00e9", "x"]
+
+
+def test_csv_unknown_split_values(tmp_path):
+    two_images(tmp_path)
+    (tmp_path / "s.csv").write_text("path,label,split\n0.png,a,train\n\n1.png,b,tset\n")
+    with pytest.raises(DataError, match=r"s\.csv line 4: 'tset' in column 'split' is not a split; did you mean "
+                                        r"'test'\? expected one of train, .*testing, or blank for no split"):
+        from_csv(tmp_path / "s.csv", split_column="split")
+    (tmp_path / "s.csv").write_text("path,label,split\n0.png,a,Holdout\n1.png,b,\n")
+    with pytest.raises(DataError, match=r"line 2: 'Holdout' in column 'split' is not a split; expected one of"):
+        from_csv(tmp_path / "s.csv", split_column="split")
+    (tmp_path / "s.csv").write_text("path,label,split\n0.png,a,VALID\n1.png,b,\n")
+    assert from_csv(tmp_path / "s.csv", split_column="split").split == ["val", ""]
+
+
+def test_csv_rows_with_missing_or_extra_fields(tmp_path):
+    two_images(tmp_path)
+    (tmp_path / "f.csv").write_text("path,label\n0.png,a\n1.png\n")
+    with pytest.raises(DataError, match=r"f\.csv line 3: 1 field but the header has 2 \(path,label\); expected one "
+                                        r"value per column"):
+        from_csv(tmp_path / "f.csv")
+    (tmp_path / "f.csv").write_text("path,label\n0.png,a,b\n1.png,a\n")
+    with pytest.raises(DataError, match=r"line 2: 3 fields but the header has 2 .*quote values that contain commas"):
+        from_csv(tmp_path / "f.csv")
+    (tmp_path / "f.csv").write_text('path,label\n0.png,"a,b"\n1.png,\n')  # quoted comma; blank = unlabelled
+    assert from_csv(tmp_path / "f.csv").labels.tolist() == [0, -1]
+
+
+def test_csv_empty_path_cell(tmp_path):
+    two_images(tmp_path)
+    (tmp_path / "p.csv").write_text("path,label\n0.png,a\n ,b\n")
+    with pytest.raises(DataError, match=r"p\.csv line 3: column 'path' is empty; expected an image path"):
+        from_csv(tmp_path / "p.csv")
+
+
+def test_empty_csv(tmp_path):
+    (tmp_path / "e.csv").write_bytes(b"")
+    with pytest.raises(DataError, match=r"'.*e\.csv' is empty; expected a header line naming the columns "
+                                        r"\(e\.g\. path,label\) and then one line per image"):
+        from_csv(tmp_path / "e.csv")
+    (tmp_path / "e.csv").write_text("\n\n")
+    with pytest.raises(DataError, match=r"is empty"):
+        from_csv(tmp_path / "e.csv")
+    (tmp_path / "e.csv").write_text("path,label\n")
+    with pytest.raises(DataError, match=r"has a header \(path,label\) but no rows"):
+        from_csv(tmp_path / "e.csv")
+
+
+def test_csv_with_some_files_missing_names_them(tmp_path):
+    for i in range(4):
+        make_image(tmp_path / f"{i}.png", seed=i)
+    (tmp_path / "m.csv").write_text("path,label\n0.png,a\n1.png,a\nx.png,b\n3.png,b\n2.png,b\n")
+    with pytest.raises(DataError) as e:
+        from_csv(tmp_path / "m.csv")
+    assert "1 of 5 files listed in m.csv are missing under" in str(e.value)
+    assert "line 4 'x.png'; fix those paths or remove their rows" in str(e.value) and "--root" not in str(e.value)
+    (tmp_path / "m.csv").write_text("path,label\nsub/0.png,a\nsub/1.png,b\n")
+    with pytest.raises(DataError, match=r"2 of 2 files .* \(first: line 2 'sub/0.png'\); set --root"):
+        from_csv(tmp_path / "m.csv")
