@@ -11,11 +11,12 @@ network, so the feature identity is known before any model exists.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import urllib.error
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,8 @@ from torch import nn
 from featcache.errors import UnknownNameError, WeightsError
 
 # --------------------------------------------------------------------------- preprocessing
+
+MAX_IMAGE_SIZE = 4096  # --image-size above this would need tens of GB per batch
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class Preprocess:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     antialias: bool = True
+    # (backbone, weights label, build kwargs) whose network must accept the input size; set by
+    # BackboneEntry.resolve_weights. Not part of the identity (to_dict leaves it out).
+    network: tuple | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_transforms(cls, t) -> "Preprocess":
@@ -57,14 +63,23 @@ class Preprocess:
         )
 
     def with_image_size(self, size: int | None) -> "Preprocess":
+        """Resize and crop to ``size`` px; refused when the network cannot take that input."""
         if size is None:
             return self
         if int(size) < 8:
             raise WeightsError(f"--image-size {size} is too small; expected an integer >= 8 (pixels)")
-        return replace(self, resize=int(size), crop=int(size))
+        if int(size) > MAX_IMAGE_SIZE:
+            raise WeightsError(
+                f"--image-size {size} is too large; expected at most {MAX_IMAGE_SIZE} (pixels). "
+                f"Every image is resized to SIZE x SIZE, so memory grows with SIZE squared"
+            )
+        size = int(size)
+        if self.network is not None and size != self.crop:
+            check_input_size(*self.network, size=size, default=self.crop)
+        return replace(self, resize=size, crop=size)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "network"}
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
@@ -119,9 +134,17 @@ def load_state_dict_file(path: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        detail = (str(e).strip().splitlines() or [""])[0]
+        if len(detail) > 160:
+            detail = detail[:157] + "..."
+        why = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+        hint = ""
+        if "Weights only load failed" in str(e):
+            hint = (" (it holds Python objects other than tensors, e.g. a whole pickled model or training "
+                    "state: load it where it was made and save only model.state_dict())")
         raise WeightsError(
-            f"cannot read weights file {path!r}: {e}; expected a PyTorch state dict saved with "
-            "torch.save(model.state_dict(), PATH)"
+            f"cannot read weights file {path!r} ({why}){hint}; expected a PyTorch state dict "
+            "(parameter name -> tensor) saved with torch.save(model.state_dict(), PATH)"
         ) from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -159,21 +182,54 @@ def apply_state_dict(module: nn.Module, state: dict, source: str) -> None:
 # --------------------------------------------------------------------------- registry
 
 
+def _no_build_kwargs(_choice: WeightsChoice | None) -> dict:
+    return {}
+
+
+# Constructor values of a plain ``get_model(name)``; build kwargs equal to these change no number,
+# so they stay out of the weights digest (and existing feature keys stay valid).
+_PLAIN_BUILD = {"num_classes": 1000, "image_size": 224, "input_size": (224, 224)}
+
+
+def build_note(kwargs: dict) -> str:
+    """``;build:k=v,...`` for constructor settings that differ from a plain build ('' when none)."""
+    changed = {k: v for k, v in sorted(kwargs.items()) if _PLAIN_BUILD.get(k, object()) != v}
+    return ";build:" + ",".join(f"{k}={v}" for k, v in changed.items()) if changed else ""
+
+
 @dataclass
 class BackboneEntry:
-    """One registered backbone. ``builder(num_classes=None)`` returns an untrained module."""
+    """One registered backbone.
+
+    ``builder(**build_kwargs(choice))`` returns an untrained module built the way its source builds
+    it for those weights (``build_kwargs(None)``: for the default weights). ``finish(module)`` applies
+    what the source does after loading weights (e.g. removing googlenet's auxiliary heads);
+    ``optional_state`` are state-dict prefixes a weights file may lack because ``finish`` removes them.
+    """
 
     name: str
     source: str
-    builder: Callable[[], nn.Module]
+    builder: Callable[..., nn.Module]
     weights_names: Callable[[], list[str]]
     default_weights: Callable[[], str | None]
     resolve_named_weights: Callable[[str], WeightsChoice]
     default_preprocess: Callable[[], Preprocess]
     load_named_weights: Callable[[WeightsChoice], dict]
+    build_kwargs: Callable[[WeightsChoice | None], dict] = _no_build_kwargs
+    finish: Callable[[nn.Module], None] | None = None
+    optional_state: tuple[str, ...] = ()
 
     def resolve_weights(self, spec: str = "DEFAULT") -> WeightsChoice:
-        spec = str(spec)
+        choice = self._resolve_weights(str(spec))
+        kwargs = self.build_kwargs(choice)
+        network = (self.name, choice.label, tuple(sorted(kwargs.items())))
+        return replace(
+            choice,
+            digest=choice.digest + build_note(kwargs),
+            preprocess=replace(choice.preprocess, network=network),
+        )
+
+    def _resolve_weights(self, spec: str) -> WeightsChoice:
         if spec.lower() == "none":
             return WeightsChoice(
                 label="none",
@@ -199,14 +255,22 @@ class BackboneEntry:
 
     def build(self, weights: WeightsChoice) -> nn.Module:
         """Build the module and load its weights (random init is seeded)."""
+        kwargs = self.build_kwargs(weights)
         if weights.kind == "none":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_INIT_SEED)
-                module = self.builder()
+                module = self.builder(**kwargs)
         else:
-            module = self.builder()
+            module = self.builder(**kwargs)
             state = load_state_dict_file(weights.path) if weights.kind == "file" else self.load_named_weights(weights)
+            opt = self.optional_state
+            if opt and self.finish is not None and not all(any(k.startswith(p) for k in state) for p in opt):
+                # saved from a finished model (e.g. torchvision's pretrained googlenet): no aux heads
+                self.finish(module)
+                state = {k: v for k, v in state.items() if not k.startswith(opt)}
             apply_state_dict(module, state, weights.label)
+        if self.finish is not None:
+            self.finish(module)
         return module.eval()
 
 
@@ -219,6 +283,40 @@ def register_backbone(entry: BackboneEntry) -> BackboneEntry:
         raise ValueError(f"backbone {entry.name!r} is already registered")
     _REGISTRY[entry.name] = entry
     return entry
+
+
+# Constructor settings torchvision's builders apply when they are given weights (read from
+# torchvision/models/{googlenet,inception,vision_transformer,maxvit}.py). featcache builds the same
+# way for every weights choice; for ``none`` and a local file, with the DEFAULT weights' settings.
+_INPUT_TRANSFORM_MODELS = ("googlenet", "inception_v3")  # transform_input=True, aux_logits=True, init_weights=False
+_AUX_DROPPED_MODELS = {"googlenet": ("aux1", "aux2")}  # aux heads removed after loading (aux_logits not asked for)
+
+
+def _torchvision_build_kwargs(name: str, w) -> dict:
+    """The keyword arguments torchvision's builder for ``name`` passes to the model class for weights ``w``."""
+    if w is None:
+        return {}
+    import torchvision.models as tvm
+
+    kwargs = {"num_classes": len(w.meta["categories"])}
+    if name in _INPUT_TRANSFORM_MODELS:
+        kwargs.update(transform_input=True, aux_logits=True, init_weights=False)
+    module = getattr(tvm.get_model_builder(name), "__module__", "")
+    if module.endswith(".vision_transformer"):
+        kwargs["image_size"] = int(w.meta["min_size"][0])
+    elif module.endswith(".maxvit"):
+        kwargs["input_size"] = tuple(int(x) for x in w.meta["min_size"])
+    return kwargs
+
+
+def _drop_aux_heads(heads: tuple[str, ...]) -> Callable[[nn.Module], None]:
+    def finish(module: nn.Module) -> None:
+        for head in heads:
+            setattr(module, head, None)
+        if hasattr(module, "aux_logits"):
+            module.aux_logits = False
+
+    return finish
 
 
 def _torchvision_entry(name: str) -> BackboneEntry:
@@ -247,13 +345,20 @@ def _torchvision_entry(name: str) -> BackboneEntry:
     def resolve_named(spec: str) -> WeightsChoice:
         e = enum()
         names = weights_names()
-        short = spec.split(".")[-1]
+        prefix, _, short = spec.rpartition(".")
         if e is None or (short.upper() != "DEFAULT" and short not in names):
             raise UnknownNameError(
                 f"weights for {name}",
                 spec,
                 ["DEFAULT", "none", *names],
                 hint="or pass a local state-dict file path",
+            )
+        owner = prefix.rsplit(".", 1)[-1]
+        if prefix and owner not in (e.__name__, name):
+            valid = ", ".join(["DEFAULT", *names, *(f"{e.__name__}.{n}" for n in names)])
+            raise WeightsError(
+                f"weights {spec!r} are {owner} weights, not weights of {name}; {name} takes "
+                f"{e.__name__}: one of {valid}, none, or a local state-dict file path"
             )
         w = e.DEFAULT if short.upper() == "DEFAULT" else e[short]
         url_hash = Path(w.url).stem.rsplit("-", 1)[-1]
@@ -278,15 +383,26 @@ def _torchvision_entry(name: str) -> BackboneEntry:
                 f"(set TORCH_HOME to choose the cache folder), or pass --weights /path/to/{filename}"
             ) from None
 
+    def build_kwargs(choice: WeightsChoice | None) -> dict:
+        w = choice.enum if choice is not None and choice.kind == "torchvision" else None
+        if w is None:
+            e = enum()
+            w = e.DEFAULT if e is not None else None
+        return _torchvision_build_kwargs(name, w)
+
+    aux = _AUX_DROPPED_MODELS.get(name, ())
     return BackboneEntry(
         name=name,
         source="torchvision",
-        builder=lambda: tvm.get_model(name, weights=None),
+        builder=lambda **kwargs: tvm.get_model(name, weights=None, **kwargs),
         weights_names=weights_names,
         default_weights=default_weights,
         resolve_named_weights=resolve_named,
         default_preprocess=default_preprocess,
         load_named_weights=load_named,
+        build_kwargs=build_kwargs,
+        finish=_drop_aux_heads(aux) if aux else None,
+        optional_state=tuple(f"{h}." for h in aux),
     )
 
 
@@ -356,18 +472,76 @@ def _empty_parameters():
         nn.Module.register_parameter = old
 
 
-def skeleton(entry: BackboneEntry) -> nn.Module:
-    """The architecture without memory for its weights (for dims and layer names)."""
+def skeleton(entry: BackboneEntry, weights: WeightsChoice | None = None, kwargs: dict | None = None) -> nn.Module:
+    """The architecture without memory for its weights (for dims, layer names and input sizes).
+
+    Built as ``entry.build(weights)`` would build it (``weights`` None: the default weights'
+    settings); ``kwargs`` overrides the build settings.
+    """
     import warnings
 
+    if kwargs is None:
+        kwargs = entry.build_kwargs(weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             with torch.device("meta"):
-                return entry.builder()
+                module = entry.builder(**kwargs)
         except Exception:  # noqa: BLE001 - some builders compute on tensors at init
             with _empty_parameters():
-                return entry.builder()
+                module = entry.builder(**kwargs).to("meta")
+    if entry.finish is not None:
+        entry.finish(module)
+    return module.eval()
+
+
+@functools.lru_cache(maxsize=256)
+def _input_size_problem(backbone: str, build: tuple, size: int, default: int) -> tuple[int | None, str] | None:
+    """None if the network takes ``size`` px input, else (the one size it takes or None, what failed)."""
+    import warnings
+
+    from featcache.layers import FeatureExtractor
+
+    entry = get_backbone(backbone)
+    model = skeleton(entry, kwargs=dict(build))
+    fixed = getattr(model, "image_size", None)  # ViT-style: position embeddings made for one size
+    if isinstance(fixed, int) and not isinstance(fixed, bool):
+        return None if fixed == size else (fixed, f"it is built for {fixed}x{fixed} px input only")
+
+    # Anything else: a forward pass on the meta device (shapes only, no memory, no compute) to the
+    # penultimate layer, at the requested size; trusted only where the default size passes.
+    extractor = FeatureExtractor(model)
+
+    def fails(s: int) -> str | None:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                extractor(torch.empty(1, 3, s, s, device="meta"))
+        except Exception as e:  # noqa: BLE001 - any failure means: this size does not go through
+            detail = (str(e).strip().splitlines() or [""])[0][:160]
+            return f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+        return None
+
+    why = fails(size)
+    if why is None or fails(default) is not None:
+        return None
+    return None, f"a forward pass at {size}x{size} px fails ({why})"
+
+
+def check_input_size(backbone: str, weights_label: str, build: tuple, *, size: int, default: int) -> None:
+    """Raise WeightsError when ``backbone`` built with ``build`` cannot take ``size`` px images."""
+    problem = _input_size_problem(backbone, tuple(build), int(size), int(default))
+    if problem is None:
+        return
+    fixed, why = problem
+    if fixed is not None:
+        fix = (f"drop --image-size (these weights use {default} px)" if fixed == default
+               else f"drop --image-size (these weights use {default} px) or pass --image-size {fixed}")
+        raise WeightsError(f"backbone {backbone} ({weights_label}) cannot take --image-size {size}: {why}. "
+                           f"Fix: {fix}")
+    larger = " or pass a larger size" if size < default else ""
+    raise WeightsError(f"backbone {backbone} ({weights_label}) cannot take --image-size {size}: {why}. "
+                       f"Fix: drop --image-size (these weights use {default} px){larger}")
 
 
 def describe_all(cache_dir: str | os.PathLike | None = None) -> list[dict]:

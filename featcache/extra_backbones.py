@@ -46,7 +46,8 @@ def _lite0_file() -> str:
 
 
 def _lite0_resolve(spec: str) -> WeightsChoice:
-    if spec.upper() not in ("DEFAULT", _LITE0_WEIGHTS):
+    prefix, _, short = spec.rpartition(".")  # the label's own form "efficientnet_lite0.IMAGENET1K" too
+    if prefix not in ("", "efficientnet_lite0") or short.upper() not in ("DEFAULT", _LITE0_WEIGHTS):
         raise UnknownNameError(
             "weights for efficientnet_lite0", spec, ["DEFAULT", _LITE0_WEIGHTS, "none"],
             hint="or pass a local state-dict file path",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from featcache.backbones import final_layer_name
-from featcache.errors import UnknownNameError
+from featcache.errors import FeatcacheError, UnknownNameError
 
 POOLS = ("avg", "max", "none")
 
@@ -78,5 +78,37 @@ class FeatureExtractor(nn.Module):
             pass
         x, self._captured = self._captured, None
         if x is None:
-            raise RuntimeError(f"layer {self.target!r} was not reached by the forward pass")
+            raise self._not_reached(images)
         return pool_features(x, self.pool).float()
+
+    def reached_layers(self, images: torch.Tensor) -> list[str]:
+        """Module names that a full forward pass on ``images`` runs, in the order they finish."""
+        reached: list[str] = []
+        handles = [m.register_forward_hook(lambda _m, _i, _o, n=n: reached.append(n))
+                   for n, m in self.module.named_modules() if n]
+        try:
+            self.module(images)
+        except _Stop:  # our own hook on the target (it did not fire before, so it will not now)
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return list(dict.fromkeys(reached))
+
+    def _not_reached(self, images: torch.Tensor) -> FeatcacheError:
+        what = "the input of the final layer" if self._read_input else "layer"
+        name = f"{what} {self.target!r}" + (" (penultimate)" if self._read_input else "")
+        msg = (f"{name} of {type(self.module).__name__} is never run by the forward pass in inference "
+               "(eval) mode (e.g. an auxiliary head used only in training), so it has no features")
+        try:
+            reached = self.reached_layers(images)
+        except Exception:  # noqa: BLE001 - the suggestion is a courtesy; the error stands without it
+            reached = []
+        parent = self.target.rpartition(".")[0]
+        siblings = [n for n in reached if n.rpartition(".")[0] == parent]  # run, beside the target
+        suggest = siblings[-4:] or [n for n in reached if "." not in n][-4:]
+        if suggest:
+            msg += f"; pass a layer that is run, e.g. {', '.join(repr(n) for n in suggest)}, or 'penultimate'"
+        else:
+            msg += "; pass 'penultimate' or another module name from model.named_modules()"
+        return FeatcacheError(msg)

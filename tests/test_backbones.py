@@ -113,3 +113,143 @@ def test_pooling_of_spatial_layers():
         assert FeatureExtractor(torchvision.models.resnet18().eval(), "layer4", "none")(x).shape == (2, 512 * 4)
         sq = FeatureExtractor(torchvision.models.squeezenet1_1().eval(), "penultimate", "avg")
         assert sq(x).shape == (2, 512)
+
+
+# --------------------------------------------------------------------------- built as torchvision builds it
+
+
+def _torchvision_pretrained_skeleton(monkeypatch, name, weights):
+    """torchvision's own model for ``weights`` (meta device, nothing downloaded or loaded)."""
+    from torchvision.models._api import WeightsEnum
+
+    with monkeypatch.context() as m:
+        m.setattr(WeightsEnum, "get_state_dict", lambda self, *a, **k: {})
+        m.setattr(torch.nn.Module, "load_state_dict", lambda self, *a, **k: None)
+        with torch.device("meta"):
+            return torchvision.models.get_model(name, weights=weights)
+
+
+@pytest.mark.parametrize("name, weights", [
+    ("googlenet", "DEFAULT"), ("inception_v3", "DEFAULT"), ("vit_b_16", "IMAGENET1K_SWAG_E2E_V1"),
+    ("vit_b_16", "IMAGENET1K_V1"), ("vit_h_14", "DEFAULT"), ("maxvit_t", "DEFAULT"), ("resnet18", "DEFAULT"),
+])
+def test_built_like_torchvision_builds_it_for_the_weights(monkeypatch, name, weights):
+    from featcache.backbones import skeleton
+
+    e = get_backbone(name)
+    choice = e.resolve_weights(weights)
+    ours = skeleton(e, choice)
+    theirs = _torchvision_pretrained_skeleton(monkeypatch, name, choice.enum)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    for attr in ("transform_input", "aux_logits", "image_size"):
+        assert getattr(ours, attr, None) == getattr(theirs, attr, None), attr
+    # none and a local file are built with the DEFAULT weights' settings
+    assert e.build_kwargs(e.resolve_weights("none")) == e.build_kwargs(e.resolve_weights("DEFAULT"))
+
+
+def test_vit_input_size_follows_the_weights():
+    from featcache.backbones import skeleton
+
+    e = get_backbone("vit_b_16")
+    swag = e.resolve_weights("IMAGENET1K_SWAG_E2E_V1")
+    assert swag.preprocess.crop == 384 and skeleton(e, swag).image_size == 384
+    assert skeleton(e, e.resolve_weights("IMAGENET1K_V1")).image_size == 224
+    h14 = get_backbone("vit_h_14")
+    assert skeleton(h14, h14.resolve_weights("none")).image_size == h14.resolve_weights("none").preprocess.crop == 518
+
+
+def test_build_settings_enter_the_identity_only_where_they_change_numbers():
+    assert get_backbone("resnet18").resolve_weights("DEFAULT").digest == "sha256-prefix:f37072fd"  # keys unchanged
+    assert get_backbone("vit_b_16").resolve_weights("DEFAULT").digest == "sha256-prefix:c867db91"
+    g = get_backbone("googlenet").resolve_weights("none").digest
+    assert "transform_input=True" in g
+    ident, _, _ = resolve_identity("resnet18")
+    assert set(ident.preprocess) == {"resize", "crop", "mean", "std", "interpolation", "antialias"}
+
+
+def test_pretrained_googlenet_features_match_torchvision(tmp_path, monkeypatch):
+    from torchvision.models._api import WeightsEnum
+
+    torch.manual_seed(1)
+    raw = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False).state_dict()
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, *a, **k: raw)
+    theirs = torchvision.models.googlenet(weights="DEFAULT").eval()  # transform_input, aux heads dropped
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "unused"))
+    with_aux, without_aux = tmp_path / "raw.pth", tmp_path / "finished.pth"
+    torch.save(raw, with_aux)  # the checkpoint file as downloaded (aux heads included)
+    torch.save(theirs.state_dict(), without_aux)  # saved from torchvision's pretrained model (no aux heads)
+    x = torch.randn(2, 3, 64, 64)
+    e = get_backbone("googlenet")
+    with torch.inference_mode():
+        expected = theirs(x)
+        for spec in ("DEFAULT", str(with_aux), str(without_aux)):
+            ours = e.build(e.resolve_weights(spec))
+            assert ours.transform_input and ours.aux1 is None and ours.aux2 is None
+            torch.testing.assert_close(ours(x), expected)
+
+
+# --------------------------------------------------------------------------- input sizes
+
+
+def test_fixed_size_backbone_refuses_another_image_size_at_identity_time():
+    with pytest.raises(WeightsError, match=r"vit_b_16.*--image-size 32.*224x224.*drop --image-size"):
+        resolve_identity("vit_b_16", weights="none", image_size=32)
+    with pytest.raises(WeightsError, match=r"vit_b_16 \(ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1\).*384"):
+        resolve_identity("vit_b_16", weights="IMAGENET1K_SWAG_E2E_V1", image_size=224)
+    assert resolve_identity("vit_b_16", weights="none", image_size=224)[0].preprocess["crop"] == 224
+    assert resolve_identity("resnet18", weights="none", image_size=32)[0].preprocess["crop"] == 32
+
+
+def test_size_a_network_cannot_take_is_found_without_a_hand_list():
+    with pytest.raises(WeightsError, match=r"vgg16.*--image-size 16.*fails.*larger size"):
+        resolve_identity("vgg16", weights="none", image_size=16)
+    with pytest.raises(WeightsError, match=r"maxvit_t.*--image-size 256.*fails"):
+        resolve_identity("maxvit_t", weights="none", image_size=256)
+    assert resolve_identity("vgg16", weights="none", image_size=32)[0].preprocess["crop"] == 32
+
+
+def test_image_size_has_an_upper_bound():
+    with pytest.raises(WeightsError, match="too large; expected at most 4096"):
+        resolve_identity("resnet18", weights="none", image_size=100000)
+
+
+# --------------------------------------------------------------------------- weights names and files
+
+
+def test_weights_of_another_backbone_are_refused():
+    e = get_backbone("resnet18")
+    with pytest.raises(WeightsError, match=r"ResNet50_Weights.*not weights of resnet18.*ResNet18_Weights.IMAGENET1K_V1"):
+        e.resolve_weights("ResNet50_Weights.IMAGENET1K_V1")
+    assert e.resolve_weights("ResNet18_Weights.IMAGENET1K_V1") == e.resolve_weights("IMAGENET1K_V1")
+    lite = get_backbone("efficientnet_lite0")
+    assert lite.resolve_weights("efficientnet_lite0.IMAGENET1K").label == "efficientnet_lite0.IMAGENET1K"
+    with pytest.raises(UnknownNameError):
+        lite.resolve_weights("ResNet18_Weights.IMAGENET1K")
+
+
+def test_unreadable_weights_file_says_what_was_expected(tmp_path):
+    e = get_backbone("resnet18")
+    for content in (b"not a checkpoint", b"e" * 100, b""):
+        bad = tmp_path / "bad.pth"
+        bad.write_bytes(content)
+        with pytest.raises(WeightsError, match=r"cannot read weights file .*\(\w+(Error|Exception)\b.*"
+                                               r"expected a PyTorch state dict.*torch.save\(model.state_dict"):
+            e.build(e.resolve_weights(str(bad)))
+    whole = tmp_path / "whole.pth"
+    torch.save(torch.nn.Linear(2, 2), whole)
+    with pytest.raises(WeightsError, match="whole pickled model"):
+        e.build(e.resolve_weights(str(whole)))
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def test_layer_not_run_in_inference_is_a_clear_error():
+    from featcache.errors import FeatcacheError
+
+    m = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    ex = FeatureExtractor(m, layer="aux1")
+    with torch.inference_mode(), pytest.raises(FeatcacheError, match=r"'aux1'.*never run.*inference.*'inception5b'.*'penultimate'"):
+        ex(torch.randn(1, 3, 64, 64))
+    with torch.inference_mode():  # the extractor still works afterwards
+        assert FeatureExtractor(m, layer="inception4a")(torch.randn(1, 3, 64, 64)).shape == (1, 512)
