@@ -441,6 +441,9 @@ def cache_verify(fast, cache_dir, as_json):
         if rep.temporary_files:
             click.echo(f"{len(rep.temporary_files)} temporary files (`featcache cache gc` removes those of "
                        "finished writers)")
+        if rep.duplicate_rows:
+            click.echo(f"{rep.duplicate_rows} rows stored twice by concurrent runs (harmless; `featcache cache gc` "
+                       "merges them)")
         click.echo(f"{'ok' if rep.ok else f'{len(rep.problems)} problems'}: {rep.checked_files} files, "
                    f"{rep.rows} rows checked")
     if not rep.ok:
@@ -463,6 +466,9 @@ def cache_gc(prune_rows, repair, cache_dir, as_json):
     click.echo(f"removed {len(rep.removed_temporary)} temporary files ({_size(rep.freed_bytes)}), merged "
                f"{rep.merged_shards} shards, pruned {rep.pruned_rows} rows, moved aside {len(rep.quarantined)} "
                "damaged files")
+    if rep.busy:
+        click.echo(f"left {len(rep.busy)} feature set(s) alone while an extraction adds rows to them "
+                   f"({', '.join(rep.busy)}): run `featcache cache gc` again when it has finished")
 
 
 @cli.command("run")

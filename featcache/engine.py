@@ -56,6 +56,7 @@ class ExtractResult:
     identity: dict = field(default_factory=dict)
     device: str = "cpu"
     augmented: dict | None = None
+    workers: int = 0  # DataLoader decode workers of this run (0: decoding in the main process)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +70,8 @@ class ExtractResult:
         rate = self.extracted / t["extract_s"] if t.get("extract_s") else 0.0
         s = (f"{head}: extracted {self.extracted}, reused {self.reused}, skipped {len(self.skipped)} "
              f"in {t.get('total_s', 0):.1f} s ({rate:.1f} img/s on {self.device}; decode {t.get('decode_s', 0):.1f} s "
-             f"in workers{self._device_decode()}, waiting on data {t.get('wait_s', 0):.1f} s, "
+             f"{f'in {self.workers} workers' if self.workers else 'in the main process'}{self._device_decode()}, "
+             f"waiting on data {t.get('wait_s', 0):.1f} s, "
              f"forward {t.get('forward_s', 0):.1f} s, write {t.get('write_s', 0):.1f} s) -> {self.view}")
         if self.ignored:
             s += f"; {self.ignored} non-image files ignored"
@@ -357,6 +359,7 @@ def extract(
             return _cache_hit(view, timings, t_start, common)
 
         mine = todo[dist.rank::dist.world]
+        n_workers = default_workers() if workers is None else workers
         extracted, built, bad = 0, False, []
         if mine:
             t0 = time.perf_counter()
@@ -372,7 +375,7 @@ def extract(
                 bad = run_backbone(
                     extractor, manifest.reader, mine, [manifest.digests[i] for i in mine],
                     ident_transform(ident), writer, device=dev, precision=prec, batch_size=batch_size,
-                    workers=default_workers() if workers is None else workers, on_error=on_error, ids=manifest.ids,
+                    workers=n_workers, on_error=on_error, ids=manifest.ids,
                     progress=progress and dist.is_main, timings=timings, decode=decode,
                     resize=int(ident.preprocess["resize"]))
             except KeyboardInterrupt:
@@ -406,7 +409,7 @@ def extract(
     timings["total_s"] = time.perf_counter() - t_start
     return ExtractResult(view=str(view), rows=len(keep), dim=fs.dim() or 0, extracted=extracted,
                          reused=len(keep) - extracted, cache_hit=False, model_built=built, skipped=skipped,
-                         timings=timings, **common)
+                         timings=timings, workers=n_workers, **common)
 
 
 _EXTRACT_PARAMS = list(inspect.signature(extract).parameters)
