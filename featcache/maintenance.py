@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from featcache.errors import StoreError
-from featcache.store import BLOCK_BYTES, FeatureSet, FeatureStore
+from featcache.store import BLOCK_BYTES, FeatureSet, FeatureStore, shard_checksum
 
 TMP_GRACE_SECONDS = 24 * 3600  # a temp file of another host is only removed when this old
 
@@ -50,10 +50,14 @@ class VerifyReport:
         return {**asdict(self), "ok": self.ok}
 
 
-def _finite_in_blocks(ds) -> bool:
+def _blocks(ds):
     n, d = ds.shape
     step = max(1, BLOCK_BYTES // max(1, d * 4))
-    return all(np.isfinite(ds[i:i + step]).all() for i in range(0, n, step))
+    return (ds[i:i + step] for i in range(0, n, step))
+
+
+def _finite_in_blocks(ds) -> bool:
+    return all(np.isfinite(b).all() for b in _blocks(ds))
 
 
 def _tmp_files(fs: FeatureSet) -> list[Path]:
@@ -110,6 +114,9 @@ def _verify_rows(fs: FeatureSet, rep: VerifyReport, check_values: bool) -> int:
                 dims.add(feats.shape[1])
                 if check_values and not _finite_in_blocks(feats):
                     raise StoreError("features contain NaN or inf")
+                stored = f.attrs.get("checksum")
+                if check_values and stored is not None and shard_checksum(digests, _blocks(feats)) != stored:
+                    raise StoreError("its values do not match its checksum (edited or corrupted)")
         except (OSError, StoreError, KeyError) as e:
             rep.problems.append(Problem(str(p), f"damaged row shard: {e}",
                                         "`featcache cache gc --repair` moves it away; its rows are re-extracted"))
