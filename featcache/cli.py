@@ -92,6 +92,10 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+JOBS_HELP = ("Parallel fits in a sweep: -1 = auto (worker processes only when the sweep is long enough to pay "
+             "for starting them; never with --from-disk), 1 = in this process, N = N workers.")
+
+
 def _size(n: int | None) -> str:
     n = float(n or 0)
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -251,7 +255,7 @@ SWEEP_SHORTCUTS = {"C": "C", "weight_decay": "weight_decay", "lr": "lr", "hidden
               help="Where to save the head [default: CACHE/heads/KEY/HEAD-TIME.head.npz].")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write the test confusion matrix PNG.")
 @click.option("--from-disk", is_flag=True, help="Read features from the HDF5 view in batches (larger than memory).")
-@click.option("--jobs", "n_jobs", type=int, default=-1, show_default=True, help="Parallel fits in a sweep.")
+@click.option("--jobs", "n_jobs", type=int, default=-1, show_default=True, help=JOBS_HELP)
 @cache_option
 @json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -260,13 +264,26 @@ def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropou
              cache_dir, as_json, quiet, **kw):
     """Stage two: fit a head on cached features (--features), or on --data extracted on the way."""
     from featcache.errors import FeatcacheError
+    from featcache.train import check_fit_arguments, parse_grid
     from featcache.train import fit_head as run
-    from featcache.train import parse_grid
 
     ekw = _extract_kwargs(kw)
     if bool(features_ref) == bool(data):
         raise FeatcacheError("fit-head needs exactly one of --features (a cached view) or --data (extracted "
                              "on the way, a cache hit when already done)")
+    values = dict(C=C, weight_decay=weight_decay, lr=lr, hidden_sizes=hidden_sizes, dropout=dropout,
+                  n_neighbors=n_neighbors, max_epochs=max_epochs)
+    for item in extra_params:
+        name, sep, v = item.partition("=")
+        if not sep or not name.strip():
+            raise FeatcacheError(f"--param {item!r}: expected NAME=VALUE or NAME=V1,V2,...")
+        values[name.strip()] = v
+    parsed = parse_grid(values)
+    params = {k: v[0] for k, v in parsed.items() if len(v) == 1}
+    grid = {k: v for k, v in parsed.items() if len(v) > 1}
+    # bad values fail here, before --data is extracted on the way
+    check_fit_arguments(head, params=params, grid=grid, seed=seed, val_fraction=val_fraction,
+                        test_fraction=test_fraction, n_jobs=n_jobs)
     augmented = None
     if data:
         from featcache.engine import extract as run_extract
@@ -282,16 +299,6 @@ def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropou
         plain.features.file.close()
         augmented = find_augmented_view(plain.identity, plain.attrs.get("data_name", ""), ekw["augment"],
                                         ekw["augment_seed"], cache_dir)
-    values = dict(C=C, weight_decay=weight_decay, lr=lr, hidden_sizes=hidden_sizes, dropout=dropout,
-                  n_neighbors=n_neighbors, max_epochs=max_epochs)
-    for item in extra_params:
-        name, sep, v = item.partition("=")
-        if not sep or not name.strip():
-            raise FeatcacheError(f"--param {item!r}: expected NAME=VALUE or NAME=V1,V2,...")
-        values[name.strip()] = v
-    parsed = parse_grid(values)
-    params = {k: v[0] for k, v in parsed.items() if len(v) == 1}
-    grid = {k: v for k, v in parsed.items() if len(v) > 1}
     result = run(features_ref, head, params=params, grid=grid, use_default_grid=use_default_grid,
                  val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, cache_dir=cache_dir,
                  output=output, plot=plot, from_disk=from_disk, n_jobs=n_jobs, augmented=augmented)
@@ -319,7 +326,7 @@ def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropou
 @json_option
 def predict(head_path, data, output, path_column, root, batch_size, workers, device, on_error, cache_dir, as_json):
     """Label new images with a saved head (their features are reused or extracted)."""
-    from featcache.predict import predict as run
+    from featcache.prediction import predict as run
 
     pred = run(head_path, data, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
                on_error=on_error, path_column=path_column, root=root, progress=_progress(as_json or not output))
@@ -338,24 +345,26 @@ def predict(head_path, data, output, path_column, root, batch_size, workers, dev
 
 
 @cli.command()
-@click.option("--key", "feature_key", default=None, help="Only results on this feature key (or prefix).")
+@click.option("--key", "feature_key", default=None,
+              help="Only results on this feature key (or prefix); KEY:DATA also filters on the data.")
+@click.option("--data", default=None, help="Only results on this data set (the DATA column).")
 @click.option("--sort-by", default="test.accuracy", show_default=True,
               help="A column or metric path, e.g. val.macro_f1 or timings.fit_s.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show the best N.")
 @cache_option
 @json_option
-def results(feature_key, sort_by, limit, cache_dir, as_json):
+def results(feature_key, data, sort_by, limit, cache_dir, as_json):
     """Show the results log as a table, best first."""
-    from featcache.evaluate import read_results, results_table
+    from featcache.evaluate import no_results_message, read_results, results_table
     from featcache.store import FeatureStore
 
-    records = read_results(FeatureStore(cache_dir).results_log, feature_key=feature_key)
+    records = read_results(FeatureStore(cache_dir).results_log, feature_key=feature_key, data=data)
     rows = results_table(records, sort_by=sort_by)[:limit]
     if as_json:
         _emit_json(rows)
         return
     if not rows:
-        click.echo("no results yet; run `featcache fit-head` first")
+        click.echo(no_results_message(records))
         return
     cols = list(rows[0].keys())
     fmt = [{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
@@ -473,7 +482,7 @@ def cache_gc(prune_rows, repair, cache_dir, as_json):
 
 @cli.command("run")
 @click.argument("pipeline_path", metavar="PIPELINE.toml", type=click.Path(dir_okay=False))
-@click.option("--jobs", "n_jobs", type=int, default=-1, show_default=True, help="Parallel fits in a sweep.")
+@click.option("--jobs", "n_jobs", type=int, default=-1, show_default=True, help=JOBS_HELP)
 @cache_option
 @json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")

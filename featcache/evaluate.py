@@ -10,33 +10,46 @@ their public names so that ``from featcache.evaluate import ...`` keeps working.
 :mod:`featcache.metrics`
     :func:`compute_metrics` returns a JSON-serialisable dict.
 :mod:`featcache.sweeps`
-    :func:`sweep` fits every combination of a parameter grid (in parallel with
-    joblib/loky), scores each on the validation split only and returns a
-    :class:`SweepResult`. It is never given the test split.
+    :func:`sweep` fits every combination of a parameter grid (in this process, or
+    in parallel with joblib/loky when that pays off), scores each on the validation
+    split only and returns a :class:`SweepResult`. It is never given the test split.
 :mod:`featcache.results`
     The results log (JSON lines): :func:`append_result`, :func:`read_results`,
-    :func:`results_table`; its module docstring documents the record schema.
+    :func:`results_table`, :func:`no_results_message`; its module docstring
+    documents the record schema.
 
 All of it works on numpy arrays only: it never imports a backbone, never reads an image.
 """
 from __future__ import annotations
 
 from featcache.metrics import compute_metrics
-from featcache.results import TABLE_COLUMNS, ResultList, append_result, read_results, results_table
-from featcache.splits import SPLIT_NAMES, EvaluationError, make_splits, split_summary
-from featcache.sweeps import SweepResult, sweep
+from featcache.results import (
+    TABLE_COLUMNS,
+    ResultList,
+    append_result,
+    no_results_message,
+    read_results,
+    record_data,
+    results_table,
+)
+from featcache.splits import SPLIT_NAMES, EvaluationError, check_seed, make_splits, split_summary
+from featcache.sweeps import SweepResult, check_n_jobs, sweep
 
 __all__ = [
     "EvaluationError",
     "SPLIT_NAMES",
+    "check_seed",
     "make_splits",
     "split_summary",
     "compute_metrics",
     "SweepResult",
+    "check_n_jobs",
     "sweep",
     "ResultList",
     "append_result",
     "read_results",
+    "record_data",
+    "no_results_message",
     "results_table",
     "TABLE_COLUMNS",
 ]

@@ -6,8 +6,13 @@ Record schema (one JSON object per line)::
       "feature_key": str,               # the view's feature key (hash)
       "identity": {...},                # the view's identity (backbone, layer, ...)
       "view": str,                      # path of the HDF5 view
+      "data": str,                      # the data set's name (view file name without its fingerprint)
       "head": str,                      # head name, e.g. "mlp", "logreg"
-      "params": {...},                  # head hyper-parameters (the chosen ones)
+      "params": {...},                  # the hyper-parameters the head was fitted with: its tunable
+                                        # ones (default sweep grid's names) plus any given or swept,
+                                        # defaults included, swept ones as chosen on val
+      "params_given": {...},            # the ones passed explicitly (not swept)
+      "grid": {name: [values]},         # the grid swept ({} without a sweep)
       "split": {"seed": int, "val_fraction": float, "test_fraction": float,
                 "n_train": int, "n_val": int, "n_test": int},
       "metrics": {"val": <compute_metrics dict>, "test": <compute_metrics dict>},
@@ -19,7 +24,8 @@ Record schema (one JSON object per line)::
 
 The ``split`` block comes from :func:`featcache.splits.split_summary`, the
 ``metrics`` blocks from :func:`featcache.metrics.compute_metrics`. Any other keys
-are kept as they are; :func:`results_table` tolerates missing ones.
+are kept as they are; :func:`results_table` tolerates missing ones (records written
+before ``data`` existed get it from their ``view`` file name).
 """
 from __future__ import annotations
 
@@ -41,7 +47,8 @@ except ImportError:  # pragma: no cover
 
 from featcache.splits import EvaluationError
 
-__all__ = ["ResultList", "append_result", "read_results", "results_table", "TABLE_COLUMNS"]
+__all__ = ["ResultList", "append_result", "no_results_message", "read_results", "record_data", "results_table",
+           "TABLE_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -139,25 +146,60 @@ class ResultList(list):
     """A list of records that also says how many lines were skipped as malformed.
 
     ``malformed``: count; ``malformed_lines``: their 1-based line numbers.
+    ``total``: valid records in the log before filtering; ``pairs``: the distinct
+    ``(feature_key, data)`` among them, and ``feature_keys`` / ``data_names`` (sorted), to
+    say what a filter could have matched; ``filters``: the filters applied,
+    ``{"feature_key": ..., "data": ...}``.
     """
 
     malformed: int = 0
     malformed_lines: list[int]
 
-    def __init__(self, items: Iterable = (), malformed_lines: Iterable[int] = ()):
+    def __init__(self, items: Iterable = (), malformed_lines: Iterable[int] = (), *, total: int | None = None,
+                 pairs: Iterable[tuple[str, str | None]] = (), filters: Mapping[str, str | None] | None = None):
         super().__init__(items)
         self.malformed_lines = list(malformed_lines)
         self.malformed = len(self.malformed_lines)
+        self.total = len(self) if total is None else int(total)
+        self.pairs = sorted(set(pairs), key=lambda p: (p[0], p[1] or ""))
+        self.feature_keys = sorted({k for k, _ in self.pairs})
+        self.data_names = sorted({d for _, d in self.pairs if d is not None})
+        self.filters = dict(filters or {"feature_key": None, "data": None})
 
 
-def read_results(log_path: str | os.PathLike, *, feature_key: str | None = None) -> ResultList:
+def record_data(rec: Mapping) -> str | None:
+    """The data set name of a record: its ``data``, else its view's file name without the fingerprint."""
+    data = rec.get("data")
+    if isinstance(data, str) and data:
+        return data
+    view = rec.get("view")
+    if isinstance(view, str) and view:
+        return Path(view).name.removesuffix(".h5").rsplit("-", 1)[0] or None
+    return None
+
+
+def read_results(log_path: str | os.PathLike, *, feature_key: str | None = None,
+                 data: str | None = None) -> ResultList:
     """Read the JSON-lines results log.
 
     A missing log is an empty list. Blank lines are ignored; lines that are not valid
     JSON objects are skipped and counted (``result.malformed``, ``result.malformed_lines``,
     plus one logged warning). ``feature_key`` keeps records whose ``feature_key`` equals it
-    or starts with it (so a short key shown by :func:`results_table` works).
+    or starts with it (so a short key shown by :func:`results_table` works); written as
+    ``KEY:DATA`` (like a view reference) it also filters on the data. ``data`` keeps records
+    on that data set (its name, as in the table's ``data`` column). When the filters match
+    nothing, :func:`no_results_message` says what the log holds.
     """
+    if feature_key is not None and ":" in str(feature_key):
+        key_part, _, data_part = str(feature_key).partition(":")
+        if data is not None and data_part and data != data_part:
+            raise EvaluationError(
+                f"feature_key={feature_key!r} names the data {data_part!r} but data={data!r}; expected one "
+                "data set; drop one of the two"
+            )
+        feature_key, data = key_part or None, data or data_part or None
+    if feature_key is not None and not str(feature_key).strip():
+        feature_key = None
     path = Path(log_path)
     try:
         raw = path.read_bytes()
@@ -169,6 +211,7 @@ def read_results(log_path: str | os.PathLike, *, feature_key: str | None = None)
             "JSON-lines file; check the path (--results-log)"
         ) from e
     records, bad = [], []
+    total, pairs = 0, set()
     for lineno, bline in enumerate(raw.split(b"\n"), start=1):
         if not bline.strip():
             continue
@@ -180,15 +223,47 @@ def read_results(log_path: str | os.PathLike, *, feature_key: str | None = None)
         if not isinstance(rec, dict):
             bad.append(lineno)
             continue
-        if feature_key is not None:
-            fk = rec.get("feature_key")
-            if not (isinstance(fk, str) and fk.startswith(str(feature_key))):
-                continue
+        total += 1
+        fk, name = rec.get("feature_key"), record_data(rec)
+        if isinstance(fk, str):
+            pairs.add((fk, name))
+        if feature_key is not None and not (isinstance(fk, str) and fk.startswith(str(feature_key))):
+            continue
+        if data is not None and name != str(data):
+            continue
         records.append(rec)
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         log.warning("results log %s: skipped %d malformed line(s): %s", path, len(bad), shown)
-    return ResultList(records, bad)
+    return ResultList(records, bad, total=total, pairs=pairs, filters={"feature_key": feature_key, "data": data})
+
+
+def _listing(values: list[str], n: int = 5) -> str:
+    shown = ", ".join(values[:n])
+    return shown + (f" and {len(values) - n} more" if len(values) > n else "")
+
+
+def no_results_message(records: ResultList) -> str:
+    """What to print when :func:`read_results` returned no record.
+
+    An empty (or missing) log: ``no results yet; run `featcache fit-head` first``. A log
+    whose records the filters all left out: which filter matched nothing, what the log
+    does hold, and how to fix the filter.
+    """
+    filters = getattr(records, "filters", None) or {}
+    key, data = filters.get("feature_key"), filters.get("data")
+    if not getattr(records, "total", 0) or (key is None and data is None):
+        return "no results yet; run `featcache fit-head` first"
+    n = f"{records.total} result{'s' if records.total != 1 else ''}"
+    on_key = [p for p in records.pairs if key is None or p[0].startswith(str(key))]
+    if not on_key:
+        return (f"no results on feature key {key!r}: none of the {n} in the log has a key starting with it; "
+                f"the log holds feature keys {_listing(records.feature_keys)}; check the key (a prefix works) "
+                "or drop --key")
+    names = sorted({d for _, d in on_key if d is not None})
+    where = f" on feature key {key!r}" if key is not None else ""
+    return (f"no results on data {data!r}{where} among the {n} in the log; expected one of the data sets "
+            f"{_listing(names)}; check the name or drop the data filter")
 
 
 _MISSING = object()
@@ -224,6 +299,9 @@ def _backbone_of(rec: Mapping) -> str | None:
 
 
 def _params_str(params: Any) -> str:
+    if isinstance(params, Mapping):
+        params = {k: (":".join(map(str, v)) if isinstance(v, list) and v and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in v) else v) for k, v in params.items()}
     if not isinstance(params, Mapping):
         return "" if params is None else str(params)
     return ", ".join(f"{k}={v}" for k, v in params.items())
@@ -241,16 +319,19 @@ def _finite(v: Any) -> float | None:
 
 
 TABLE_COLUMNS = (
-    "feature_key", "backbone", "head", "params",
+    "feature_key", "backbone", "data", "head", "params",
     "val_acc", "test_acc", "balanced_acc", "macro_f1", "fit_s",
 )
+_NUMERIC_COLUMNS = TABLE_COLUMNS[TABLE_COLUMNS.index("val_acc"):]
 
 
 def results_table(records: Iterable[Mapping], *, sort_by: str = "test.accuracy") -> list[dict]:
     """Flatten records to table rows, best first.
 
     Row keys (:data:`TABLE_COLUMNS`): ``feature_key`` (first 12 characters), ``backbone``,
-    ``head``, ``params`` (``"k=v, ..."``), ``val_acc``, ``test_acc``, ``balanced_acc`` and
+    ``data`` (the data set: records of different data under one feature key were scored on
+    different test sets; filter with ``read_results(..., data=...)``), ``head``, ``params``
+    (``"k=v, ..."``, tuples as ``512:256``), ``val_acc``, ``test_acc``, ``balanced_acc`` and
     ``macro_f1`` (both on test), ``fit_s``. Missing values are ``None``.
 
     ``sort_by`` is a row column (``"fit_s"``, ``"val_acc"``), a dotted path into
@@ -267,6 +348,7 @@ def results_table(records: Iterable[Mapping], *, sort_by: str = "test.accuracy")
         row = {
             "feature_key": _short_key(rec.get("feature_key")),
             "backbone": _backbone_of(rec),
+            "data": record_data(rec),
             "head": rec.get("head"),
             "params": _params_str(rec.get("params")),
             "val_acc": _finite(_get_path(metrics, "val.accuracy")),
@@ -287,7 +369,7 @@ def results_table(records: Iterable[Mapping], *, sort_by: str = "test.accuracy")
     if rows and all(k is None for k in keys):
         raise EvaluationError(
             f"sort_by={sort_by!r} matches no numeric value in any of the {len(rows)} records; "
-            f"expected a column ({', '.join(TABLE_COLUMNS[4:])}), a metrics path like "
+            f"expected a column ({', '.join(_NUMERIC_COLUMNS)}), a metrics path like "
             "'test.accuracy' or 'val.macro_f1', or a record path like 'timings.fit_s'"
         )
     ascending = sort_by.endswith("_s") or sort_by.endswith("_seconds")

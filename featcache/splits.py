@@ -20,7 +20,7 @@ import numpy as np
 
 from featcache.errors import DataError, EvaluationError
 
-__all__ = ["EvaluationError", "SPLIT_NAMES", "make_splits", "split_summary"]
+__all__ = ["EvaluationError", "SPLIT_NAMES", "check_seed", "make_splits", "split_summary"]
 
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -51,6 +51,27 @@ def _check_fraction(name: str, value: float) -> float:
             f"e.g. {name}=0.15"
         )
     return v
+
+
+#: Largest split seed: numpy's RandomState takes seeds up to 2**32 - 1, and a carved split
+#: uses ``seed + 1`` for its second step.
+MAX_SEED = 2**32 - 2
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int in ``[0, MAX_SEED]``; :class:`EvaluationError` naming it otherwise."""
+    fix = "pass a whole number such as seed=0 (fit-head --seed 0)"
+    if isinstance(seed, (bool, np.bool_)):
+        raise EvaluationError(f"seed={seed!r} is a boolean; expected a whole number from 0 to {MAX_SEED}; {fix}")
+    if isinstance(seed, (float, np.floating)) and float(seed).is_integer():
+        seed = int(seed)
+    if not isinstance(seed, (int, np.integer)):
+        raise EvaluationError(f"seed={seed!r} is not a whole number; expected a whole number from 0 to "
+                              f"{MAX_SEED}; {fix}")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise EvaluationError(f"seed={int(seed)} is out of range; expected a whole number from 0 to {MAX_SEED} "
+                              f"(the random seed of the train/val/test split); {fix}")
+    return int(seed)
 
 
 def _as_class_indices(
@@ -166,7 +187,8 @@ def make_splits(
 
     Raises :class:`DataError` for no labelled rows, a single class, too few rows to
     make non-empty splits, or unknown split names; :class:`EvaluationError` for
-    fractions outside (0, 1) or summing to >= 1.
+    fractions outside (0, 1) or summing to >= 1, and for a seed that is not a whole
+    number in ``[0, MAX_SEED]`` (see :func:`check_seed`).
     """
     val_fraction = _check_fraction("val_fraction", val_fraction)
     test_fraction = _check_fraction("test_fraction", test_fraction)
@@ -176,10 +198,7 @@ def make_splits(
             f"{val_fraction + test_fraction:g}; expected a sum below 1 so that rows are left for "
             "training; lower one of them (e.g. 0.15 and 0.15)"
         )
-    try:
-        seed = int(seed)
-    except (TypeError, ValueError):
-        raise EvaluationError(f"seed={seed!r} is not an integer; pass e.g. seed=0") from None
+    seed = check_seed(seed)
 
     y = _as_labels(labels)
     n = y.shape[0]

@@ -1,8 +1,13 @@
 """Hyper-parameter sweeps: fit every combination of a grid, keep the best on val.
 
-:func:`sweep` fits every combination of a parameter grid (in parallel with
-joblib/loky), scores each on the validation split only and returns a
-:class:`SweepResult`. It is never given the test split.
+:func:`sweep` fits every combination of a parameter grid (in this process, or in
+parallel with joblib/loky when that pays off), scores each on the validation split
+only and returns a :class:`SweepResult`. It is never given the test split.
+
+With ``n_jobs=-1`` (the default) the first combination is fitted in this process
+and timed; worker processes are started only when the remaining fits are expected
+to take clearly longer than starting them (:data:`WORKER_START_S`). Features read
+from disk (lazy arrays) are always fitted in this process.
 
 The loky worker (:func:`_worker_task`) loads the sweep's arrays once per worker
 process from a temporary folder and caps torch's thread count to the worker's
@@ -28,7 +33,12 @@ from featcache.errors import FeatcacheError, HeadError
 from featcache.results import _jsonable
 from featcache.splits import EvaluationError
 
-__all__ = ["SweepResult", "sweep"]
+__all__ = ["SweepResult", "check_n_jobs", "sweep", "WORKER_START_S"]
+
+#: Estimated seconds to start loky workers and import the heads' libraries (sklearn, torch) in
+#: them; measured 1.8 s for two workers on 2 idle cores, 4-7 s on a busy machine. With
+#: ``n_jobs=-1`` (auto) a sweep goes parallel only when that saves more than this.
+WORKER_START_S = 3.0
 
 
 @dataclass
@@ -45,6 +55,10 @@ class SweepResult:
     best_index: int
     best_estimator: Any
     rows: list[dict] = field(default_factory=list)
+    #: worker processes used (1: every fit ran in this process)
+    workers: int = 1
+    #: how many combinations (the first ones, in grid order) were fitted in this process
+    in_process: int = 0
 
     def to_dict(self) -> dict:
         """JSON-serialisable summary (without the estimator)."""
@@ -53,6 +67,8 @@ class SweepResult:
             "best_score": self.best_score,
             "best_index": self.best_index,
             "rows": _jsonable(self.rows),
+            "workers": self.workers,
+            "in_process": self.in_process,
         }
 
 
@@ -126,6 +142,28 @@ def _fit_and_score(make_estimator, params, X_train, y_train, X_val, y_val, after
                 "traceback": traceback.format_exc(), "exception": e}
 
 
+def check_n_jobs(n_jobs: Any) -> int | None:
+    """``n_jobs`` if valid (``None`` or a non-zero int); :class:`EvaluationError` otherwise."""
+    if n_jobs is None:
+        return None
+    if isinstance(n_jobs, (bool, np.bool_)) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
+        raise EvaluationError(
+            f"n_jobs={n_jobs!r}; expected a non-zero integer (-1 = all cores when it pays off, 1 = no "
+            "parallelism, N = N worker processes); pass e.g. n_jobs=-1 (fit-head --jobs -1)"
+        )
+    return int(n_jobs)
+
+
+def _parallel_pays_off(seconds_per_fit: float, left: int, workers: int) -> bool:
+    """True when ``left`` fits of ``seconds_per_fit`` each finish sooner on ``workers`` new
+    worker processes (after :data:`WORKER_START_S` of start-up) than one after another here."""
+    if workers <= 1 or left <= 1:
+        return False
+    sequential = seconds_per_fit * left
+    parallel = WORKER_START_S + seconds_per_fit * math.ceil(left / workers)
+    return parallel < sequential
+
+
 # Worker-side cache: the sweep data is written once to disk, each worker loads it once.
 _WORKER_DATA: dict[str, Any] = {}
 
@@ -164,7 +202,7 @@ def sweep(
     X_val: np.ndarray,
     y_val: np.ndarray,
     *,
-    n_jobs: int = -1,
+    n_jobs: int | None = -1,
 ) -> SweepResult:
     """Fit every combination of ``grid`` on train, score accuracy on val, keep the best.
 
@@ -174,13 +212,23 @@ def sweep(
     first combination in that order. Only train and val are seen: there is no test
     argument.
 
-    ``n_jobs != 1`` runs the fits in parallel with joblib's ``loky`` backend (separate
-    processes, so ``make_estimator`` must be picklable by cloudpickle: functions,
-    lambdas, ``functools.partial`` all work). The arrays are written once to a
-    temporary folder and loaded once per worker rather than sent with every task;
-    each worker's torch thread count is set to ``cpu_count // workers``. Results
-    stream back in grid order and only the current best fitted estimator is kept.
-    ``n_jobs == 1`` (or a single combination) fits in this process.
+    ``n_jobs=-1`` or ``None`` (auto, the default) fits the first combination in this
+    process and times it; the remaining ones go to up to ``cpu_count`` worker processes
+    only when that is expected to save time despite the workers' start-up
+    (:data:`WORKER_START_S`), otherwise the next one is fitted here and the decision is
+    taken again. Any other ``n_jobs`` (``2``, ``-2``, ...) runs every fit in that many
+    workers; ``n_jobs=1`` (or a single combination) fits everything in this process.
+    Lazy arrays (``h5py`` datasets, memmaps, row subsets of them: features read from
+    disk) are always fitted in this process, one combination after another, so that the
+    data is not copied into every worker.
+
+    Workers use joblib's ``loky`` backend (separate processes, so ``make_estimator``
+    must be picklable by cloudpickle: functions, lambdas, ``functools.partial`` all
+    work). The arrays are written once to a temporary folder and loaded once per worker
+    rather than sent with every task; each worker's torch thread count is set to
+    ``cpu_count // workers``. Results stream back in grid order and only the current
+    best fitted estimator is kept. ``workers`` and ``in_process`` of the result say
+    where the fits ran.
 
     The returned ``best_estimator`` is the one fitted on the training split (not
     refitted on train+val). Raises :class:`EvaluationError` for a bad grid or
@@ -196,12 +244,12 @@ def sweep(
             f"make_estimator is a {type(make_estimator).__name__}; expected a callable "
             "params -> estimator, e.g. lambda p: LogisticRegression(**p)"
         )
-    if not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
-        raise EvaluationError(
-            f"n_jobs={n_jobs!r}; expected a non-zero integer (-1 = all cores, 1 = no "
-            "parallelism); pass e.g. n_jobs=-1"
-        )
-    workers = min(effective_n_jobs(int(n_jobs)), len(combos))
+    n_jobs = check_n_jobs(n_jobs)
+    auto = n_jobs is None or n_jobs == -1
+    from featcache.heads.base import is_lazy
+
+    lazy = is_lazy(X_train) or is_lazy(X_val)
+    workers = 1 if lazy else min(effective_n_jobs(-1 if auto else n_jobs), len(combos))
 
     best: dict[str, Any] = {"index": -1, "score": -math.inf, "estimator": None}
     rows: list[dict] = []
@@ -229,10 +277,19 @@ def sweep(
         if res["val_score"] > best["score"]:  # strict: ties keep the earlier combination
             best.update(index=i, score=res["val_score"], estimator=res["estimator"])
 
-    if workers <= 1:
-        for i, params in enumerate(combos):
-            consume(i, params, _fit_and_score(make_estimator, params, X_train, y_train, X_val, y_val))
-    else:
+    start = 0  # combinations [0, start) are fitted here
+    if auto or workers <= 1:
+        while start < len(combos):
+            t0 = time.perf_counter()
+            consume(start, combos[start],
+                    _fit_and_score(make_estimator, combos[start], X_train, y_train, X_val, y_val))
+            start += 1
+            left = len(combos) - start
+            if _parallel_pays_off(time.perf_counter() - t0, left, min(workers, left)):
+                break
+    rest = combos[start:]
+    workers = min(workers, len(rest))
+    if workers > 1:
         n_threads = max(1, (os.cpu_count() or 1) // workers)
         with tempfile.TemporaryDirectory(prefix="featcache-sweep-") as data_dir:
             for name, arr in (("X_train", X_train), ("y_train", y_train),
@@ -241,13 +298,13 @@ def sweep(
             token = uuid.uuid4().hex
             results = Parallel(n_jobs=workers, backend="loky", return_as="generator")(
                 delayed(_worker_task)(make_estimator, params, data_dir, token, n_threads)
-                for params in combos
+                for params in rest
             )
             with warnings.catch_warnings():
                 # when a fit fails we stop early; joblib would warn about the cancelled tasks
                 warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
                 try:
-                    for i, (params, res) in enumerate(zip(combos, results)):
+                    for i, (params, res) in enumerate(zip(rest, results), start=start):
                         consume(i, params, res)
                 finally:
                     results.close()  # cancels pending tasks on error, inside this filter
@@ -258,5 +315,7 @@ def sweep(
         best_index=int(best["index"]),
         best_estimator=best["estimator"],
         rows=rows,
+        workers=max(workers, 1) if rest else 1,
+        in_process=start,
     )
 

@@ -24,6 +24,10 @@ from featcache.views import Features, load_features
 
 @dataclass
 class FitResult:
+    """What :func:`fit_head` did. ``params`` are the hyperparameters the saved head was fitted
+    with (the head's tunable ones, see :func:`effective_params`, defaults included);
+    ``params_given`` only those passed explicitly (``params``; swept values are in ``sweep``)."""
+
     head_path: str
     feature_key: str
     head: str
@@ -34,6 +38,8 @@ class FitResult:
     view: str
     sweep: list = field(default_factory=list)
     plot: str | None = None
+    params_given: dict = field(default_factory=dict)
+    data: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,7 +47,8 @@ class FitResult:
     def summary(self) -> str:
         test = self.metrics.get("test") or {}
         val = self.metrics.get("val") or {}
-        params = ", ".join(f"{k}={v}" for k, v in self.params.items()) or "defaults"
+        params = ", ".join(f"{k}={':'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                           for k, v in self.params.items()) or "defaults"
         score = (f"test accuracy {test['accuracy']:.3f} (balanced {test['balanced_accuracy']:.3f}, "
                  f"macro-F1 {test['macro_f1']:.3f})" if test else "no test split")
         val_s = f", val {val['accuracy']:.3f}" if val else ""
@@ -74,21 +81,121 @@ class RowSubset:
         return np.asarray(self.data[rows])
 
 
-def parse_grid(options: dict[str, str | None]) -> dict[str, list]:
-    """``{"C": "0.01,0.1,1"}`` -> ``{"C": [0.01, 0.1, 1.0]}`` (ints, floats, bools, strings, tuples a:b)."""
+#: fit-head options that set one head parameter (the others are set with ``--param NAME=VALUES``).
+CLI_PARAM_OPTIONS = {"C": "--C", "weight_decay": "--weight-decay", "lr": "--lr", "hidden_sizes": "--hidden-sizes",
+                     "dropout": "--dropout", "n_neighbors": "--n-neighbors", "max_epochs": "--max-epochs"}
 
-    def value(text: str):
-        text = text.strip()
-        if ":" in text:  # hidden sizes 512:256
-            return tuple(int(x) for x in text.split(":") if x)
+
+def _option_label(name: str) -> str:
+    """How the user set parameter ``name`` on the command line."""
+    flag = CLI_PARAM_OPTIONS.get(name)
+    return f"{flag} (or --param {name}=...)" if flag else f"--param {name}=..."
+
+
+def _param_defaults() -> dict[str, object]:
+    """Parameter name -> its default in the first registered head that has it."""
+    import inspect
+
+    from featcache.heads import HEADS
+
+    out: dict[str, object] = {}
+    for name in sorted(HEADS):
+        for n, p in inspect.signature(HEADS[name].__init__).parameters.items():
+            if n != "self" and p.default is not inspect.Parameter.empty:
+                out.setdefault(n, p.default)
+    return out
+
+
+def _example(name: str, default: object) -> str:
+    """Examples of values for ``name``, from its default value."""
+    if isinstance(default, tuple):
+        return f"{name}=512 or {name}=512:256, or a comma list to sweep, e.g. {name}=256,512:256"
+    if isinstance(default, bool):
+        return f"{name}=true, or a comma list to sweep, e.g. {name}=true,false"
+    if isinstance(default, (int, float)):
+        return f"{name}={default}, or a comma list to sweep, e.g. {name}={default},{default * 10}"
+    one = default if isinstance(default, str) else "VALUE"
+    return f"{name}={one}, or a comma list to sweep, e.g. {name}={one},OTHER"
+
+
+def parse_grid(options: dict[str, str | None]) -> dict[str, list]:
+    """``{"C": "0.01,0.1,1"}`` -> ``{"C": [0.01, 0.1, 1.0]}`` (ints, floats, bools, strings, tuples a:b).
+
+    ``None`` means "not given" and is skipped. A value that is empty, or a comma list with an
+    empty item, is a :class:`HeadError`. Tuple parameters (``hidden_sizes``) take positive
+    whole numbers joined by ``:`` (``512`` or ``512:256``) and always parse to tuples; other
+    values containing ``:`` that are not all whole numbers stay strings (``device=cuda:1``).
+    """
+    defaults = _param_defaults()
+    tuple_params = {n for n, d in defaults.items() if isinstance(d, tuple)}
+
+    def sizes(name: str, item: str, text: str) -> tuple:
+        parts = item.split(":")
+        for part in parts:
+            if not (part.strip().isdigit() and int(part) >= 1):
+                raise HeadError(
+                    f"{_option_label(name)} {text!r}: {part.strip()!r} is not a positive whole number; expected "
+                    f"layer widths joined by ':', e.g. {_example(name, ())}; fix the value")
+        return tuple(int(part) for part in parts)
+
+    def value(name: str, item: str, text: str):
+        item = item.strip()
+        if name in tuple_params:
+            return sizes(name, item, text)
+        if ":" in item:  # a tuple of whole numbers, e.g. 512:256
+            parts = item.split(":")
+            if all(p.strip().lstrip("-").isdigit() for p in parts):
+                return tuple(int(p) for p in parts)
         for cast in (int, float):
             try:
-                return cast(text)
+                return cast(item)
             except ValueError:
                 pass
-        return {"true": True, "false": False}.get(text.lower(), text)
+        return {"true": True, "false": False}.get(item.lower(), item)
 
-    return {k: [value(x) for x in v.split(",") if x.strip()] for k, v in options.items() if v}
+    out = {}
+    for name, text in options.items():
+        if text is None:
+            continue
+        if not str(text).strip():
+            raise HeadError(f"{_option_label(name)} is empty; expected a value, e.g. "
+                            f"{_example(name, defaults.get(name))}; give a value or leave the option out")
+        items = str(text).split(",")
+        if any(not item.strip() for item in items):
+            raise HeadError(f"{_option_label(name)} {text!r} has an empty item; expected values separated by single "
+                            f"commas, e.g. {_example(name, defaults.get(name)).split(', e.g. ')[-1]}; "
+                            "remove the extra comma")
+        out[name] = [value(name, item, str(text)) for item in items]
+    return out
+
+
+def check_fit_arguments(head: str, *, params: dict | None = None, grid: dict | None = None, seed: int = 0,
+                        val_fraction: float = 0.15, test_fraction: float = 0.15, n_jobs: int | None = -1) -> None:
+    """Raise a :class:`~featcache.errors.FeatcacheError` for arguments of :func:`fit_head` that cannot work.
+
+    Cheap (no data is read): the CLI may call it before extracting features on the way.
+    Checks the head name, the parameter names (of ``params`` and ``grid``), the seed, the
+    split fractions and ``n_jobs``.
+    """
+    from featcache.splits import _check_fraction, check_seed
+    from featcache.sweeps import check_n_jobs
+
+    make_head(head, **(params or {}))  # the name and the parameter names
+    if grid:
+        make_head(head, **{k: v[0] for k, v in grid.items() if isinstance(v, (list, tuple)) and v})
+    check_seed(seed)
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    check_n_jobs(n_jobs)
+
+
+def effective_params(head: str, model, given: dict | None = None, grid: dict | None = None) -> dict:
+    """The hyperparameters that describe a fit: the head's tunable ones (its default sweep grid's
+    names), plus every parameter given or swept, with the values the fitted ``model`` used."""
+    names = list(default_grid(head))
+    names += [k for k in {**(given or {}), **(grid or {})} if k not in names]
+    used = model.get_params(deep=False)
+    return _plain({k: used[k] for k in names if k in used})
 
 
 def _head_dir(cache_dir, feature_key: str) -> Path:
@@ -109,7 +216,7 @@ def fit_head(
     output: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
     from_disk: bool = False,
-    n_jobs: int = -1,
+    n_jobs: int | None = -1,
     log: bool = True,
     augmented: str | os.PathLike | None = None,
 ) -> FitResult:
@@ -117,7 +224,17 @@ def fit_head(
 
     ``augmented`` (a view of augmented copies, see featcache.augment) adds the copies
     of the training rows to the training set; validation and test stay plain.
+
+    ``n_jobs`` is the parallelism of a sweep (see :func:`featcache.sweeps.sweep`): ``-1`` or
+    ``None`` (default) decide from the time of the first fit whether worker processes pay off;
+    another value is used as given. With ``from_disk`` sweeps always fit in this process, one
+    point after another, so that the training set is not copied into every worker.
+
+    The results record and the returned :class:`FitResult` hold ``params``: the head's
+    effective hyperparameters (defaults included), and ``params_given``: the ones passed.
     """
+    check_fit_arguments(head, params=params, grid=grid, seed=seed, val_fraction=val_fraction,
+                        test_fraction=test_fraction, n_jobs=n_jobs)
     f = features if isinstance(features, Features) else load_features(features, cache_dir=cache_dir,
                                                                         mmap=from_disk)
     labelled = np.nonzero(f.labels >= 0)[0]
@@ -127,7 +244,6 @@ def fit_head(
     if len(np.unique(f.labels[labelled])) < 2:
         raise HeadError(f"the view {f.path} has a single class ({f.class_names[int(f.labels[labelled][0])]!r}); "
                         "a classifier needs at least two classes")
-    make_head(head, **(params or {}))  # validates the name and the parameters early
     assigned = make_splits(f.labels, f.split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     idx = {s: np.nonzero(assigned == s)[0] for s in ("train", "val", "test")}
 
@@ -153,14 +269,17 @@ def fit_head(
             return make_head(head, **{**(params or {}), **p})
 
         result = sweep(build, grid, X_train, y_train, X_val, y_val, n_jobs=n_jobs)
-        model, chosen = result.best_estimator, {**(params or {}), **result.best_params}
+        model = result.best_estimator
         sweep_rows = result.to_dict()["rows"]
     elif grid:
         raise HeadError("a sweep needs a validation split to choose on; set --val-fraction > 0 or add val/ "
                         "folders to the data")
     else:
-        model, chosen = make_head(head, **(params or {})).fit(X_train, y_train), dict(params or {})
+        model = make_head(head, **(params or {})).fit(X_train, y_train)
     fit_s = time.perf_counter() - t0
+    chosen = effective_params(head, model, params, grid)
+    given = _plain(dict(params or {}))
+    data_name = f.attrs.get("data_name") or None
     metrics, predict_s = {}, 0.0
     for which in ("val", "test"):
         if len(idx[which]):
@@ -171,12 +290,11 @@ def fit_head(
             predict_s += time.perf_counter() - t1
             metrics[which] = compute_metrics(f.labels[idx[which]], pred, proba=_full_proba(proba, model,
                                              len(f.class_names)), class_names=f.class_names)
-    out = Path(output) if output else _head_dir(cache_dir, f.feature_key) / (
-        f"{head}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.head.npz")
+    out = Path(output) if output else _new_head_path(_head_dir(cache_dir, f.feature_key), head)
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = save_head(model, out, name=head, feature_key=f.feature_key, class_names=f.class_names,
-                      metadata={"identity": f.identity, "view": f.path, "params": chosen,
-                                "weights_path": f.attrs.get("weights_path")})
+                      metadata={"identity": f.identity, "view": f.path, "data": data_name, "params": chosen,
+                                "params_given": given, "weights_path": f.attrs.get("weights_path")})
     split = split_summary(assigned, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     split["n_train_augmented"] = n_augmented
     timings = {"fit_s": fit_s, "predict_s": predict_s}
@@ -186,14 +304,26 @@ def fit_head(
 
         plot_path = str(plot_confusion_matrix(metrics["test"]["confusion_matrix"], f.class_names, plot,
                                               title=f"{head} on {f.feature_key} (test)"))
-    result = FitResult(head_path=str(saved), feature_key=f.feature_key, head=head, params=_plain(chosen),
-                       metrics=metrics, timings=timings, split=split, view=f.path, sweep=sweep_rows, plot=plot_path)
+    result = FitResult(head_path=str(saved), feature_key=f.feature_key, head=head, params=chosen,
+                       metrics=metrics, timings=timings, split=split, view=f.path, sweep=sweep_rows, plot=plot_path,
+                       params_given=given, data=data_name)
     if log:
         append_result(FeatureStore(cache_dir).results_log, {
-            "feature_key": f.feature_key, "identity": f.identity, "view": f.path, "head": head,
-            "params": result.params, "split": split, "metrics": metrics, "timings": timings,
-            "head_path": str(saved), "versions": versions()})
+            "feature_key": f.feature_key, "identity": f.identity, "view": f.path, "data": data_name, "head": head,
+            "params": result.params, "params_given": given, "grid": _plain_grid(grid), "split": split,
+            "metrics": metrics, "timings": timings, "head_path": str(saved), "versions": versions()})
     return result
+
+
+def _new_head_path(folder: Path, head: str) -> Path:
+    """``HEAD-TIME-PID.head.npz`` in ``folder``, with ``-2``, ``-3``, ... when that file exists
+    (two fits of one head in one process within a second must not overwrite each other)."""
+    base = f"{head}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path, n = folder / f"{base}.head.npz", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{base}-{n}.head.npz"
+    return path
 
 
 def _augmented_train_rows(ref, plain: Features, train_rows: np.ndarray):
@@ -215,5 +345,16 @@ def _full_proba(proba: np.ndarray, model, n_classes: int) -> np.ndarray:
     return full
 
 
+def _plain_value(v):
+    if isinstance(v, (tuple, list)):
+        return [_plain_value(x) for x in v]
+    return v.item() if hasattr(v, "item") else v
+
+
 def _plain(d: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v.item() if hasattr(v, "item") else v) for k, v in d.items()}
+    """JSON-friendly copy of a parameter dict (tuples -> lists, numpy scalars -> Python)."""
+    return {k: _plain_value(v) for k, v in d.items()}
+
+
+def _plain_grid(grid: dict) -> dict:
+    return {k: [_plain_value(x) for x in v] for k, v in (grid or {}).items()}

@@ -142,6 +142,24 @@ def test_splits_single_class_and_no_labels():
         make_splits(_labels((5, 5)), np.array(["test"] * 10))
 
 
+@pytest.mark.parametrize("seed", [-5, -1, 2**32 - 1, 2**40, 1.5, "3", None, True])
+def test_splits_bad_seed_is_one_clear_error(seed):
+    # before: a negative seed reached sklearn and raised its InvalidParameterError
+    with pytest.raises(EvaluationError) as ei:
+        make_splits(_labels(), seed=seed)
+    msg = str(ei.value)
+    assert f"seed={seed!r}" in msg or f"seed={seed}" in msg
+    assert "expected a whole number from 0 to 4294967294" in msg and "--seed 0" in msg
+
+
+def test_splits_accept_every_valid_seed():
+    y = _labels((10, 10))
+    for seed in (0, np.int64(7), 7.0, 2**32 - 2):
+        assert set(make_splits(y, seed=seed).tolist()) == {"train", "val", "test"}
+    own = np.array(["train"] * 20)  # val and test carved with seed and seed + 1
+    assert set(make_splits(y, own, seed=2**32 - 2).tolist()) == {"train", "val", "test"}
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -295,6 +313,81 @@ def test_sweep_torch_estimator_in_loky_workers():
     assert (res.best_estimator.predict(X[150:]) == y[150:]).mean() == pytest.approx(res.best_score)
 
 
+class _NoParallel:
+    """Stands in for joblib.Parallel: fails the test if a sweep starts worker processes."""
+
+    def __init__(self, *a, **k):
+        raise AssertionError("the sweep started worker processes")
+
+
+def test_sweep_auto_keeps_fast_fits_in_process(monkeypatch):
+    # before: n_jobs=-1 always started loky workers (seconds) even for fits of milliseconds
+    import joblib
+
+    monkeypatch.setattr(joblib, "Parallel", _NoParallel)
+    X, y = np.zeros((6, 1)), np.array([0, 0, 0, 1, 1, 1])
+    for n_jobs in (-1, None):
+        res = sweep(_make_constant, {"c": [0, 1, 2, 3]}, X, y, X, y, n_jobs=n_jobs)
+        assert (res.in_process, res.workers) == (4, 1)
+        assert [r["params"] for r in res.rows] == [{"c": c} for c in range(4)]
+    assert sweep(_make_constant, {"c": [0, 1]}, X, y, X, y).in_process == 2  # the default is auto
+
+
+def test_sweep_auto_goes_parallel_when_it_pays_off(monkeypatch):
+    import featcache.sweeps as sweeps_mod
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 5))
+    y = (X[:, 0] + 0.5 * rng.normal(size=120) > 0).astype(int)
+    Xtr, ytr, Xva, yva = X[:80], y[:80], X[80:], y[80:]
+    grid = {"C": [1e-4, 1e-2, 1.0]}
+    make = functools.partial(_make_logreg, max_iter=200)
+    monkeypatch.setattr(sweeps_mod, "WORKER_START_S", -1e9)  # starting workers "costs nothing"
+    par = sweep(make, grid, Xtr, ytr, Xva, yva, n_jobs=-1)
+    assert par.in_process == 1 and par.workers == 2  # the first fit is timed here, the rest in workers
+    seq = sweep(make, grid, Xtr, ytr, Xva, yva, n_jobs=1)
+    assert (seq.in_process, seq.workers) == (3, 1)
+    assert [r["params"] for r in par.rows] == [r["params"] for r in seq.rows]
+    assert [r["val_score"] for r in par.rows] == pytest.approx([r["val_score"] for r in seq.rows])
+    assert par.best_index == seq.best_index
+    assert par.to_dict()["workers"] == 2
+
+
+def test_parallel_pays_off_rule(monkeypatch):
+    import featcache.sweeps as sweeps_mod
+
+    monkeypatch.setattr(sweeps_mod, "WORKER_START_S", 3.0)
+    pays = sweeps_mod._parallel_pays_off
+    assert not pays(0.1, 3, 2)  # logreg --sweep on digits: 0.3 s left
+    assert not pays(10.0, 1, 2) and not pays(10.0, 5, 1)  # one fit left / one worker
+    assert pays(2.0, 5, 2)  # 10 s here vs 3 + 6 s on two workers
+
+
+def test_sweep_on_lazy_arrays_stays_in_process(monkeypatch, tmp_path):
+    # --from-disk: parallel workers would each get a copy of the whole training set
+    import h5py
+    import joblib
+
+    monkeypatch.setattr(joblib, "Parallel", _NoParallel)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["X"] = X
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        res = sweep(_make_constant, {"c": [0, 1, 2]}, f["X"], y, f["X"], y, n_jobs=2)
+    assert (res.in_process, res.workers) == (3, 1)
+
+
+@pytest.mark.parametrize("n_jobs", [0, 1.5, "2", True])
+def test_sweep_bad_n_jobs(n_jobs):
+    X, y = np.zeros((4, 1)), np.array([0, 0, 1, 1])
+    with pytest.raises(EvaluationError, match=r"n_jobs=.*expected a non-zero integer"):
+        sweep(_make_constant, {"c": [0]}, X, y, X, y, n_jobs=n_jobs)
+
+
 def _make_logreg(params, max_iter=100):
     return LogisticRegression(max_iter=max_iter, **params)
 
@@ -369,8 +462,9 @@ def test_results_log_append_read_filter_with_malformed_line(tmp_path, caplog):
     assert rows[0]["backbone"] == "resnet18"
     assert rows[0]["head"] == "logreg"
     assert rows[0]["params"] == "lr=0.01, hidden=64"
-    assert set(rows[0]) == {"feature_key", "backbone", "head", "params", "val_acc",
+    assert set(rows[0]) == {"feature_key", "backbone", "data", "head", "params", "val_acc",
                             "test_acc", "balanced_acc", "macro_f1", "fit_s"}
+    assert rows[0]["data"] == "x"  # no "data" in the record: from the view's file name
     with pytest.raises(EvaluationError, match="sort_by"):
         results_table(recs, sort_by="nonexistent.path")
     assert results_table([]) == []
@@ -390,6 +484,43 @@ def test_results_table_sorting():
     # timings: fastest first
     assert [r["fit_s"] for r in results_table(recs, sort_by="fit_s")][:3] == [1.0, 2.0, 3.0]
     assert [r["fit_s"] for r in results_table(recs, sort_by="timings.fit_s")][:3] == [1.0, 2.0, 3.0]
+
+
+def test_results_data_column_and_filter(tmp_path):
+    # two data sets under one feature key were ranked together with nothing to tell them apart
+    from featcache.results import no_results_message
+
+    log = tmp_path / "results.jsonl"
+    fk = "resnet18-75956466f1ec"
+    a = {**_record(fk=fk, test_acc=0.9), "view": f"/c/features/{fk}/views/digits-0123abcd.h5"}
+    b = {**_record(fk=fk, test_acc=0.5), "view": f"/c/features/{fk}/views/my-pets-99aa.h5", "data": "my-pets"}
+    c = {**_record(fk="other-000000000000", test_acc=0.7), "data": "digits"}
+    for rec in (a, b, c):
+        append_result(log, rec)
+    rows = results_table(read_results(log))
+    assert [r["data"] for r in rows] == ["digits", "digits", "my-pets"]
+    assert [r["test_acc"] for r in rows] == pytest.approx([0.9, 0.7, 0.5])
+    assert [r["test_acc"] for r in results_table(read_results(log, data="my-pets"))] == [0.5]
+    on_digits = read_results(log, feature_key=fk[:8], data="digits")
+    assert [r["test_acc"] for r in results_table(on_digits)] == pytest.approx([0.9])
+    assert read_results(log, feature_key=f"{fk[:8]}:digits") == on_digits  # KEY:DATA, as for --features
+    with pytest.raises(EvaluationError, match="names the data"):
+        read_results(log, feature_key=f"{fk}:digits", data="my-pets")
+
+    everything = read_results(log)
+    assert everything.total == 3 and everything.data_names == ["digits", "my-pets"]
+    assert no_results_message(read_results(tmp_path / "missing.jsonl")) == \
+        "no results yet; run `featcache fit-head` first"
+    msg = no_results_message(read_results(log, feature_key="vgg16"))
+    assert "'vgg16'" in msg and "3 results" in msg and fk in msg and "other-000000000000" in msg
+    assert "no results yet" not in msg
+    msg = no_results_message(read_results(log, feature_key=fk, data="cifar"))
+    assert "'cifar'" in msg and "digits, my-pets" in msg and "no results yet" not in msg
+
+
+def test_results_table_params_show_tuples_as_cli_values():
+    rec = {**_record(), "params": {"hidden_sizes": [512, 256], "dropout": 0.2, "center": True}}
+    assert results_table([rec])[0]["params"] == "hidden_sizes=512:256, dropout=0.2, center=True"
 
 
 def _append_many(log_path, worker, n):

@@ -98,3 +98,183 @@ def test_head_of_another_identity_and_corrupted_head_are_refused(digits, tmp_pat
     assert r.exit_code == 1 and r.output.startswith("Error:") and "bad.head.npz" in r.output
     r = invoke("fit-head", "--features", ext["view"], "--head", "logregg", "--cache", cache)
     assert r.exit_code == 1 and "did you mean 'logreg'" in r.output
+
+
+# --------------------------------------------------------------------------- gaps of the stage-two audit
+
+
+@pytest.mark.parametrize("args, names", [
+    (["--head", "mlp", "--hidden-sizes", "512:abc"], ["--hidden-sizes", "'512:abc'", "'abc'", "512:256"]),
+    (["--head", "logreg", "--param", "C="], ["C=", "is empty", "expected a value"]),
+    (["--head", "ncm", "--param", "temperature=0.1,,0.2"], ["temperature", "'0.1,,0.2'", "empty item"]),
+])
+def test_bad_fit_options_are_one_clear_error(digits, args, names):
+    cache, ext = digits
+    r = invoke("fit-head", "--features", ext["view"], *args, "--cache", cache)
+    assert r.exit_code == 1 and r.output.startswith("Error:"), r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    for name in names:
+        assert name in r.output, (name, r.output)
+
+
+@pytest.mark.parametrize("option, value, kwargs, names", [
+    ("--seed", "-5", {"seed": -5}, ["seed=-5", "expected a whole number from 0", "--seed 0"]),
+    ("--jobs", "0", {"n_jobs": 0}, ["n_jobs=0", "expected a non-zero integer"]),
+])
+def test_bad_seed_and_jobs_are_one_clear_error(digits, option, value, kwargs, names, monkeypatch):
+    # before: --seed -5 raised sklearn's InvalidParameterError; --jobs 0 without a sweep was ignored
+    from featcache import train
+    from featcache.errors import FeatcacheError
+
+    cache, ext = digits
+    monkeypatch.setattr(train, "load_features", lambda *a, **k: pytest.fail("read the features first"))
+    with pytest.raises(FeatcacheError) as ei:
+        train.fit_head(ext["view"], "logreg", cache_dir=cache, **kwargs)
+    for name in names:
+        assert name in str(ei.value), (name, str(ei.value))
+    r = invoke("fit-head", "--features", ext["view"], "--head", "logreg", option, value, "--cache", cache)
+    last = r.output.strip().splitlines()[-1]  # the library's error (exit 1) or a usage error of the CLI (exit 2)
+    assert r.exit_code in (1, 2) and last.startswith("Error:") and value in last, r.output
+    assert "Traceback" not in r.output and "InvalidParameterError" not in r.output
+
+
+def test_parse_grid_values():
+    from featcache.train import parse_grid
+
+    assert parse_grid({"hidden_sizes": "512,512:256", "C": None, "dropout": "0,0.2", "device": "cuda:1",
+                       "center": "true"}) == {
+        "hidden_sizes": [(512,), (512, 256)], "dropout": [0, 0.2], "device": ["cuda:1"], "center": [True]}
+
+
+def test_default_fit_records_the_effective_parameters(digits):
+    # before: a fit without options recorded "params": {} (blank PARAMS column)
+    cache, ext = digits
+    fit = json.loads(invoke("fit-head", "--features", ext["view"], "--head", "logreg", "--cache", cache,
+                            "--json").stdout)
+    assert fit["params"] == {"C": 1.0} and fit["params_given"] == {} and fit["data"] == "digits"
+    again = json.loads(invoke("fit-head", "--features", ext["view"], "--head", "logreg", "--C", "0.5",
+                              "--cache", cache, "--json").stdout)
+    assert again["head_path"] != fit["head_path"]  # same head, same process, same second: a new file
+    assert again["params"] == again["params_given"] == {"C": 0.5}
+    mlp = json.loads(invoke("fit-head", "--features", ext["view"], "--head", "mlp", *FAST["mlp"], "--cache", cache,
+                            "--json").stdout)
+    assert mlp["params"] == {"hidden_sizes": [128], "dropout": 0.2, "max_epochs": 15}
+    assert mlp["params_given"] == {"hidden_sizes": [128], "max_epochs": 15}
+    records = [json.loads(line) for line in (cache / "results.jsonl").read_text().splitlines()]
+    rec = next(r for r in records if r["head_path"] == fit["head_path"])
+    assert rec["params"] == {"C": 1.0} and rec["params_given"] == {} and rec["grid"] == {}
+    assert rec["data"] == "digits"
+    rec = next(r for r in records if r["head_path"] == mlp["head_path"])
+    assert rec["params"]["hidden_sizes"] == [128]
+    from featcache.persist import load_head
+
+    assert load_head(fit["head_path"]).metadata["params"] == {"C": 1.0}
+    table = invoke("results", "--cache", cache).output
+    assert "DATA" in table and "C=1.0" in table and "hidden_sizes=128, dropout=0.2, max_epochs=15" in table
+
+
+def test_sweep_records_the_grid_and_the_choice(digits):
+    cache, ext = digits
+    fit = json.loads(invoke("fit-head", "--features", ext["view"], "--head", "knn", "--n-neighbors", "1,5",
+                            "--cache", cache, "--json").stdout)
+    assert set(fit["params"]) == {"n_neighbors", "weights"} and fit["params"]["weights"] == "distance"
+    assert fit["params"]["n_neighbors"] in (1, 5) and fit["params_given"] == {}
+    rec = [json.loads(line) for line in (cache / "results.jsonl").read_text().splitlines()][-1]
+    assert rec["grid"] == {"n_neighbors": [1, 5]} and rec["params"] == fit["params"]
+
+
+def _forge(head_path, out, **identity_changes):
+    """A copy of a head file whose recorded identity is edited (its feature key is not)."""
+    from featcache.persist import load_head, save_head
+
+    loaded = load_head(head_path)
+    meta = dict(loaded.metadata)
+    meta["identity"] = {**meta["identity"], **identity_changes}
+    return save_head(loaded.head, out, name=loaded.name, feature_key=loaded.feature_key,
+                     class_names=loaded.class_names, metadata=meta)
+
+
+def test_predict_refuses_a_head_of_another_identity_before_extracting(digits, tmp_path, monkeypatch):
+    # before: the key was compared after a full extraction that also cached unwanted rows
+    import featcache.prediction as predict_module
+    from featcache.errors import HeadError
+
+    cache, ext = digits
+    fit = json.loads(invoke("fit-head", "--features", ext["view"], "--head", "ncm", "--cache", cache,
+                            "--json").stdout)
+    forged = _forge(fit["head_path"], tmp_path / "forged.head.npz", layer="layer3")
+    new = tmp_path / "new"
+    (new / "x").mkdir(parents=True)
+    shutil.copy(cache / "builtin" / "digits" / "3" / "0003.png", new / "x" / "a.png")
+
+    def no_extract(*a, **k):
+        raise AssertionError("predict extracted features for a head it must refuse")
+
+    monkeypatch.setattr(predict_module, "extract", no_extract)
+    with pytest.raises(HeadError) as ei:
+        predict_module.predict(forged, str(new), cache_dir=cache, workers=0)
+    msg = str(ei.value)
+    assert str(forged) in msg and ext["feature_key"] in msg and "nothing was extracted" in msg
+    # options given to predict() that change the features are refused before extracting as well
+    with pytest.raises(HeadError, match=ext["feature_key"]):
+        predict_module.predict(fit["head_path"], str(new), cache_dir=cache, workers=0, image_size=48)
+    r = invoke("predict", "--head", forged, "--data", new, "--cache", cache)
+    assert r.exit_code == 1 and r.output.startswith("Error:") and "Traceback" not in r.output
+    sets = [p.name for p in (cache / "features").iterdir()]
+    assert sets == [ext["feature_key"]]  # no feature set of another identity was started
+
+
+def test_python_api_is_exported_and_works(digits, tmp_path):
+    import featcache
+
+    cache, ext = digits
+    from featcache import _LAZY
+
+    assert set(_LAZY) <= set(featcache.__all__)
+    for name in ("fit_head", "FitResult", "predict", "Prediction", "save_head", "load_head", "make_head",
+                 "list_heads", "default_grid", "read_results", "results_table"):
+        assert name in featcache.__all__ and getattr(featcache, name) is not None, name
+    assert "ncm" in featcache.list_heads() and featcache.default_grid("logreg") == {"C": [0.01, 0.1, 1.0, 10.0]}
+    f = featcache.load_features(ext["view"])
+    small = featcache.Features(features=f.features[:300], labels=f.labels[:300], ids=f.ids[:300],
+                               split=f.split[:300], class_names=f.class_names, feature_key=f.feature_key,
+                               identity=f.identity, path=f.path, attrs=f.attrs)
+    fit = featcache.fit_head(small, "ncm", cache_dir=cache, output=tmp_path / "ncm.head.npz")
+    assert isinstance(fit, featcache.FitResult) and fit.params == {"center": True, "temperature": 0.1}
+    loaded = featcache.load_head(fit.head_path)
+    again = featcache.save_head(loaded.head, tmp_path / "copy", name=loaded.name, feature_key=loaded.feature_key,
+                                class_names=loaded.class_names, metadata=loaded.metadata)
+    assert featcache.make_head("ncm").get_params() == loaded.head.get_params()
+    pred = featcache.predict(again, str(cache / "builtin" / "digits" / "7"), cache_dir=cache, workers=0)
+    assert isinstance(pred, featcache.Prediction) and len(pred.rows) > 100
+    from featcache import predict
+
+    assert predict(again, str(cache / "builtin" / "digits" / "7"), cache_dir=cache).rows == pred.rows
+    rows = featcache.results_table(featcache.read_results(cache / "results.jsonl", feature_key=fit.feature_key))
+    assert rows and rows[0]["data"] == "digits"
+
+
+def test_import_featcache_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, featcache; heavy = [m for m in ('torch', 'sklearn', 'numpy', 'h5py') if m in sys.modules];"
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
+
+
+def test_from_disk_sweep_fits_in_process(digits, monkeypatch):
+    # --from-disk: a parallel sweep copied the whole training set into every worker
+    import joblib
+
+    from featcache.train import fit_head
+
+    def no_parallel(*a, **k):
+        raise AssertionError("a --from-disk sweep started worker processes")
+
+    monkeypatch.setattr(joblib, "Parallel", no_parallel)
+    cache, ext = digits
+    fit = fit_head(ext["view"], "logreg", grid={"C": [0.01, 1.0]}, from_disk=True, n_jobs=2, cache_dir=cache,
+                   log=False)
+    assert len(fit.sweep) == 2 and fit.params["C"] in (0.01, 1.0)
