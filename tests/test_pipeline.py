@@ -198,13 +198,18 @@ def test_cache_precedence(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- running
 
 
+def pets_folder(root):
+    """12 images, 6 per class (the conftest image_folder's images, without its extras)."""
+    for c, cls in enumerate(["cat", "dog"]):
+        for i in range(6):
+            make_image(root / cls / f"img_{i}.png", seed=100 * c + i)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One pipeline (2 backbones x 2 heads) on a 12-image folder, run twice."""
     root = tmp_path_factory.mktemp("tiny")
-    for c, cls in enumerate(["cat", "dog"]):
-        for i in range(6):
-            make_image(root / "pets" / cls / f"img_{i}.png", seed=100 * c + i)
+    pets_folder(root / "pets")
     toml = write(root / "tiny.toml", TINY)
     cache = root / "cache"
     first = run_pipeline(load_pipeline(toml), cache_dir=cache, n_jobs=1)
@@ -314,9 +319,7 @@ name = "ncm"
 def augmented_runs(tmp_path_factory):
     """The 12-image folder run without augmentation, then with augment = 2 twice, then with another seed."""
     root = tmp_path_factory.mktemp("aug")
-    for c, cls in enumerate(["cat", "dog"]):
-        for i in range(6):
-            make_image(root / "pets" / cls / f"img_{i}.png", seed=100 * c + i)
+    pets_folder(root / "pets")
     cache = root / "cache"
     plain = run_pipeline(parse_pipeline(tomllib.loads(AUGMENTED.replace("augment = 2", "")), base_dir=root),
                          cache_dir=cache, n_jobs=1)
