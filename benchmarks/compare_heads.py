@@ -122,6 +122,7 @@ def main(argv=None) -> dict:
                        "extract_s": ext_wall, "fit_over_extract": fr.timings["fit_s"] / ext_wall,
                        "sweep_fit_seconds_sum": sweep_fit, "sweep_val_predict_seconds_sum": sweep_pred,
                        "sweep_max_fit_seconds": max((row["fit_seconds"] for row in fr.sweep), default=None),
+                       "sweep_workers": fr.sweep_workers,
                        "split": fr.split}
                 runs.append(run)
                 print(f"    {h:7s} fit {run['fit_s']:7.2f} s ({run['fit_over_extract']:.3f} of extraction), "
@@ -147,8 +148,9 @@ def main(argv=None) -> dict:
             "sweep_max_fit_seconds": _bench.median(r["sweep_max_fit_seconds"] for r in rs),
             # how much of the wall time is not the fits themselves: pool start, data hand-off, scheduling
             "sweep_overhead_s": _bench.median(
-                r["fit_s"] - (r["sweep_fit_seconds_sum"] + r["sweep_val_predict_seconds_sum"]) / max(1, min(
-                    r["n_combos"], _bench.usable_cores() if a.n_jobs == -1 else a.n_jobs)) for r in rs),
+                r["fit_s"] - (r["sweep_fit_seconds_sum"] + r["sweep_val_predict_seconds_sum"]) / r["sweep_workers"]
+                for r in rs),
+            "sweep_workers": _bench.median(r["sweep_workers"] for r in rs),
         })
     ext = {"wall_s": _bench.median(e["wall_s"] for e in extractions),
            "wall_s_range": _bench.spread(e["wall_s"] for e in extractions),
@@ -184,9 +186,10 @@ def print_report(res: dict) -> None:
         ("head", "head"), ("n_combos", "grid"), ("test_accuracy", "test acc"), ("balanced_accuracy", "bal acc"),
         ("macro_f1", "macro-F1"), ("fit_s", "fit s", 2), ("predict_s", "predict s", 3),
         ("fit_over_extract", "fit/extract", 3), ("goal", "goal", 2), ("verdict", "verdict"),
-        ("sweep_fit_seconds_sum", "sum of fits s", 2), ("sweep_overhead_s", "sweep overhead s", 2)]))
+        ("sweep_fit_seconds_sum", "sum of fits s", 2), ("sweep_workers", "workers"),
+        ("sweep_overhead_s", "sweep overhead s", 2)]))
     print("fit s = fit_head wall time for the whole default sweep; sum of fits = the fits (+ val scoring) inside "
-          "the sweep workers; sweep overhead = fit s - (sum of fits / parallel workers)")
+          "the sweep (workers or this process); sweep overhead = fit s - (sum of fits / workers used)")
 
 
 def plot(res: dict, runs: list[dict], path: Path) -> None:

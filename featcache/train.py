@@ -40,6 +40,7 @@ class FitResult:
     plot: str | None = None
     params_given: dict = field(default_factory=dict)
     data: str | None = None
+    sweep_workers: int = 1  # worker processes of the sweep (1: every fit ran in this process)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -264,6 +265,7 @@ def fit_head(
         grid = {**default_grid(head), **grid}
     t0 = time.perf_counter()
     sweep_rows: list = []
+    sweep_workers = 1
     if grid and len(idx["val"]):
         def build(p):
             return make_head(head, **{**(params or {}), **p})
@@ -271,6 +273,7 @@ def fit_head(
         result = sweep(build, grid, X_train, y_train, X_val, y_val, n_jobs=n_jobs)
         model = result.best_estimator
         sweep_rows = result.to_dict()["rows"]
+        sweep_workers = result.workers
     elif grid:
         raise HeadError("a sweep needs a validation split to choose on; set --val-fraction > 0 or add val/ "
                         "folders to the data")
@@ -306,7 +309,7 @@ def fit_head(
                                               title=f"{head} on {f.feature_key} (test)"))
     result = FitResult(head_path=str(saved), feature_key=f.feature_key, head=head, params=chosen,
                        metrics=metrics, timings=timings, split=split, view=f.path, sweep=sweep_rows, plot=plot_path,
-                       params_given=given, data=data_name)
+                       params_given=given, data=data_name, sweep_workers=sweep_workers)
     if log:
         append_result(FeatureStore(cache_dir).results_log, {
             "feature_key": f.feature_key, "identity": f.identity, "view": f.path, "data": data_name, "head": head,
