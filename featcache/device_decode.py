@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from featcache.images import RawJpeg, to_rgb
+from featcache.images import RawJpeg, decode_image
 
 
 def _decode_all(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -28,12 +28,9 @@ def _decode_all(data: list[torch.Tensor], device: torch.device) -> list[torch.Te
 
 
 def _decode_with_pil(data: torch.Tensor) -> torch.Tensor:
-    from PIL import Image
     from torchvision.transforms.functional import pil_to_tensor
 
-    with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
-        img.load()
-        return pil_to_tensor(to_rgb(img))
+    return pil_to_tensor(decode_image(io.BytesIO(data.numpy().tobytes())))
 
 
 def decode_jpegs(jpegs: list[tuple[int, RawJpeg]], transform, device: torch.device):

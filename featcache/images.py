@@ -8,6 +8,7 @@ features, so it bumps ``decoders.DECODER_VERSION``.
 """
 from __future__ import annotations
 
+import io
 import time
 import warnings
 from typing import NamedTuple
@@ -57,8 +58,16 @@ class ImageTooLarge(ValueError):
     pass
 
 
-def decode_image(path: str, max_pixels: int | None = None, draft: int | None = None) -> Image.Image:
-    """Open, decode fully and convert; raises on anything unreadable.
+def check_pixels(w: int, h: int, max_pixels: int | None = None) -> None:
+    """Refuse an image above ``max_pixels`` (default Pillow's bomb limit) before decoding it."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if limit and w * h > limit:
+        raise ImageTooLarge(f"image of {w}x{h} = {w * h / 1e6:.0f} megapixels is above the "
+                            f"{limit / 1e6:.0f}-megapixel limit; downscale it first")
+
+
+def decode_image(path: str | io.BytesIO, max_pixels: int | None = None, draft: int | None = None) -> Image.Image:
+    """Open (a path, or bytes in a BytesIO), decode fully and convert; raises on anything unreadable.
 
     Images above ``max_pixels`` (default Pillow's decompression-bomb limit,
     about 89 megapixels) are refused before decoding, so one huge file cannot
@@ -67,7 +76,6 @@ def decode_image(path: str, max_pixels: int | None = None, draft: int | None = N
     photo bound for a small input decodes several times faster, with slightly
     different pixels (``--decode draft``).
     """
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -76,9 +84,7 @@ def decode_image(path: str, max_pixels: int | None = None, draft: int | None = N
             raise ImageTooLarge(f"image too large to decode safely ({e})") from None
     with img:
         w, h = img.size
-        if limit and w * h > limit:
-            raise ImageTooLarge(f"image of {w}x{h} = {w * h / 1e6:.0f} megapixels is above the "
-                                f"{limit / 1e6:.0f}-megapixel limit; downscale it first")
+        check_pixels(w, h, max_pixels)
         img.seek(0)  # first frame of animated images
         if draft and img.format == "JPEG":
             short = min(w, h)
@@ -101,18 +107,13 @@ def jpeg_bytes(path: str, max_pixels: int | None = None) -> bytes | None:
         data = f.read()
     if not data.startswith(JPEG_MAGIC):
         return None
-    import io
-
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         with Image.open(io.BytesIO(data)) as img:
             w, h, mode = img.width, img.height, img.mode
             orientation = img.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a broken header: let PIL's decode_image report it
         return None
-    if limit and w * h > limit:
-        raise ImageTooLarge(f"image of {w}x{h} = {w * h / 1e6:.0f} megapixels is above the "
-                            f"{limit / 1e6:.0f}-megapixel limit; downscale it first")
+    check_pixels(w, h, max_pixels)
     return data if mode in ("RGB", "L") and orientation == 1 else None
 
 
