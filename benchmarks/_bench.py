@@ -608,12 +608,12 @@ def warm_imports() -> float:
     import torch  # noqa: F401
 
     import featcache
-    import featcache.engine  # noqa: F401
-    import featcache.store
-    import featcache.train  # noqa: F401
+    import featcache.extraction.engine  # noqa: F401
+    import featcache.store.featureset
+    import featcache.train.fitting  # noqa: F401
 
     featcache.list_backbones()
-    featcache.store.versions()
+    featcache.store.featureset.versions()
     return time.perf_counter() - t0
 
 

@@ -47,10 +47,10 @@ def main(argv=None) -> dict:
     import numpy as np
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from featcache.engine import extract
-    from featcache.evaluate import make_splits
-    from featcache.heads import make_head
-    from featcache.views import load_features
+    from featcache.extraction.engine import extract
+    from featcache.train.evaluate import make_splits
+    from featcache.train.heads import make_head
+    from featcache.store.views import load_features
 
     info = _bench.machine_info()
     tmp = None

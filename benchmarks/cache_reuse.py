@@ -36,8 +36,8 @@ GOAL_WARM_S, GOAL_GROWN_FRACTION = 0.5, 0.15
 WARM_CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from featcache.engine import extract
-import featcache.backbones as b
+from featcache.extraction.engine import extract
+import featcache.extraction.backbones.registry as b
 calls = []
 _orig = b.BackboneEntry.build
 b.BackboneEntry.build = lambda self, w: calls.append(1) or _orig(self, w)
@@ -83,9 +83,9 @@ def parse(argv=None):
 def main(argv=None) -> dict:
     a = parse(argv)
     import_s = _bench.warm_imports()
-    import featcache.backbones as backbones
-    from featcache.engine import extract
-    from featcache.train import fit_head
+    import featcache.extraction.backbones.registry as backbones
+    from featcache.extraction.engine import extract
+    from featcache.train.fitting import fit_head
 
     builds = []
     original_build = backbones.BackboneEntry.build

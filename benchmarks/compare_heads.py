@@ -2,7 +2,7 @@
 """Stage two: every registered head on one feature view, against the cost of extracting it.
 
 One cold extraction into a fresh, empty cache (timed), then every head of
-``featcache.heads.list_heads()`` fitted with its default sweep
+``featcache.train.heads.list_heads()`` fitted with its default sweep
 (``fit_head(view, head, use_default_grid=True)``: every grid point fitted on the
 train split in parallel with joblib, chosen on the validation split, scored once
 on the test split). Reported per head: test accuracy, balanced accuracy,
@@ -70,7 +70,7 @@ def parse(argv=None):
 
 
 def load(a, cache: str):
-    from featcache.data import load_manifest
+    from featcache.extraction.sources import load_manifest
 
     m = load_manifest(a.data, cache_dir=cache, root=a.root)
     if a.limit and a.limit < len(m):
@@ -81,9 +81,9 @@ def load(a, cache: str):
 def main(argv=None) -> dict:
     a = parse(argv)
     import_s = _bench.warm_imports()
-    from featcache.engine import extract
-    from featcache.heads import default_grid, list_heads
-    from featcache.train import fit_head
+    from featcache.extraction.engine import extract
+    from featcache.train.heads import default_grid, list_heads
+    from featcache.train.fitting import fit_head
 
     heads = a.heads.split(",") if a.heads else list_heads()
     info = _bench.machine_info(a.device)

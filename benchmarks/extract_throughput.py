@@ -52,9 +52,9 @@ GOAL_EFF_CPU, GOAL_EFF_GPU, GOAL_RSS_GROWTH_MB = 0.80, 0.90, 100.0
 def _model_and_transform(a):
     import torch
 
-    from featcache.engine import ident_transform, resolve_device, resolve_precision
-    from featcache.keys import resolve_identity
-    from featcache.layers import FeatureExtractor
+    from featcache.extraction.engine import ident_transform, resolve_device, resolve_precision
+    from featcache.store.keys import resolve_identity
+    from featcache.extraction.layers import FeatureExtractor
 
     dev = resolve_device(a.device)
     prec = resolve_precision(a.precision, dev)
@@ -69,7 +69,7 @@ def _model_and_transform(a):
 def _forward(model, x, dev, prec):
     import torch
 
-    from featcache.engine import _autocast
+    from featcache.extraction.engine import _autocast
 
     x = x.to(dev, non_blocking=True)
     if dev.type == "cuda":
@@ -79,7 +79,7 @@ def _forward(model, x, dev, prec):
 
 
 def child_ours(a) -> dict:
-    from featcache.engine import extract
+    from featcache.extraction.engine import extract
 
     cache = tempfile.mkdtemp(prefix="featcache-bench-cache-")
     try:
@@ -98,7 +98,7 @@ def child_ours(a) -> dict:
 
 
 def _default_workers() -> int:
-    from featcache.engine import default_workers
+    from featcache.extraction.engine import default_workers
 
     return default_workers()
 
@@ -108,7 +108,7 @@ def child_tutorial(a) -> dict:
     import numpy as np
     import torch
 
-    from featcache.images import IMAGE_EXTENSIONS, decode_image
+    from featcache.extraction.images import IMAGE_EXTENSIONS, decode_image
 
     out_dir = tempfile.mkdtemp(prefix="featcache-bench-tutorial-")
     try:
@@ -142,7 +142,7 @@ def child_tutorial(a) -> dict:
 def child_model(a) -> dict:
     import torch
 
-    from featcache.images import IMAGE_EXTENSIONS, decode_image
+    from featcache.extraction.images import IMAGE_EXTENSIONS, decode_image
 
     model, tf, dev, prec = _model_and_transform(a)
     paths = sorted(p for p in Path(a.folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -129,11 +129,11 @@ def main(argv=None) -> dict:
     import_s = _bench.warm_imports()
     import numpy as np
 
-    from featcache.data import load_manifest
-    from featcache.engine import extract
-    from featcache.evaluate import compute_metrics, make_splits, sweep
-    from featcache.heads import default_grid, list_heads, make_head
-    from featcache.train import fit_head
+    from featcache.extraction.sources import load_manifest
+    from featcache.extraction.engine import extract
+    from featcache.train.evaluate import compute_metrics, make_splits, sweep
+    from featcache.train.heads import default_grid, list_heads, make_head
+    from featcache.train.fitting import fit_head
 
     heads = a.heads.split(",") if a.heads else list_heads()
     info = _bench.machine_info(a.device)

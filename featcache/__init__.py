@@ -9,37 +9,36 @@ head to new images (:func:`predict`) and keeps a results log (:func:`read_result
 
 Every name is imported on first use, so ``import featcache`` stays cheap.
 """
-__version__ = "0.1.0"
-
-from featcache.errors import FeatcacheError  # noqa: E402
+from featcache._version import __version__
+from featcache.errors import FeatcacheError
 
 
 #: stage-two names -> the module that defines them
 _LAZY = {
-    "fit_head": "featcache.train", "FitResult": "featcache.train",
-    "predict": "featcache.prediction", "Prediction": "featcache.prediction",
-    "save_head": "featcache.persist", "load_head": "featcache.persist", "LoadedHead": "featcache.persist",
-    "make_head": "featcache.heads", "list_heads": "featcache.heads", "default_grid": "featcache.heads",
-    "read_results": "featcache.results", "results_table": "featcache.results",
-    "append_result": "featcache.results", "sweep": "featcache.sweeps", "SweepResult": "featcache.sweeps",
+    "fit_head": "featcache.train.fitting", "FitResult": "featcache.train.fitting",
+    "predict": "featcache.train.prediction", "Prediction": "featcache.train.prediction",
+    "save_head": "featcache.train.persist", "load_head": "featcache.train.persist", "LoadedHead": "featcache.train.persist",
+    "make_head": "featcache.train.heads", "list_heads": "featcache.train.heads", "default_grid": "featcache.train.heads",
+    "read_results": "featcache.train.results", "results_table": "featcache.train.results",
+    "append_result": "featcache.train.results", "sweep": "featcache.train.sweeps", "SweepResult": "featcache.train.sweeps",
 }
 
 
 def __getattr__(name):  # lazy: `import featcache` stays cheap for the CLI
     if name in ("extract", "ExtractResult"):
-        from featcache import engine as _m
+        from featcache.extraction import engine as _m
 
         return getattr(_m, name)
     if name in ("load_features", "Features"):
-        from featcache import views as _m
+        from featcache.store import views as _m
 
         return getattr(_m, name)
     if name in ("FeatureStore",):
-        from featcache.store import FeatureStore
+        from featcache.store.featureset import FeatureStore
 
         return FeatureStore
     if name in ("list_backbones", "get_backbone"):
-        from featcache import backbones as _m
+        from featcache.extraction.backbones import registry as _m
 
         return getattr(_m, name)
     if name in _LAZY:

@@ -12,8 +12,8 @@ import sys
 
 import click
 
-from featcache import __version__
-from featcache.decoders import DECODE_MODES
+from featcache._version import __version__
+from featcache.extraction.decoders import DECODE_MODES
 from featcache.errors import FeatcacheError
 
 # what to do about an OSError, by errno (the message names the path and the OS's reason)
@@ -45,7 +45,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FeatcacheError as e:
-            from featcache.engine import Interrupted
+            from featcache.extraction.engine import Interrupted
 
             err = click.ClickException(str(e))
             if isinstance(e, Interrupted):
@@ -116,7 +116,7 @@ def cli():
 @json_option
 def backbones(cache_dir, as_json):
     """List every backbone that can be extracted, with its feature dim and weights."""
-    from featcache.backbones import describe_all
+    from featcache.extraction.backbones.registry import describe_all
 
     rows = describe_all(cache_dir)
     if as_json:
@@ -212,7 +212,7 @@ def _progress(as_json: bool, quiet: bool = False) -> bool:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def extract(data, cache_dir, as_json, quiet, **kw):
     """Stage one: extract features of DATA into the store (a second run is a cache hit)."""
-    from featcache.engine import extract as run
+    from featcache.extraction.engine import extract as run
 
     result = run(data, cache_dir=cache_dir, progress=_progress(as_json, quiet), **_extract_kwargs(kw))
     if os.environ.get("RANK", "0") != "0":
@@ -264,8 +264,8 @@ def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropou
              cache_dir, as_json, quiet, **kw):
     """Stage two: fit a head on cached features (--features), or on --data extracted on the way."""
     from featcache.errors import FeatcacheError
-    from featcache.train import check_fit_arguments, parse_grid
-    from featcache.train import fit_head as run
+    from featcache.train.fitting import check_fit_arguments, parse_grid
+    from featcache.train.fitting import fit_head as run
 
     ekw = _extract_kwargs(kw)
     if bool(features_ref) == bool(data):
@@ -286,14 +286,14 @@ def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropou
                         test_fraction=test_fraction, n_jobs=n_jobs)
     augmented = None
     if data:
-        from featcache.engine import extract as run_extract
+        from featcache.extraction.engine import extract as run_extract
 
         extracted = run_extract(data, cache_dir=cache_dir, progress=_progress(as_json, quiet), **ekw)
         features_ref = extracted.view
         augmented = extracted.augmented["view"] if extracted.augmented else None
     elif ekw["augment"]:
-        from featcache.augment import find_augmented_view
-        from featcache.views import load_features
+        from featcache.extraction.augment import find_augmented_view
+        from featcache.store.views import load_features
 
         plain = load_features(features_ref, cache_dir=cache_dir, mmap=True)
         plain.features.file.close()
@@ -326,14 +326,14 @@ def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropou
 @json_option
 def predict(head_path, data, output, path_column, root, batch_size, workers, device, on_error, cache_dir, as_json):
     """Label new images with a saved head (their features are reused or extracted)."""
-    from featcache.prediction import predict as run
+    from featcache.train.prediction import predict as run
 
     pred = run(head_path, data, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
                on_error=on_error, path_column=path_column, root=root, progress=_progress(as_json or not output))
     if output:
         from pathlib import Path
 
-        from featcache.store import atomic_write_text
+        from featcache.store.featureset import atomic_write_text
 
         atomic_write_text(Path(output), pred.to_csv())
     if as_json:
@@ -355,8 +355,8 @@ def predict(head_path, data, output, path_column, root, batch_size, workers, dev
 @json_option
 def results(feature_key, data, sort_by, limit, cache_dir, as_json):
     """Show the results log as a table, best first."""
-    from featcache.evaluate import no_results_message, read_results, results_table
-    from featcache.store import FeatureStore
+    from featcache.train.evaluate import no_results_message, read_results, results_table
+    from featcache.store.featureset import FeatureStore
 
     records = read_results(FeatureStore(cache_dir).results_log, feature_key=feature_key, data=data)
     rows = results_table(records, sort_by=sort_by)[:limit]
@@ -377,7 +377,7 @@ def results(feature_key, data, sort_by, limit, cache_dir, as_json):
 @json_option
 def heads(as_json):
     """List the heads fit-head can train, with their default sweep grids."""
-    from featcache.heads import default_grid, get_head_class, list_heads
+    from featcache.train.heads import default_grid, get_head_class, list_heads
 
     rows = []
     for name in list_heads():
@@ -400,7 +400,7 @@ def cache():
 @json_option
 def cache_ls(cache_dir, as_json):
     """List the feature sets in the store."""
-    from featcache.store import FeatureStore
+    from featcache.store.featureset import FeatureStore
 
     rows = [fs.info() for fs in FeatureStore(cache_dir).sets()]
     if as_json:
@@ -421,7 +421,7 @@ def cache_ls(cache_dir, as_json):
 @json_option
 def cache_info(ref, cache_dir, as_json):
     """Show one feature set (KEY or prefix) or one view file (PATH)."""
-    from featcache.views import describe
+    from featcache.store.views import describe
 
     doc = describe(ref, cache_dir)
     if as_json:
@@ -439,7 +439,7 @@ def cache_info(ref, cache_dir, as_json):
 @json_option
 def cache_verify(fast, cache_dir, as_json):
     """Check every file of the store; exit 1 when a problem is found."""
-    from featcache.maintenance import verify
+    from featcache.store.maintenance import verify
 
     rep = verify(cache_dir, check_values=not fast)
     if as_json:
@@ -466,7 +466,7 @@ def cache_verify(fast, cache_dir, as_json):
 @json_option
 def cache_gc(prune_rows, repair, cache_dir, as_json):
     """Remove temporary files of dead writers, merge shards, optionally prune or repair."""
-    from featcache.maintenance import gc
+    from featcache.store.maintenance import gc
 
     rep = gc(cache_dir, prune_rows=prune_rows, repair=repair)
     if as_json:
@@ -490,7 +490,7 @@ def run_cmd(pipeline_path, n_jobs, cache_dir, as_json, quiet):
     """Run a pipeline file: extract every backbone (reusing cached rows), fit every head, summarise."""
     from click.core import ParameterSource
 
-    from featcache.pipeline import load_pipeline, run_pipeline
+    from featcache.pipeline.runner import load_pipeline, run_pipeline
 
     # --cache or FEATCACHE_CACHE beat the file's `cache`; the file's beats the default
     given = click.get_current_context().get_parameter_source("cache_dir") is not ParameterSource.DEFAULT
@@ -512,7 +512,7 @@ def run_cmd(pipeline_path, n_jobs, cache_dir, as_json, quiet):
 @json_option
 def cache_export(ref, fmt, output, cache_dir, as_json):
     """Write one view (features, labels, ids, split, class names) as npz, csv or parquet."""
-    from featcache.export import export_view
+    from featcache.store.export import export_view
 
     result = export_view(ref, fmt, output, cache_dir)
     if as_json:

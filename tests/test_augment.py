@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 import featcache
-from featcache.augment import augment_image, source_id
-from featcache.train import fit_head
+from featcache.extraction.augment import augment_image, source_id
+from featcache.train.fitting import fit_head
 
 from conftest import make_image
 

@@ -39,7 +39,7 @@ def run_script(name: str, tmp_path: Path, *args: str) -> dict:
 
 
 def test_compare_heads(tmp_path):
-    from featcache.heads import list_heads
+    from featcache.train.heads import list_heads
 
     res = run_script("compare_heads", tmp_path)
     assert res["extraction"]["wall_s"] > 0 and res["extraction"]["rows"] == 300

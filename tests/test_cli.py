@@ -112,7 +112,7 @@ def test_os_errors_are_one_line_naming_the_path(tmp_path, monkeypatch):
     last = _one_clean_error(r, 1, f"'{long}")
     assert "File name too long (OSError); choose a shorter path" in last
 
-    from featcache.store import FeatureStore
+    from featcache.store.featureset import FeatureStore
 
     def denied(self):
         raise PermissionError(13, "Permission denied", "/srv/store/features")
@@ -124,7 +124,7 @@ def test_os_errors_are_one_line_naming_the_path(tmp_path, monkeypatch):
 
 
 def test_other_exceptions_are_not_hidden(tmp_path, monkeypatch):
-    from featcache.store import FeatureStore
+    from featcache.store.featureset import FeatureStore
 
     def bug(self):
         raise RuntimeError("a real bug")

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 import featcache
-from featcache.data import from_csv, from_folder, load_manifest
+from featcache.extraction.sources import from_csv, from_folder, load_manifest
 from featcache.errors import DataError, ImageDecodeError, UnknownNameError
-from featcache.images import decode_image
+from featcache.extraction.images import decode_image
 
 from conftest import make_image
 
@@ -147,7 +147,7 @@ def test_bad_images_fail_or_skip_by_policy(image_folder, cache_dir):
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
-    from featcache.images import ImageTooLarge
+    from featcache.extraction.images import ImageTooLarge
 
     Image.new("L", (4000, 3000)).save(tmp_path / "big.png")  # 12 MP: cheap to write, over a 10 MP cap
     with pytest.raises(ImageTooLarge, match="megapixel limit"):
@@ -156,7 +156,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
 
 
 def test_pillow_bomb_limit_applies_by_default(tmp_path, monkeypatch):
-    from featcache.images import ImageTooLarge
+    from featcache.extraction.images import ImageTooLarge
 
     Image.new("L", (300, 300)).save(tmp_path / "b.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)

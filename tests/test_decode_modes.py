@@ -12,12 +12,12 @@ from PIL import Image
 
 import featcache
 from featcache.cli import cli
-from featcache.device_decode import decode_jpegs
-from featcache.engine import ident_transform, options_from_identity
+from featcache.extraction.device_decode import decode_jpegs
+from featcache.extraction.engine import ident_transform, options_from_identity
 from featcache.errors import ImageDecodeError
-from featcache.images import ImageTooLarge, RawJpeg, decode_image, jpeg_bytes
-from featcache.decoders import DECODER_VERSION, DECODERS
-from featcache.keys import resolve_identity
+from featcache.extraction.images import ImageTooLarge, RawJpeg, decode_image, jpeg_bytes
+from featcache.extraction.decoders import DECODER_VERSION, DECODERS
+from featcache.store.keys import resolve_identity
 
 from test_extract import resnet_pre_fc, seeded_model
 

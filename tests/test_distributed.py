@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import featcache
-from featcache.maintenance import verify
+from featcache.store.maintenance import verify
 
 from conftest import make_image
 

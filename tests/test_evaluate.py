@@ -1,4 +1,4 @@
-"""Tests for featcache.evaluate and featcache.plots (fast, numpy only)."""
+"""Tests for featcache.train.evaluate and featcache.train.plots (fast, numpy only)."""
 from __future__ import annotations
 
 import functools
@@ -19,7 +19,7 @@ from sklearn.metrics import (
 )
 
 from featcache.errors import DataError, FeatcacheError, HeadError
-from featcache.evaluate import (
+from featcache.train.evaluate import (
     EvaluationError,
     append_result,
     compute_metrics,
@@ -334,7 +334,7 @@ def test_sweep_auto_keeps_fast_fits_in_process(monkeypatch):
 
 
 def test_sweep_auto_goes_parallel_when_it_pays_off(monkeypatch):
-    import featcache.sweeps as sweeps_mod
+    import featcache.train.sweeps as sweeps_mod
 
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs 2 cores")
@@ -356,7 +356,7 @@ def test_sweep_auto_goes_parallel_when_it_pays_off(monkeypatch):
 
 
 def test_parallel_pays_off_rule(monkeypatch):
-    import featcache.sweeps as sweeps_mod
+    import featcache.train.sweeps as sweeps_mod
 
     monkeypatch.setattr(sweeps_mod, "WORKER_START_S", 3.0)
     pays = sweeps_mod._parallel_pays_off
@@ -488,7 +488,7 @@ def test_results_table_sorting():
 
 def test_results_data_column_and_filter(tmp_path):
     # two data sets under one feature key were ranked together with nothing to tell them apart
-    from featcache.results import no_results_message
+    from featcache.train.results import no_results_message
 
     log = tmp_path / "results.jsonl"
     fk = "resnet18-75956466f1ec"
@@ -554,7 +554,7 @@ def _is_png(path):
 
 
 def test_plot_confusion_matrix_png(tmp_path):
-    from featcache.plots import plot_confusion_matrix
+    from featcache.train.plots import plot_confusion_matrix
 
     m = compute_metrics([0, 1, 2, 2, 1], [0, 1, 2, 1, 1], class_names=["cat", "dog", "fox"])
     out = plot_confusion_matrix(m["confusion_matrix"], m["class_names"], tmp_path / "p" / "cm.png",
@@ -564,7 +564,7 @@ def test_plot_confusion_matrix_png(tmp_path):
 
 
 def test_plot_scatter_png(tmp_path):
-    from featcache.plots import plot_scatter
+    from featcache.train.plots import plot_scatter
 
     rows = results_table([
         _record(fk="a", head="mlp", test_acc=0.8, fit_s=2.0),
@@ -576,7 +576,7 @@ def test_plot_scatter_png(tmp_path):
 
 
 def test_plot_errors(tmp_path):
-    from featcache.plots import plot_confusion_matrix, plot_scatter
+    from featcache.train.plots import plot_confusion_matrix, plot_scatter
 
     with pytest.raises(FeatcacheError, match="square"):
         plot_confusion_matrix([[1, 2, 3]], ["a"], tmp_path / "x.png")

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from conftest import make_image
 from featcache.cli import cli
-from featcache.engine import extract
+from featcache.extraction.engine import extract
 from featcache.errors import UnknownNameError
-from featcache.export import ExportError, export_view
-from featcache.views import load_features
+from featcache.store.export import ExportError, export_view
+from featcache.store.views import load_features
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import torch
 import torchvision
 
 import featcache
-from featcache.backbones import get_backbone
-from featcache.images import decode_image
-from featcache.keys import resolve_identity
+from featcache.extraction.backbones.registry import get_backbone
+from featcache.extraction.images import decode_image
+from featcache.store.keys import resolve_identity
 
 from conftest import make_image
 
@@ -183,7 +183,7 @@ def test_a_row_does_not_depend_on_the_rows_batched_with_it(image_folder, cache_d
 
 def test_a_run_that_fails_before_computing_leaves_no_feature_set(image_folder, cache_dir):
     from featcache.errors import FeatcacheError
-    from featcache.store import FeatureStore
+    from featcache.store.featureset import FeatureStore
 
     with pytest.raises(FeatcacheError, match="layer5"):
         featcache.extract(str(image_folder), backbone="resnet18", weights="none", image_size=32, layer="layer5",

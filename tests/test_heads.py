@@ -13,10 +13,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import featcache.heads.base as heads_base
-import featcache.heads._torch_train as torch_train
+import featcache.train.heads.base as heads_base
+import featcache.train.heads._torch_train as torch_train
 from featcache.errors import HeadError, UnknownNameError
-from featcache.heads import (
+from featcache.train.heads import (
     HEADS,
     HeadInputError,
     default_grid,

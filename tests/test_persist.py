@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-import featcache.persist as persist
+import featcache.train.persist as persist
 from featcache.errors import HeadError
-from featcache.heads import list_heads, make_head
-from featcache.persist import (
+from featcache.train.heads import list_heads, make_head
+from featcache.train.persist import (
     FORMAT_VERSION,
     HEAD_SUFFIX,
     LoadedHead,

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest import make_image
 from featcache.cli import cli
 from featcache.errors import UnknownNameError
-from featcache.pipeline import (
+from featcache.pipeline.runner import (
     MIN_RATE_ROWS,
     Pipeline,
     PipelineError,

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import featcache
-from featcache.maintenance import gc, verify
-from featcache.store import FeatureStore
+from featcache.store.maintenance import gc, verify
+from featcache.store.featureset import FeatureStore
 
 from conftest import make_image
 
@@ -155,7 +155,7 @@ def test_view_write_error_keeps_rows(dataset, reference, tmp_path, large):
 
     # 8-row shards fit, the 40-row view does not; "large" takes the path of views over
     # VIEW_IN_MEMORY_BYTES, which HDF5 writes to the file itself
-    extra = ("-c", "import sys, featcache.store as s; s.VIEW_IN_MEMORY_BYTES = 0; from featcache.cli import main; "
+    extra = ("-c", "import sys, featcache.store.featureset as s; s.VIEW_IN_MEMORY_BYTES = 0; from featcache.cli import main; "
              "sys.argv[0] = 'featcache'; main()") if large else ("-m", "featcache")
     cmd = [sys.executable, *extra, "extract", "--data", str(dataset), "--cache", str(cache), "--workers", "1", *ARGS]
     r = subprocess.run(cmd, env={**os.environ, "FEATCACHE_FAILPOINT": ""}, capture_output=True, text=True,

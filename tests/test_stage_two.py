@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from featcache.cli import cli
-from featcache.heads import list_heads
+from featcache.train.heads import list_heads
 
 EXTRACT = ["--backbone", "resnet18", "--weights", "none", "--image-size", "32", "--workers", "0"]
 FAST = {"mlp": ["--max-epochs", "15", "--hidden-sizes", "128"], "linear": ["--max-epochs", "15"]}
@@ -88,7 +88,7 @@ def test_head_of_another_identity_and_corrupted_head_are_refused(digits, tmp_pat
     cache, ext = digits
     fit = json.loads(invoke("fit-head", "--features", ext["view"], "--head", "ncm", "--cache", cache,
                             "--json").stdout)
-    from featcache.persist import check_feature_key, load_head
+    from featcache.train.persist import check_feature_key, load_head
 
     with pytest.raises(Exception, match=ext["feature_key"]):
         check_feature_key(load_head(fit["head_path"]), "resnet18-000000000000")
@@ -123,7 +123,7 @@ def test_bad_fit_options_are_one_clear_error(digits, args, names):
 ])
 def test_bad_seed_and_jobs_are_one_clear_error(digits, option, value, kwargs, names, monkeypatch):
     # before: --seed -5 raised sklearn's InvalidParameterError; --jobs 0 without a sweep was ignored
-    from featcache import train
+    from featcache.train import fitting as train
     from featcache.errors import FeatcacheError
 
     cache, ext = digits
@@ -139,7 +139,7 @@ def test_bad_seed_and_jobs_are_one_clear_error(digits, option, value, kwargs, na
 
 
 def test_parse_grid_values():
-    from featcache.train import parse_grid
+    from featcache.train.fitting import parse_grid
 
     assert parse_grid({"hidden_sizes": "512,512:256", "C": None, "dropout": "0,0.2", "device": "cuda:1",
                        "center": "true"}) == {
@@ -166,7 +166,7 @@ def test_default_fit_records_the_effective_parameters(digits):
     assert rec["data"] == "digits"
     rec = next(r for r in records if r["head_path"] == mlp["head_path"])
     assert rec["params"]["hidden_sizes"] == [128]
-    from featcache.persist import load_head
+    from featcache.train.persist import load_head
 
     assert load_head(fit["head_path"]).metadata["params"] == {"C": 1.0}
     table = invoke("results", "--cache", cache).output
@@ -185,7 +185,7 @@ def test_sweep_records_the_grid_and_the_choice(digits):
 
 def _forge(head_path, out, **identity_changes):
     """A copy of a head file whose recorded identity is edited (its feature key is not)."""
-    from featcache.persist import load_head, save_head
+    from featcache.train.persist import load_head, save_head
 
     loaded = load_head(head_path)
     meta = dict(loaded.metadata)
@@ -196,7 +196,7 @@ def _forge(head_path, out, **identity_changes):
 
 def test_predict_refuses_a_head_of_another_identity_before_extracting(digits, tmp_path, monkeypatch):
     # before: the key was compared after a full extraction that also cached unwanted rows
-    import featcache.prediction as predict_module
+    import featcache.train.prediction as predict_module
     from featcache.errors import HeadError
 
     cache, ext = digits
@@ -268,7 +268,7 @@ def test_from_disk_sweep_fits_in_process(digits, monkeypatch):
     # --from-disk: a parallel sweep copied the whole training set into every worker
     import joblib
 
-    from featcache.train import fit_head
+    from featcache.train.fitting import fit_head
 
     def no_parallel(*a, **k):
         raise AssertionError("a --from-disk sweep started worker processes")

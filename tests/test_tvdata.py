@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import featcache
-from featcache.data import load_manifest
+from featcache.extraction.sources import load_manifest
 from featcache.errors import DataError, UnknownNameError
-from featcache.tvdata import DEBIAN_FASHION_MNIST, from_torchvision, link_debian_fashion_mnist, supported_datasets
+from featcache.extraction.tvdata import DEBIAN_FASHION_MNIST, from_torchvision, link_debian_fashion_mnist, supported_datasets
 
 N_TRAIN, N_TEST = 20, 10
 

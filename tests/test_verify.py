@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import featcache
-from featcache.maintenance import gc, verify
-from featcache.store import FeatureStore
+from featcache.store.maintenance import gc, verify
+from featcache.store.featureset import FeatureStore
 
 KW = dict(backbone="resnet18", weights="none", image_size=32, workers=0, batch_size=4, flush_rows=4)
 

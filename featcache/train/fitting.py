@@ -1,0 +1,363 @@
+"""Stage two: fit a head on a feature view, evaluate it, save it, log the result.
+
+The split comes from the data's own split folders when present, else a seeded
+stratified split; hyperparameters are chosen on the validation split only; the
+test split is used once, for the reported metrics. The saved head is fitted on
+the training split (it is the model that the reported metrics describe).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featcache.errors import HeadError
+from featcache.train.evaluate import append_result, compute_metrics, make_splits, split_summary, sweep
+from featcache.train.heads import default_grid, make_head
+from featcache.train.persist import save_head
+from featcache.store.featureset import FeatureStore, versions
+from featcache.store.views import Features, load_features
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_head` did. ``params`` are the hyperparameters the saved head was fitted
+    with (the head's tunable ones, see :func:`effective_params`, defaults included);
+    ``params_given`` only those passed explicitly (``params``; swept values are in ``sweep``)."""
+
+    head_path: str
+    feature_key: str
+    head: str
+    params: dict
+    metrics: dict
+    timings: dict
+    split: dict
+    view: str
+    sweep: list = field(default_factory=list)
+    plot: str | None = None
+    params_given: dict = field(default_factory=dict)
+    data: str | None = None
+    sweep_workers: int = 1  # worker processes of the sweep (1: every fit ran in this process)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        test = self.metrics.get("test") or {}
+        val = self.metrics.get("val") or {}
+        params = ", ".join(f"{k}={':'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                           for k, v in self.params.items()) or "defaults"
+        score = (f"test accuracy {test['accuracy']:.3f} (balanced {test['balanced_accuracy']:.3f}, "
+                 f"macro-F1 {test['macro_f1']:.3f})" if test else "no test split")
+        val_s = f", val {val['accuracy']:.3f}" if val else ""
+        return (f"{self.head} [{params}] on {self.feature_key}: {score}{val_s}; fit {self.timings['fit_s']:.2f} s, "
+                f"predict {self.timings['predict_s']:.3f} s -> {self.head_path}")
+
+
+class RowSubset:
+    """Rows ``index`` (sorted) of a 2-D array or h5py dataset, sliced lazily (for data larger than memory)."""
+
+    def __init__(self, data, index: np.ndarray):
+        self.data, self.index = data, np.asarray(index)
+        self.shape = (len(self.index), data.shape[1])
+        self.dtype = data.dtype
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item):
+        rows = self.index[item]
+        if isinstance(rows, np.ndarray) and rows.ndim == 1 and len(rows):
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            if hi - lo <= 4 * len(rows):
+                return np.asarray(self.data[lo:hi])[rows - lo]
+            order = np.argsort(rows)
+            out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+            out[order] = self.data[rows[order]]
+            return out
+        return np.asarray(self.data[rows])
+
+
+#: fit-head options that set one head parameter (the others are set with ``--param NAME=VALUES``).
+CLI_PARAM_OPTIONS = {"C": "--C", "weight_decay": "--weight-decay", "lr": "--lr", "hidden_sizes": "--hidden-sizes",
+                     "dropout": "--dropout", "n_neighbors": "--n-neighbors", "max_epochs": "--max-epochs"}
+
+
+def _option_label(name: str) -> str:
+    """How the user set parameter ``name`` on the command line."""
+    flag = CLI_PARAM_OPTIONS.get(name)
+    return f"{flag} (or --param {name}=...)" if flag else f"--param {name}=..."
+
+
+def _param_defaults() -> dict[str, object]:
+    """Parameter name -> its default in the first registered head that has it."""
+    import inspect
+
+    from featcache.train.heads import HEADS
+
+    out: dict[str, object] = {}
+    for name in sorted(HEADS):
+        for n, p in inspect.signature(HEADS[name].__init__).parameters.items():
+            if n != "self" and p.default is not inspect.Parameter.empty:
+                out.setdefault(n, p.default)
+    return out
+
+
+def _example(name: str, default: object) -> str:
+    """Examples of values for ``name``, from its default value."""
+    if isinstance(default, tuple):
+        return f"{name}=512 or {name}=512:256, or a comma list to sweep, e.g. {name}=256,512:256"
+    if isinstance(default, bool):
+        return f"{name}=true, or a comma list to sweep, e.g. {name}=true,false"
+    if isinstance(default, (int, float)):
+        return f"{name}={default}, or a comma list to sweep, e.g. {name}={default},{default * 10}"
+    one = default if isinstance(default, str) else "VALUE"
+    return f"{name}={one}, or a comma list to sweep, e.g. {name}={one},OTHER"
+
+
+def parse_grid(options: dict[str, str | None]) -> dict[str, list]:
+    """``{"C": "0.01,0.1,1"}`` -> ``{"C": [0.01, 0.1, 1.0]}`` (ints, floats, bools, strings, tuples a:b).
+
+    ``None`` means "not given" and is skipped. A value that is empty, or a comma list with an
+    empty item, is a :class:`HeadError`. Tuple parameters (``hidden_sizes``) take positive
+    whole numbers joined by ``:`` (``512`` or ``512:256``) and always parse to tuples; other
+    values containing ``:`` that are not all whole numbers stay strings (``device=cuda:1``).
+    """
+    defaults = _param_defaults()
+    tuple_params = {n for n, d in defaults.items() if isinstance(d, tuple)}
+
+    def sizes(name: str, item: str, text: str) -> tuple:
+        parts = item.split(":")
+        for part in parts:
+            if not (part.strip().isdigit() and int(part) >= 1):
+                raise HeadError(
+                    f"{_option_label(name)} {text!r}: {part.strip()!r} is not a positive whole number; expected "
+                    f"layer widths joined by ':', e.g. {_example(name, ())}; fix the value")
+        return tuple(int(part) for part in parts)
+
+    def value(name: str, item: str, text: str):
+        item = item.strip()
+        if name in tuple_params:
+            return sizes(name, item, text)
+        if ":" in item:  # a tuple of whole numbers, e.g. 512:256
+            parts = item.split(":")
+            if all(p.strip().lstrip("-").isdigit() for p in parts):
+                return tuple(int(p) for p in parts)
+        for cast in (int, float):
+            try:
+                return cast(item)
+            except ValueError:
+                pass
+        return {"true": True, "false": False}.get(item.lower(), item)
+
+    out = {}
+    for name, text in options.items():
+        if text is None:
+            continue
+        if not str(text).strip():
+            raise HeadError(f"{_option_label(name)} is empty; expected a value, e.g. "
+                            f"{_example(name, defaults.get(name))}; give a value or leave the option out")
+        items = str(text).split(",")
+        if any(not item.strip() for item in items):
+            raise HeadError(f"{_option_label(name)} {text!r} has an empty item; expected values separated by single "
+                            f"commas, e.g. {_example(name, defaults.get(name)).split(', e.g. ')[-1]}; "
+                            "remove the extra comma")
+        out[name] = [value(name, item, str(text)) for item in items]
+    return out
+
+
+def check_fit_arguments(head: str, *, params: dict | None = None, grid: dict | None = None, seed: int = 0,
+                        val_fraction: float = 0.15, test_fraction: float = 0.15, n_jobs: int | None = -1) -> None:
+    """Raise a :class:`~featcache.errors.FeatcacheError` for arguments of :func:`fit_head` that cannot work.
+
+    Cheap (no data is read): the CLI may call it before extracting features on the way.
+    Checks the head name, the parameter names (of ``params`` and ``grid``), the seed, the
+    split fractions and ``n_jobs``.
+    """
+    from featcache.train.splits import _check_fraction, check_seed
+    from featcache.train.sweeps import check_n_jobs
+
+    make_head(head, **(params or {}))  # the name and the parameter names
+    if grid:
+        make_head(head, **{k: v[0] for k, v in grid.items() if isinstance(v, (list, tuple)) and v})
+    check_seed(seed)
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    check_n_jobs(n_jobs)
+
+
+def effective_params(head: str, model, given: dict | None = None, grid: dict | None = None) -> dict:
+    """The hyperparameters that describe a fit: the head's tunable ones (its default sweep grid's
+    names), plus every parameter given or swept, with the values the fitted ``model`` used."""
+    names = list(default_grid(head))
+    names += [k for k in {**(given or {}), **(grid or {})} if k not in names]
+    used = model.get_params(deep=False)
+    return _plain({k: used[k] for k in names if k in used})
+
+
+def _head_dir(cache_dir, feature_key: str) -> Path:
+    return FeatureStore(cache_dir).root / "heads" / feature_key
+
+
+def fit_head(
+    features: str | os.PathLike | Features,
+    head: str = "logreg",
+    *,
+    params: dict | None = None,
+    grid: dict | None = None,
+    use_default_grid: bool = False,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+    from_disk: bool = False,
+    n_jobs: int | None = -1,
+    log: bool = True,
+    augmented: str | os.PathLike | None = None,
+) -> FitResult:
+    """Fit ``head`` on a view (path, KEY, KEY:DATA, or loaded Features) and evaluate it.
+
+    ``augmented`` (a view of augmented copies, see featcache.extraction.augment) adds the copies
+    of the training rows to the training set; validation and test stay plain.
+
+    ``n_jobs`` is the parallelism of a sweep (see :func:`featcache.train.sweeps.sweep`): ``-1`` or
+    ``None`` (default) decide from the time of the first fit whether worker processes pay off;
+    another value is used as given. With ``from_disk`` sweeps always fit in this process, one
+    point after another, so that the training set is not copied into every worker.
+
+    The results record and the returned :class:`FitResult` hold ``params``: the head's
+    effective hyperparameters (defaults included), and ``params_given``: the ones passed.
+    """
+    check_fit_arguments(head, params=params, grid=grid, seed=seed, val_fraction=val_fraction,
+                        test_fraction=test_fraction, n_jobs=n_jobs)
+    f = features if isinstance(features, Features) else load_features(features, cache_dir=cache_dir,
+                                                                        mmap=from_disk)
+    labelled = np.nonzero(f.labels >= 0)[0]
+    if len(labelled) == 0:
+        raise HeadError(f"the view {f.path} has no labels (an unlabelled data set); fit-head needs a labelled "
+                        "view: extract a folder with one sub-folder per class, or a CSV with --label-column")
+    if len(np.unique(f.labels[labelled])) < 2:
+        raise HeadError(f"the view {f.path} has a single class ({f.class_names[int(f.labels[labelled][0])]!r}); "
+                        "a classifier needs at least two classes")
+    assigned = make_splits(f.labels, f.split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    idx = {s: np.nonzero(assigned == s)[0] for s in ("train", "val", "test")}
+
+    def rows(which):
+        return RowSubset(f.features, idx[which]) if from_disk else f.features[idx[which]]
+
+    X_train, y_train = rows("train"), f.labels[idx["train"]]
+    n_augmented = 0
+    if augmented is not None:
+        if from_disk:
+            raise HeadError("--from-disk and augmented copies cannot be combined yet; drop one of them")
+        X_aug, y_aug = _augmented_train_rows(augmented, f, idx["train"])
+        X_train, y_train = np.concatenate([X_train, X_aug]), np.concatenate([y_train, y_aug])
+        n_augmented = len(y_aug)
+    X_val, y_val = rows("val"), f.labels[idx["val"]]
+    grid = dict(grid or {})
+    if use_default_grid:
+        grid = {**default_grid(head), **grid}
+    t0 = time.perf_counter()
+    sweep_rows: list = []
+    sweep_workers = 1
+    if grid and len(idx["val"]):
+        def build(p):
+            return make_head(head, **{**(params or {}), **p})
+
+        result = sweep(build, grid, X_train, y_train, X_val, y_val, n_jobs=n_jobs)
+        model = result.best_estimator
+        sweep_rows = result.to_dict()["rows"]
+        sweep_workers = result.workers
+    elif grid:
+        raise HeadError("a sweep needs a validation split to choose on; set --val-fraction > 0 or add val/ "
+                        "folders to the data")
+    else:
+        model = make_head(head, **(params or {})).fit(X_train, y_train)
+    fit_s = time.perf_counter() - t0
+    chosen = effective_params(head, model, params, grid)
+    given = _plain(dict(params or {}))
+    data_name = f.attrs.get("data_name") or None
+    metrics, predict_s = {}, 0.0
+    for which in ("val", "test"):
+        if len(idx[which]):
+            t1 = time.perf_counter()
+            X = rows(which)
+            proba = model.predict_proba(X)
+            pred = model.classes_[np.argmax(proba, axis=1)]
+            predict_s += time.perf_counter() - t1
+            metrics[which] = compute_metrics(f.labels[idx[which]], pred, proba=_full_proba(proba, model,
+                                             len(f.class_names)), class_names=f.class_names)
+    out = Path(output) if output else _new_head_path(_head_dir(cache_dir, f.feature_key), head)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    saved = save_head(model, out, name=head, feature_key=f.feature_key, class_names=f.class_names,
+                      metadata={"identity": f.identity, "view": f.path, "data": data_name, "params": chosen,
+                                "params_given": given, "weights_path": f.attrs.get("weights_path")})
+    split = split_summary(assigned, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    split["n_train_augmented"] = n_augmented
+    timings = {"fit_s": fit_s, "predict_s": predict_s}
+    plot_path = None
+    if plot and "test" in metrics:
+        from featcache.train.plots import plot_confusion_matrix
+
+        plot_path = str(plot_confusion_matrix(metrics["test"]["confusion_matrix"], f.class_names, plot,
+                                              title=f"{head} on {f.feature_key} (test)"))
+    result = FitResult(head_path=str(saved), feature_key=f.feature_key, head=head, params=chosen,
+                       metrics=metrics, timings=timings, split=split, view=f.path, sweep=sweep_rows, plot=plot_path,
+                       params_given=given, data=data_name, sweep_workers=sweep_workers)
+    if log:
+        append_result(FeatureStore(cache_dir).results_log, {
+            "feature_key": f.feature_key, "identity": f.identity, "view": f.path, "data": data_name, "head": head,
+            "params": result.params, "params_given": given, "grid": _plain_grid(grid), "split": split,
+            "metrics": metrics, "timings": timings, "head_path": str(saved), "versions": versions()})
+    return result
+
+
+def _new_head_path(folder: Path, head: str) -> Path:
+    """``HEAD-TIME-PID.head.npz`` in ``folder``, with ``-2``, ``-3``, ... when that file exists
+    (two fits of one head in one process within a second must not overwrite each other)."""
+    base = f"{head}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path, n = folder / f"{base}.head.npz", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{base}-{n}.head.npz"
+    return path
+
+
+def _augmented_train_rows(ref, plain: Features, train_rows: np.ndarray):
+    """Augmented copies whose source image is a training row of ``plain``."""
+    from featcache.extraction.augment import source_id
+
+    aug = load_features(ref)
+    if aug.identity.get("backbone") != plain.identity.get("backbone") or aug.class_names != plain.class_names:
+        raise HeadError(f"augmented view {aug.path} does not belong to {plain.path} (other backbone or classes)")
+    train_ids = {plain.ids[i] for i in train_rows}
+    take = np.array([source_id(i) in train_ids for i in aug.ids], dtype=bool)
+    return aug.features[take], aug.labels[take]
+
+
+def _full_proba(proba: np.ndarray, model, n_classes: int) -> np.ndarray:
+    """Columns for every class of the view (a class absent from train gets probability 0)."""
+    full = np.zeros((proba.shape[0], n_classes), dtype=np.float64)
+    full[:, np.asarray(model.classes_, dtype=np.int64)] = proba
+    return full
+
+
+def _plain_value(v):
+    if isinstance(v, (tuple, list)):
+        return [_plain_value(x) for x in v]
+    return v.item() if hasattr(v, "item") else v
+
+
+def _plain(d: dict) -> dict:
+    """JSON-friendly copy of a parameter dict (tuples -> lists, numpy scalars -> Python)."""
+    return {k: _plain_value(v) for k, v in d.items()}
+
+
+def _plain_grid(grid: dict) -> dict:
+    return {k: [_plain_value(x) for x in v] for k, v in (grid or {}).items()}

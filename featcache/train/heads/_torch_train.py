@@ -1,0 +1,300 @@
+"""Training machinery of the torch heads: data plan, network, AdamW, the epoch loop.
+
+Kept apart from :mod:`featcache.train.heads.torch_heads` (the estimator classes). ``torch`` is
+imported lazily so that ``import featcache.train.heads`` stays cheap.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator
+
+import numpy as np
+
+from featcache.errors import HeadError
+from featcache.train.heads.base import HeadInputError, block_rows, read_block
+
+#: Validation rows of a lazy training array are cached in memory up to this many bytes.
+VAL_CACHE_BYTES = 256 * 2**20
+#: CPU training uses one intra-op thread per this many multiply-adds of a mini-batch (at most
+#: torch's current thread count): small heads gain nothing from many threads, and their
+#: synchronisation is ruinous on a busy machine.
+MACS_PER_THREAD = 64 * 2**20
+_EVAL_ROWS = 8192
+
+
+def torch_module():
+    import torch
+
+    return torch
+
+
+def resolve_device(device: Any):
+    """``"auto"`` -> cuda if available else cpu; otherwise ``torch.device(device)``."""
+    torch = torch_module()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise HeadInputError(
+            f"device={device!r} is not valid; expected 'auto', 'cpu', 'cuda' or 'cuda:N'; "
+            "fix the device parameter"
+        ) from None
+
+
+@contextlib.contextmanager
+def cpu_threads(device, macs_per_batch: int) -> Iterator[None]:
+    """Fewer intra-op threads for small CPU workloads; the previous setting is restored."""
+    torch = torch_module()
+    previous = torch.get_num_threads()
+    wanted = max(1, min(previous, macs_per_batch // MACS_PER_THREAD))
+    if device.type != "cpu" or wanted == previous:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class DataPlan:
+    """Standardised training data, in memory (one block) or read blockwise from a lazy array.
+
+    ``Xmem`` is the validated in-memory matrix, or None when ``X`` is lazy: then a first pass
+    computes the mean/variance (Chan et al.'s pairwise update, float64) and collects the
+    validation rows if they fit in :data:`VAL_CACHE_BYTES`; each epoch reads blocks of
+    contiguous rows in shuffled order and shuffles the training rows within each block.
+    """
+
+    def __init__(
+        self, X, Xmem, y_enc: np.ndarray, val_idx, *, n_features: int, batch_size: int, device
+    ):
+        torch = torch_module()
+        self.torch, self.X, self.device, self.d = torch, X, device, n_features
+        n = len(y_enc)
+        self.val_mask = np.zeros(n, dtype=bool)
+        if val_idx is not None:
+            self.val_mask[val_idx] = True
+        self.has_val = val_idx is not None
+        val_parts: list[np.ndarray] = []
+        if Xmem is None:
+            rows = block_rows(n_features, batch_size)
+            self.blocks = [(a, min(n, a + rows)) for a in range(0, n, rows)]
+            self.cache_val = self.has_val and len(val_idx) * n_features * 4 <= VAL_CACHE_BYTES
+            mean, var = self._streaming_stats(val_parts if self.cache_val else None)
+        else:
+            self.blocks = [(0, n)]
+            self.cache_val = self.has_val
+            mean = Xmem.mean(axis=0, dtype=np.float64)
+            var = Xmem.var(axis=0, dtype=np.float64)
+        scale = np.sqrt(var)
+        scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)] = 1.0
+        self.mean, self.scale = mean, scale
+        self._mean32, self._scale32 = mean.astype(np.float32), scale.astype(np.float32)
+        self.X_all = None if Xmem is None else self.standardize(Xmem)
+        self.y_all = torch.from_numpy(y_enc).to(device)
+        self.train_local = [np.flatnonzero(~self.val_mask[a:b]) for a, b in self.blocks]
+        if self.cache_val:
+            idx = torch.from_numpy(np.flatnonzero(self.val_mask)).to(device)
+            if self.X_all is not None:
+                self.X_val = self.X_all[idx]
+            else:
+                self.X_val = self.standardize(np.concatenate(val_parts))
+            self.y_val = self.y_all[idx]
+
+    def standardize(self, block: np.ndarray):
+        out = (np.asarray(block, dtype=np.float32) - self._mean32) / self._scale32
+        return self.torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(self.device)
+
+    def _read(self, a: int, b: int) -> np.ndarray:
+        return read_block(self.X, a, b, n_features=self.d)
+
+    def _streaming_stats(self, val_parts: list | None):
+        count, mean, m2 = 0, np.zeros(self.d), np.zeros(self.d)
+        for a, b in self.blocks:
+            block = self._read(a, b)
+            if val_parts is not None and self.val_mask[a:b].any():
+                val_parts.append(block[self.val_mask[a:b]])
+            block = block.astype(np.float64)
+            nb, mb = len(block), block.mean(axis=0)
+            m2b = ((block - mb) ** 2).sum(axis=0)
+            delta, total = mb - mean, count + nb
+            mean = mean + delta * (nb / total)
+            m2 = m2 + m2b + delta**2 * (count * nb / total)
+            count = total
+        return mean, m2 / count
+
+    def train_batches(self, gen, batch_size: int):
+        """One epoch of shuffled ``(x, y)`` mini-batches of training rows."""
+        torch = self.torch
+        for k in torch.randperm(len(self.blocks), generator=gen).tolist():
+            rows = self.train_local[k]
+            if len(rows) == 0:
+                continue
+            a, b = self.blocks[k]
+            xb = self.X_all if self.X_all is not None else self.standardize(self._read(a, b))
+            offset = 0 if self.X_all is not None else a
+            order = torch.from_numpy(rows)[torch.randperm(len(rows), generator=gen)].to(self.device)
+            for i in range(0, len(order), batch_size):
+                idx = order[i : i + batch_size]
+                yield xb[idx], self.y_all[idx + offset]
+
+    def validation_batches(self):
+        """``(x, y)`` chunks of the validation rows (cached, or re-read blockwise)."""
+        if self.cache_val:
+            for i in range(0, len(self.y_val), _EVAL_ROWS):
+                yield self.X_val[i : i + _EVAL_ROWS], self.y_val[i : i + _EVAL_ROWS]
+            return
+        for a, b in self.blocks:
+            local = np.flatnonzero(self.val_mask[a:b])
+            if len(local):
+                idx = self.torch.from_numpy(local + a).to(self.device)
+                yield self.standardize(self._read(a, b)[local]), self.y_all[idx]
+
+
+class Net:
+    """``Linear (-> ReLU -> Dropout)* -> Linear`` with weights stored as (in, out) matrices.
+
+    Initialised like ``nn.Linear`` (uniform in +-1/sqrt(fan_in)) from ``gen``; dropout masks
+    come from a generator on the training device, so no global RNG is used.
+    """
+
+    def __init__(self, sizes: list[int], dropout: float, device, gen, seed: int):
+        torch = torch_module()
+        self.torch, self.dropout = torch, dropout
+        self.weights, self.biases = [], []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / math.sqrt(fan_in)
+            w = (torch.rand((fan_in, fan_out), generator=gen) * 2 - 1) * bound
+            b = (torch.rand((fan_out,), generator=gen) * 2 - 1) * bound
+            self.weights.append(w.to(device).requires_grad_())
+            self.biases.append(b.to(device).requires_grad_())
+        self.params = self.weights + self.biases
+        self.drop_gen = None
+        if dropout > 0:
+            self.drop_gen = torch.Generator(device=device).manual_seed(seed + 1)
+
+    def __call__(self, x, train: bool):
+        torch, last = self.torch, len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.addmm(b, x, w)
+            if i < last:
+                x = torch.relu(x)
+                if train and self.dropout > 0:
+                    noise = torch.rand(x.shape, generator=self.drop_gen, device=x.device)
+                    x = x * (noise >= self.dropout) / (1.0 - self.dropout)
+        return x
+
+    def snapshot(self) -> list:
+        return [p.detach().clone() for p in self.params]
+
+    def restore(self, saved: list) -> None:
+        with self.torch.no_grad():
+            for p, s in zip(self.params, saved):
+                p.copy_(s)
+
+    def export(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        coefs = [w.detach().cpu().numpy().astype(np.float32) for w in self.weights]
+        intercepts = [b.detach().cpu().numpy().astype(np.float32) for b in self.biases]
+        return coefs, intercepts
+
+
+class AdamW:
+    """AdamW (Loshchilov & Hutter) with PyTorch's defaults betas=(0.9, 0.999), eps=1e-8.
+
+    Written out because the first ``torch.optim`` step imports the compiler stack (over a
+    second); weight decay applies to the weights, not to the biases.
+    """
+
+    def __init__(self, net: Net, *, lr: float, weight_decay: float, betas=(0.9, 0.999), eps=1e-8):
+        torch = torch_module()
+        self.torch = torch
+        self.groups = [(p, weight_decay) for p in net.weights] + [(p, 0.0) for p in net.biases]
+        self.m = [torch.zeros_like(p) for p, _ in self.groups]
+        self.v = [torch.zeros_like(p) for p, _ in self.groups]
+        self.lr, self.betas, self.eps, self.t = lr, betas, eps, 0
+
+    def zero_grad(self) -> None:
+        for p, _ in self.groups:
+            p.grad = None
+
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
+        with self.torch.no_grad():
+            for (p, wd), m, v in zip(self.groups, self.m, self.v):
+                if p.grad is None:
+                    continue
+                if wd:
+                    p.mul_(1 - self.lr * wd)
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
+                p.addcdiv_(m, denom, value=-self.lr / bc1)
+
+
+def evaluate(net: Net, plan: DataPlan) -> tuple[float, float]:
+    """Validation accuracy and mean cross-entropy."""
+    torch = plan.torch
+    loss_sum, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in plan.validation_batches():
+            logits = net(x, train=False)
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+            count += len(y)
+    return correct / max(count, 1), loss_sum / max(count, 1)
+
+
+def run_epochs(head, net: Net, plan: DataPlan, gen) -> dict[str, Any]:
+    """The training loop with early stopping; leaves the best weights in ``net``.
+
+    Patience counts epochs without a better validation accuracy (as scikit-learn's
+    ``MLPClassifier``); the weights kept are those of the best accuracy, ties going to the
+    lower validation loss.
+    """
+    torch = plan.torch
+    optimizer = AdamW(net, lr=float(head.lr), weight_decay=float(head.weight_decay))
+    batch_size = int(head.batch_size)
+    losses, val_scores, val_losses = [], [], []
+    best, best_acc, best_loss, best_epoch, stale, epoch = None, -1.0, math.inf, 0, 0, 0
+    for epoch in range(1, int(head.max_epochs) + 1):
+        total, seen = torch.zeros((), device=plan.device), 0
+        for x, y in plan.train_batches(gen, batch_size):
+            loss = torch.nn.functional.cross_entropy(net(x, train=True), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(y)  # accumulated on the device: no sync per batch
+            seen += len(y)
+        losses.append(float(total) / max(seen, 1))
+        if not math.isfinite(losses[-1]):
+            raise HeadError(
+                f"{type(head).__name__} training diverged (loss {losses[-1]}) at epoch {epoch} "
+                f"with lr={head.lr}; expected a finite loss; lower lr"
+            )
+        if not plan.has_val:
+            continue
+        acc, vloss = evaluate(net, plan)
+        val_scores.append(acc)
+        val_losses.append(vloss)
+        improved = acc > best_acc
+        if improved or (acc == best_acc and vloss < best_loss):
+            best, best_acc, best_loss, best_epoch = net.snapshot(), acc, vloss, epoch
+        stale = 0 if improved else stale + 1
+        if stale >= int(head.patience):
+            break
+    if best is not None:
+        net.restore(best)
+    else:
+        best_epoch = epoch
+    return {
+        "n_epochs_": int(epoch),
+        "best_epoch_": int(best_epoch),
+        "loss_curve_": np.asarray(losses, dtype=np.float64),
+        "validation_scores_": np.asarray(val_scores, dtype=np.float64),
+        "validation_loss_curve_": np.asarray(val_losses, dtype=np.float64),
+    }

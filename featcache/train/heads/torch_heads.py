@@ -1,0 +1,298 @@
+"""Heads trained with PyTorch: ``linear`` (one linear layer) and ``mlp`` (ReLU MLP with dropout).
+
+Training: features standardised with a mean/std learned in ``fit`` (``mean_``, ``scale_``),
+AdamW (no weight decay on biases), cross-entropy, mini-batches; with ``early_stopping`` a
+stratified ``validation_fraction`` of the training rows is held out and training stops when
+the validation accuracy has not improved for ``patience`` epochs (like scikit-learn's
+``MLPClassifier``); the weights of the best epoch are restored (among epochs with the best
+accuracy, the one with the lowest validation loss).
+
+Everything random (split, initialisation, shuffling, dropout) is drawn from generators seeded
+with ``random_state``; global seeds are never touched, so the same data and ``random_state``
+give identical predictions (on the same device).
+
+``X`` may be a numpy array or a lazy array (``h5py.Dataset``, ``np.memmap``, ...; see
+:func:`featcache.train.heads.base.is_lazy`). A lazy array is never read whole: the mean/std come
+from one streaming pass, and each epoch visits blocks of contiguous rows
+(:data:`featcache.train.heads.base.BLOCK_BYTES` each) in shuffled order, shuffling the rows within
+a block. The validation rows are kept in memory when they fit in ``VAL_CACHE_BYTES``
+(:mod:`featcache.train.heads._torch_train`) and are re-read blockwise otherwise.
+
+Predictions are computed in float64 with numpy from the learned arrays (``coefs_``,
+``intercepts_``), independent of the training device and of the batch composition.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import StratifiedShuffleSplit
+
+from featcache.errors import HeadError
+from featcache.train.heads._torch_train import (
+    DataPlan,
+    Net,
+    cpu_threads,
+    resolve_device,
+    run_epochs,
+    torch_module,
+)
+from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, seed_from
+from featcache.train.heads.registry import register_head
+
+
+class _TorchHead(HeadBase):
+    """Shared training loop of the torch heads (subclasses define the layer sizes)."""
+
+    _state_keys = (
+        "classes_", "n_features_in_", "mean_", "scale_", "n_epochs_", "best_epoch_",
+        "loss_curve_", "validation_scores_", "validation_loss_curve_",
+    )
+
+    def _hidden(self) -> tuple[int, ...]:
+        return ()
+
+    def _dropout(self) -> float:
+        return 0.0
+
+    # ---------------------------------------------------------------- parameters
+    def _check_params(self) -> None:
+        def bad(name, expected):
+            raise HeadInputError(
+                f"{type(self).__name__}: {name}={getattr(self, name)!r} is not valid; "
+                f"expected {expected}; fix the {name} parameter"
+            )
+
+        def is_int(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+
+        if not (is_num(self.lr) and self.lr > 0):
+            bad("lr", "a positive number")
+        if not (is_num(self.weight_decay) and self.weight_decay >= 0):
+            bad("weight_decay", "a number >= 0")
+        for name in ("batch_size", "max_epochs", "patience"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
+                bad(name, "a positive int")
+        if not (is_num(self.validation_fraction) and 0 < self.validation_fraction < 1):
+            bad("validation_fraction", "a number strictly between 0 and 1")
+        if not isinstance(self.early_stopping, (bool, np.bool_)):
+            bad("early_stopping", "True or False")
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, X, y):
+        """Fit on features ``X`` (array or lazy array, n_samples x n_features) and labels ``y``.
+
+        Returns ``self``. Sets ``mean_``, ``scale_``, ``coefs_``, ``intercepts_``, ``classes_``,
+        ``n_features_in_`` and the history ``n_epochs_``, ``best_epoch_``, ``loss_curve_``
+        (mean training loss per epoch), ``validation_scores_`` (validation accuracy per epoch;
+        empty without early stopping) and ``validation_loss_curve_``.
+        """
+        torch = torch_module()
+        self._check_params()
+        hidden, dropout = self._hidden(), self._dropout()
+        device = resolve_device(self.device)
+        if is_lazy(X):
+            Xmem, y_enc = None, self._validate_lazy_fit(X, y)
+        else:
+            Xmem, y_enc = self._validate_fit(X, y)
+        n_features, n_classes = self.n_features_in_, len(self.classes_)
+        seed = seed_from(self.random_state)
+        plan = DataPlan(
+            X, Xmem, y_enc, self._validation_split(y_enc, n_classes, seed),
+            n_features=n_features, batch_size=int(self.batch_size), device=device,
+        )
+        self.mean_, self.scale_ = plan.mean, plan.scale
+        gen = torch.Generator().manual_seed(seed)  # initialisation and shuffling
+        sizes = [n_features, *hidden, n_classes]
+        net = Net(sizes, dropout, device, gen, seed)
+        macs = int(self.batch_size) * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        with cpu_threads(device, macs):
+            history = run_epochs(self, net, plan, gen)
+        self.coefs_, self.intercepts_ = net.export()
+        for key, value in history.items():
+            setattr(self, key, value)
+        return self
+
+    def _validate_lazy_fit(self, X, y) -> np.ndarray:
+        """Checks of ``fit`` for a lazy ``X`` (``validate_data`` would read it whole)."""
+        n, d = (int(s) for s in X.shape)
+        if n < 1 or d < 1:
+            raise HeadInputError(
+                f"X has shape {(n, d)}; expected at least 1 sample and 1 feature; "
+                "pass a non-empty feature matrix"
+            )
+        y_enc = self._encode_labels(y)
+        if len(y_enc) != n:
+            raise HeadInputError(
+                f"X has {n} rows but y has {len(y_enc)} labels; expected one label per row; "
+                "pass matching features and labels"
+            )
+        self.n_features_in_ = d
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        return y_enc
+
+    def _validation_split(self, y_enc: np.ndarray, n_classes: int, seed: int):
+        """Sorted validation row indices (stratified), or None without early stopping."""
+        if not self.early_stopping:
+            return None
+        n = len(y_enc)
+        n_val = max(int(math.ceil(self.validation_fraction * n)), n_classes)
+        if np.bincount(y_enc, minlength=n_classes).min() < 2 or n - n_val < n_classes:
+            warnings.warn(
+                f"{type(self).__name__}: {n} samples are too few for a stratified validation "
+                f"split of {self.validation_fraction} over {n_classes} classes (every class "
+                "needs 2 samples); early stopping is disabled, training runs max_epochs "
+                "epochs. Pass early_stopping=False to silence this warning.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return None
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
+        _, val_idx = next(splitter.split(np.zeros((n, 1)), y_enc))
+        return np.sort(val_idx)
+
+    # ---------------------------------------------------------------- predict
+    def _decision(self, X: np.ndarray) -> np.ndarray:
+        h = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+        last = len(self.coefs_) - 1
+        for i, (w, b) in enumerate(zip(self.coefs_, self.intercepts_)):
+            h = h @ np.asarray(w, dtype=np.float64) + np.asarray(b, dtype=np.float64)
+            if i < last:
+                np.maximum(h, 0.0, out=h)
+        return h
+
+    # ---------------------------------------------------------------- state
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Learned arrays; layer ``i`` as ``coefs_{i}`` (in x out) and ``intercepts_{i}``."""
+        state = super().get_state()
+        for i, (w, b) in enumerate(zip(self.coefs_, self.intercepts_)):
+            state[f"coefs_{i}"] = np.asarray(w)
+            state[f"intercepts_{i}"] = np.asarray(b)
+        return state
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], state: dict[str, np.ndarray]):
+        head = super().from_state(params, state)
+        n_layers = len(head._hidden()) + 1
+        missing = [
+            f"{kind}_{i}" for i in range(n_layers) for kind in ("coefs", "intercepts")
+            if f"{kind}_{i}" not in state
+        ]
+        if missing:
+            raise HeadError(
+                f"state of a {cls.__name__} with {n_layers} layer(s) lacks "
+                f"{', '.join(missing)}; expected the arrays written by get_state(); "
+                "re-fit and re-save the head"
+            )
+        head.coefs_ = [np.asarray(state[f"coefs_{i}"]) for i in range(n_layers)]
+        head.intercepts_ = [np.asarray(state[f"intercepts_{i}"]) for i in range(n_layers)]
+        return head
+
+
+_COMMON_DOC = """
+    Training parameters: ``lr`` (AdamW learning rate), ``weight_decay`` (AdamW decoupled
+    weight decay, not applied to biases), ``batch_size``, ``max_epochs``, ``patience``
+    (epochs without validation-accuracy improvement before stopping),
+    ``validation_fraction``, ``early_stopping``, ``random_state`` (int seed; None draws
+    one), ``device`` ('auto' = cuda if available else cpu).
+"""
+
+
+@register_head("linear")
+class LinearHead(_TorchHead):
+    __doc__ = (
+        "Linear probe: one ``nn.Linear``-style layer on standardised features.\n" + _COMMON_DOC
+    )
+
+    _default_grid = {"lr": [3e-4, 1e-3, 3e-3], "weight_decay": [1e-4, 1e-2]}
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 256,
+        max_epochs: int = 100,
+        patience: int = 10,
+        validation_fraction: float = 0.1,
+        early_stopping: bool = True,
+        random_state=0,
+        device: str = "auto",
+    ):
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.random_state = random_state
+        self.device = device
+
+
+@register_head("mlp")
+class MLPHead(_TorchHead):
+    __doc__ = (
+        "MLP: standardise, then ``Linear -> ReLU -> Dropout`` per entry of ``hidden_sizes``"
+        " (a tuple of widths; an int means one layer), then a linear output layer.\n"
+        + _COMMON_DOC
+    )
+
+    _default_grid = {"hidden_sizes": [(256,), (512,), (1024,)], "dropout": [0.0, 0.2, 0.5]}
+
+    def __init__(
+        self,
+        hidden_sizes: tuple[int, ...] = (512,),
+        dropout: float = 0.2,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 256,
+        max_epochs: int = 100,
+        patience: int = 10,
+        validation_fraction: float = 0.1,
+        early_stopping: bool = True,
+        random_state=0,
+        device: str = "auto",
+    ):
+        self.hidden_sizes = hidden_sizes
+        self.dropout = dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.random_state = random_state
+        self.device = device
+
+    def _hidden(self) -> tuple[int, ...]:
+        sizes = self.hidden_sizes
+        if isinstance(sizes, (int, np.integer)) and not isinstance(sizes, bool):
+            sizes = (sizes,)
+        try:
+            sizes = tuple(sizes)
+        except TypeError:
+            sizes = None
+        if sizes is None or not all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in sizes
+        ):
+            raise HeadInputError(
+                f"MLPHead: hidden_sizes={self.hidden_sizes!r} is not valid; expected a tuple "
+                "of positive ints such as (512,) or (512, 256); fix the hidden_sizes parameter"
+            )
+        return tuple(int(s) for s in sizes)
+
+    def _dropout(self) -> float:
+        p = self.dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.number)) or not 0 <= p < 1:
+            raise HeadInputError(
+                f"MLPHead: dropout={p!r} is not valid; expected a number in [0, 1); "
+                "fix the dropout parameter"
+            )
+        return float(p)
