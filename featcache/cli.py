@@ -354,21 +354,21 @@ def predict(head_path, data, output, path_column, root, batch_size, workers, dev
 @cache_option
 @json_option
 def results(feature_key, data, sort_by, limit, cache_dir, as_json):
-    """Show the results log as a table, best first."""
+    """Show the results log as a table, best first; scores with their 95 % intervals."""
     from featcache.train.evaluate import no_results_message, read_results, results_table
+    from featcache.train.results import format_table_row
     from featcache.store.featureset import FeatureStore
 
     records = read_results(FeatureStore(cache_dir).results_log, feature_key=feature_key, data=data)
-    rows = results_table(records, sort_by=sort_by)[:limit]
+    rows = results_table(records, sort_by=sort_by, intervals=True)[:limit]
     if as_json:
         _emit_json(rows)
         return
     if not rows:
         click.echo(no_results_message(records))
         return
-    cols = list(rows[0].keys())
-    fmt = [{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-    click.echo(_table(fmt, cols))
+    fmt = [format_table_row(r) for r in rows]
+    click.echo(_table(fmt, list(fmt[0].keys())))
     if records.malformed:
         click.echo(f"({records.malformed} malformed lines skipped)", err=True)
 

@@ -41,6 +41,8 @@ from featcache.pipeline.spec import (
     load_pipeline,
     parse_pipeline,
 )
+from featcache.train.results import INTERVAL_COLUMNS, interval_of
+from featcache.train.stats import with_ci
 
 __all__ = [
     "BackboneRun",
@@ -198,7 +200,8 @@ class PipelineResult:
                 d["train"] = f"{r.n_train}+{r.n_train_augmented}"
             d["params"] = ", ".join(f"{k}={_fmt_param(v)}" for k, v in r.params.items()) or "defaults"
             for c in cols[3:]:
-                d[c] = "-" if d[c] is None else (f"{d[c]:.2f}" if c == "fit_s" else f"{d[c]:.4f}")
+                d[c] = "-" if d[c] is None else (f"{d[c]:.2f}" if c == "fit_s" else
+                                                 with_ci(d[c], interval_of(r.metrics, INTERVAL_COLUMNS[c])))
             d["head"] = r.head + (" *" if r is best else "")
             rows.append(d)
         if augmented:
@@ -238,7 +241,8 @@ class PipelineResult:
         lines += ["", self.table()]
         best = self.best
         if best is not None:
-            lines.append(f"\nbest (*): {best.head} on {best.backbone}, test accuracy {best.test_acc:.4f}")
+            lines.append(f"\nbest (*): {best.head} on {best.backbone}, test accuracy "
+                         f"{with_ci(best.test_acc, interval_of(best.metrics, 'test.accuracy'))}")
         if self.summary_json:
             lines.append(f"summary -> {self.summary_json}" + (f", {self.summary_png}" if self.summary_png else ""))
         return "\n".join(lines)

@@ -18,6 +18,7 @@ from featcache.errors import HeadError
 from featcache.train.evaluate import append_result, compute_metrics, make_splits, split_summary, sweep
 from featcache.train.heads import default_grid, make_head
 from featcache.train.persist import save_head
+from featcache.train.stats import with_ci
 from featcache.store.featureset import FeatureStore, versions
 from featcache.store.views import Features, load_features
 
@@ -50,9 +51,10 @@ class FitResult:
         val = self.metrics.get("val") or {}
         params = ", ".join(f"{k}={':'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
                            for k, v in self.params.items()) or "defaults"
-        score = (f"test accuracy {test['accuracy']:.3f} (balanced {test['balanced_accuracy']:.3f}, "
-                 f"macro-F1 {test['macro_f1']:.3f})" if test else "no test split")
-        val_s = f", val {val['accuracy']:.3f}" if val else ""
+        score = (f"test accuracy {with_ci(test['accuracy'], test.get('accuracy_ci95'))} (balanced "
+                 f"{test['balanced_accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}; n={test.get('n')})"
+                 if test else "no test split")
+        val_s = f", val {with_ci(val['accuracy'], val.get('accuracy_ci95'))}" if val else ""
         return (f"{self.head} [{params}] on {self.feature_key}: {score}{val_s}; fit {self.timings['fit_s']:.2f} s, "
                 f"predict {self.timings['predict_s']:.3f} s -> {self.head_path}")
 
@@ -178,15 +180,15 @@ def check_fit_arguments(head: str, *, params: dict | None = None, grid: dict | N
     Checks the head name, the parameter names (of ``params`` and ``grid``), the seed, the
     split fractions and ``n_jobs``.
     """
-    from featcache.train.splits import _check_fraction, check_seed
+    from featcache.train.splits import check_fraction, check_seed
     from featcache.train.sweeps import check_n_jobs
 
     make_head(head, **(params or {}))  # the name and the parameter names
     if grid:
         make_head(head, **{k: v[0] for k, v in grid.items() if isinstance(v, (list, tuple)) and v})
     check_seed(seed)
-    _check_fraction("val_fraction", val_fraction)
-    _check_fraction("test_fraction", test_fraction)
+    check_fraction("val_fraction", val_fraction)
+    check_fraction("test_fraction", test_fraction)
     check_n_jobs(n_jobs)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from featcache.atomic import atomic_path
 from featcache.errors import FeatcacheError
-from featcache.train.results import _finite, _get_path
+from featcache.train.results import finite, get_path
 
 __all__ = ["PlotError", "plot_confusion_matrix", "plot_pipeline_summary", "plot_scatter"]
 
@@ -121,7 +121,7 @@ def plot_confusion_matrix(
 
 def _lookup(point: Mapping[str, Any], key: str) -> Any:
     """``point[key]``, else ``key`` as a dotted path into nested dicts, else None."""
-    return point[key] if key in point else _get_path(point, key, None)
+    return point[key] if key in point else get_path(point, key, None)
 
 
 def plot_scatter(
@@ -152,7 +152,7 @@ def plot_scatter(
         if not isinstance(p, Mapping):
             skipped += 1
             continue
-        xv, yv = _finite(_lookup(p, x)), _finite(_lookup(p, y))
+        xv, yv = finite(_lookup(p, x)), finite(_lookup(p, y))
         if xv is None or yv is None or (logx and xv <= 0):
             skipped += 1
             continue
@@ -209,7 +209,7 @@ def plot_pipeline_summary(
     if backbones is None:
         backbones = list(dict.fromkeys(str(r.get("backbone")) for r in rows))
     backbones = list(backbones)
-    scored = [r for r in rows if _finite(r.get("score")) is not None]
+    scored = [r for r in rows if finite(r.get("score")) is not None]
     if not scored:
         return None
     heads = list(dict.fromkeys(r.get("head") for r in rows))
@@ -222,7 +222,7 @@ def plot_pipeline_summary(
         vals = []
         for b in backbones:
             r = next((r for r in rows if r.get("backbone") == b and r.get("head") == h), None)
-            v = None if r is None else _finite(r.get("score"))
+            v = None if r is None else finite(r.get("score"))
             vals.append(np.nan if v is None else v)
         bars = ax1.bar(x - 0.4 + width * (j + 0.5), vals, width, label=h, color=cmap[j])
         for rect, v in zip(bars, vals):
@@ -239,7 +239,7 @@ def plot_pipeline_summary(
                ncol=min(len(heads), 6))
     for j, h in enumerate(heads):
         for k, b in enumerate(backbones):
-            pts = [(max(_finite(r.get("fit_s")) or 0.0, 1e-4), _finite(r.get("score")))
+            pts = [(max(finite(r.get("fit_s")) or 0.0, 1e-4), finite(r.get("score")))
                    for r in scored if r.get("head") == h and r.get("backbone") == b]
             if pts:
                 ax2.scatter(*zip(*pts), color=cmap[j], marker=_MARKERS[k % len(_MARKERS)], s=50, alpha=0.85)

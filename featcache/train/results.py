@@ -46,9 +46,10 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 from featcache.train.splits import EvaluationError
+from featcache.train.stats import with_ci
 
-__all__ = ["ResultList", "append_result", "no_results_message", "read_results", "record_data", "results_table",
-           "TABLE_COLUMNS"]
+__all__ = ["ResultList", "append_result", "finite", "format_table_row", "get_path", "interval_of", "jsonable", "no_results_message",
+           "read_results", "record_data", "results_table", "TABLE_COLUMNS", "INTERVAL_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,14 @@ def _featcache_version() -> str:
         return "unknown"
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Plain JSON types: numpy scalars/arrays converted, non-finite floats -> None."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -106,7 +107,7 @@ def append_result(log_path: str | os.PathLike, record: Mapping[str, Any]) -> dic
             f"record is a {type(record).__name__}; expected a dict (see the record schema in "
             "featcache.train.results)"
         )
-    rec = _jsonable(dict(record))
+    rec = jsonable(dict(record))
     rec["timestamp"] = (
         _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
@@ -269,7 +270,7 @@ def no_results_message(records: ResultList) -> str:
 _MISSING = object()
 
 
-def _get_path(obj: Any, dotted: str, default: Any = _MISSING) -> Any:
+def get_path(obj: Any, dotted: str, default: Any = _MISSING) -> Any:
     """``obj["a"]["b"]`` for ``dotted="a.b"``; ``default`` when a part is missing."""
     cur = obj
     for part in dotted.split("."):
@@ -307,7 +308,7 @@ def _params_str(params: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
-def _finite(v: Any) -> float | None:
+def finite(v: Any) -> float | None:
     """``v`` as a finite float, else None (missing, None, booleans, non-numbers, NaN, inf)."""
     if v is _MISSING or v is None or isinstance(v, bool):
         return None
@@ -323,16 +324,57 @@ TABLE_COLUMNS = (
     "val_acc", "test_acc", "balanced_acc", "macro_f1", "fit_s",
 )
 _NUMERIC_COLUMNS = TABLE_COLUMNS[TABLE_COLUMNS.index("val_acc"):]
+#: Table column -> the metrics path of its value; ``<column>_ci95`` is that metric's interval.
+INTERVAL_COLUMNS = {"val_acc": "val.accuracy", "test_acc": "test.accuracy",
+                    "balanced_acc": "test.balanced_accuracy", "macro_f1": "test.macro_f1"}
 
 
-def results_table(records: Iterable[Mapping], *, sort_by: str = "test.accuracy") -> list[dict]:
+def interval_of(metrics: Mapping, path: str) -> list[float] | None:
+    """The ``[lo, hi]`` stored beside the metric at ``path`` (``<metric>_ci95``), else None."""
+    ci = get_path(metrics, path + "_ci95", None)
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return None
+    lo, hi = finite(ci[0]), finite(ci[1])
+    return None if lo is None or hi is None else [lo, hi]
+
+
+def _table_row(rec: Mapping, intervals: bool) -> dict:
+    metrics = rec.get("metrics") if isinstance(rec.get("metrics"), Mapping) else {}
+    row = {
+        "feature_key": _short_key(rec.get("feature_key")),
+        "backbone": _backbone_of(rec),
+        "data": record_data(rec),
+        "head": rec.get("head"),
+        "params": _params_str(rec.get("params")),
+    }
+    for col, path in INTERVAL_COLUMNS.items():
+        row[col] = finite(get_path(metrics, path))
+        if intervals:
+            row[col + "_ci95"] = interval_of(metrics, path)
+    row["fit_s"] = finite(get_path(rec, "timings.fit_s"))
+    return row
+
+
+def _sort_key(rec: Mapping, row: dict, sort_by: str) -> float | None:
+    if sort_by in row:
+        return row[sort_by]
+    metrics = rec.get("metrics") if isinstance(rec.get("metrics"), Mapping) else {}
+    v = get_path(metrics, sort_by)
+    if v is _MISSING:
+        v = get_path(rec, sort_by)
+    return finite(v)
+
+
+def results_table(records: Iterable[Mapping], *, sort_by: str = "test.accuracy", intervals: bool = False) -> list[dict]:
     """Flatten records to table rows, best first.
 
     Row keys (:data:`TABLE_COLUMNS`): ``feature_key`` (first 12 characters), ``backbone``,
     ``data`` (the data set: records of different data under one feature key were scored on
     different test sets; filter with ``read_results(..., data=...)``), ``head``, ``params``
     (``"k=v, ..."``, tuples as ``512:256``), ``val_acc``, ``test_acc``, ``balanced_acc`` and
-    ``macro_f1`` (both on test), ``fit_s``. Missing values are ``None``.
+    ``macro_f1`` (both on test), ``fit_s``. Missing values are ``None``. With ``intervals``
+    each score column ``C`` of :data:`INTERVAL_COLUMNS` is followed by ``C_ci95``: the
+    record's 95 % interval ``[lo, hi]``, ``None`` for records written before intervals.
 
     ``sort_by`` is a row column (``"fit_s"``, ``"val_acc"``), a dotted path into
     ``metrics`` (``"test.accuracy"``, ``"val.macro_f1"``) or a dotted path into the
@@ -341,31 +383,8 @@ def results_table(records: Iterable[Mapping], *, sort_by: str = "test.accuracy")
     last; ties keep log order.
     """
     records = [r for r in records if isinstance(r, Mapping)]
-    rows = []
-    keys = []
-    for rec in records:
-        metrics = rec.get("metrics") if isinstance(rec.get("metrics"), Mapping) else {}
-        row = {
-            "feature_key": _short_key(rec.get("feature_key")),
-            "backbone": _backbone_of(rec),
-            "data": record_data(rec),
-            "head": rec.get("head"),
-            "params": _params_str(rec.get("params")),
-            "val_acc": _finite(_get_path(metrics, "val.accuracy")),
-            "test_acc": _finite(_get_path(metrics, "test.accuracy")),
-            "balanced_acc": _finite(_get_path(metrics, "test.balanced_accuracy")),
-            "macro_f1": _finite(_get_path(metrics, "test.macro_f1")),
-            "fit_s": _finite(_get_path(rec, "timings.fit_s")),
-        }
-        if sort_by in row:
-            key = row[sort_by]
-        else:
-            v = _get_path(metrics, sort_by)
-            if v is _MISSING:
-                v = _get_path(rec, sort_by)
-            key = _finite(v)
-        rows.append(row)
-        keys.append(key)
+    rows = [_table_row(rec, intervals) for rec in records]
+    keys = [_sort_key(rec, row, sort_by) for rec, row in zip(records, rows)]
     if rows and all(k is None for k in keys):
         raise EvaluationError(
             f"sort_by={sort_by!r} matches no numeric value in any of the {len(rows)} records; "
@@ -378,3 +397,20 @@ def results_table(records: Iterable[Mapping], *, sort_by: str = "test.accuracy")
         key=lambda i: (keys[i] is None, 0.0 if keys[i] is None else (keys[i] if ascending else -keys[i]), i),
     )
     return [rows[i] for i in order]
+
+
+def format_table_row(row: Mapping[str, Any]) -> dict:
+    """A row of :func:`results_table` (``intervals=True``) as text cells: scores as
+    ``0.667 [0.52, 0.79]`` (see :func:`featcache.train.stats.with_ci`), the ``_ci95`` columns
+    folded into them, other floats with 4 decimals (``fit_s`` with 2 and ``s``)."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k.endswith("_ci95"):
+            continue
+        if k in INTERVAL_COLUMNS:
+            out[k] = with_ci(v, row.get(k + "_ci95"))
+        elif k == "fit_s":
+            out[k] = "-" if v is None else f"{v:.2f}"
+        else:
+            out[k] = f"{v:.4f}" if isinstance(v, float) else v
+    return out

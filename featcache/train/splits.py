@@ -20,7 +20,8 @@ import numpy as np
 
 from featcache.errors import DataError, EvaluationError
 
-__all__ = ["EvaluationError", "SPLIT_NAMES", "check_seed", "make_splits", "split_summary"]
+__all__ = ["EvaluationError", "SPLIT_NAMES", "as_class_indices", "check_fraction", "check_seed", "inner_split",
+           "make_splits", "repeated_stratified_folds", "split_summary"]
 
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -37,7 +38,7 @@ _SPLIT_ALIASES = {
 # --------------------------------------------------------------------------- splits
 
 
-def _check_fraction(name: str, value: float) -> float:
+def check_fraction(name: str, value: float) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -74,7 +75,7 @@ def check_seed(seed: Any) -> int:
     return int(seed)
 
 
-def _as_class_indices(
+def as_class_indices(
     values: Any,
     bad_shape: Callable[[tuple], Exception],
     bad_dtype: Callable[[np.dtype], Exception],
@@ -95,7 +96,7 @@ def _as_class_indices(
 
 
 def _as_labels(labels: Any) -> np.ndarray:
-    return _as_class_indices(
+    return as_class_indices(
         labels,
         lambda shape: DataError(
             f"labels have shape {shape}; expected a 1-d array of integer class indices "
@@ -156,6 +157,82 @@ def _split_once(
     return np.sort(rest), np.sort(taken)
 
 
+def _check_split_arguments(val_fraction: float, test_fraction: float, seed: Any) -> tuple[float, float, int]:
+    val_fraction = check_fraction("val_fraction", val_fraction)
+    test_fraction = check_fraction("test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1.0:
+        raise EvaluationError(
+            f"val_fraction={val_fraction} + test_fraction={test_fraction} = "
+            f"{val_fraction + test_fraction:g}; expected a sum below 1 so that rows are left for "
+            "training; lower one of them (e.g. 0.15 and 0.15)"
+        )
+    return val_fraction, test_fraction, check_seed(seed)
+
+
+def _check_classes(y: np.ndarray) -> np.ndarray:
+    """The mask of labelled rows; :class:`DataError` without labels or with a single class."""
+    labelled = y >= 0
+    n_lab = int(labelled.sum())
+    if n_lab == 0:
+        raise DataError(
+            f"none of the {y.shape[0]} rows has a label (all labels < 0); expected a labelled dataset; "
+            "put the images in one folder per class or provide a labels file"
+        )
+    classes = np.unique(y[labelled])
+    if len(classes) < 2:
+        raise DataError(
+            f"all {n_lab} labelled rows belong to a single class ({int(classes[0])}); expected at "
+            "least 2 classes to train and evaluate a classifier; add images of other classes"
+        )
+    return labelled
+
+
+def _own_split(own: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """The data's own split, with a missing ``test`` and ``val`` carved out of ``train``."""
+    out = own.copy()
+    if not np.any(out == "train"):
+        present = sorted(set(out[out != ""].tolist()))
+        raise DataError(
+            f"the data's own split has no labelled 'train' rows (found: {', '.join(present)}); "
+            "expected a 'train' folder; add one, or pass split=None for a seeded split"
+        )
+    missing = [name for name in ("test", "val") if not np.any(out == name)]
+    for step, name in enumerate(missing):
+        frac = val_fraction if name == "val" else test_fraction
+        train_idx = np.flatnonzero(out == "train")
+        n_take = math.ceil(frac * train_idx.size)
+        if train_idx.size - n_take < 1 or n_take < 1:
+            raise DataError(
+                f"cannot carve a '{name}' split out of {train_idx.size} train rows with "
+                f"{name}_fraction={frac}; expected at least 2 train rows; add images or "
+                f"provide a '{name}' folder"
+            )
+        _, taken = _split_once(train_idx, y[train_idx], n_take, seed + step)
+        out[taken] = name
+    return out
+
+
+def _seeded_split(y: np.ndarray, labelled: np.ndarray, val_fraction: float, test_fraction: float,
+                  seed: int) -> np.ndarray:
+    idx = np.flatnonzero(labelled)
+    n_lab = idx.size
+    n_test = math.ceil(test_fraction * n_lab)
+    n_val = math.ceil(val_fraction * n_lab)
+    if n_lab - n_test - n_val < 1:
+        raise DataError(
+            f"only {n_lab} labelled rows: cannot make non-empty train/val/test splits with "
+            f"val_fraction={val_fraction}, test_fraction={test_fraction}; expected at least 3 "
+            "labelled rows (realistically dozens per class); add images"
+        )
+    out = np.full(y.shape[0], "", dtype="<U5")
+    rest, test_idx = _split_once(idx, y[idx], n_test, seed)
+    train_idx, val_idx = _split_once(rest, y[rest], n_val, seed)
+    out[train_idx] = "train"
+    out[val_idx] = "val"
+    out[test_idx] = "test"
+    return out
+
+
 def make_splits(
     labels: np.ndarray,
     split: np.ndarray | None = None,
@@ -190,80 +267,55 @@ def make_splits(
     fractions outside (0, 1) or summing to >= 1, and for a seed that is not a whole
     number in ``[0, MAX_SEED]`` (see :func:`check_seed`).
     """
-    val_fraction = _check_fraction("val_fraction", val_fraction)
-    test_fraction = _check_fraction("test_fraction", test_fraction)
-    if val_fraction + test_fraction >= 1.0:
-        raise EvaluationError(
-            f"val_fraction={val_fraction} + test_fraction={test_fraction} = "
-            f"{val_fraction + test_fraction:g}; expected a sum below 1 so that rows are left for "
-            "training; lower one of them (e.g. 0.15 and 0.15)"
-        )
-    seed = check_seed(seed)
-
+    val_fraction, test_fraction, seed = _check_split_arguments(val_fraction, test_fraction, seed)
     y = _as_labels(labels)
-    n = y.shape[0]
-    labelled = y >= 0
-    n_lab = int(labelled.sum())
-    if n_lab == 0:
-        raise DataError(
-            f"none of the {n} rows has a label (all labels < 0); expected a labelled dataset; "
-            "put the images in one folder per class or provide a labels file"
-        )
-    classes = np.unique(y[labelled])
-    if len(classes) < 2:
-        raise DataError(
-            f"all {n_lab} labelled rows belong to a single class ({int(classes[0])}); expected at "
-            "least 2 classes to train and evaluate a classifier; add images of other classes"
-        )
-
-    out = np.full(n, "", dtype="<U5")
-
-    own = None
+    labelled = _check_classes(y)
     if split is not None:
-        own = _normalise_split(split, n)
-        own = np.where(labelled, own, "")
-        if not np.any(own != ""):
-            own = None  # no labelled row has a split folder: make our own split
+        own = np.where(labelled, _normalise_split(split, y.shape[0]), "")
+        if np.any(own != ""):
+            return _own_split(own, y, val_fraction, test_fraction, seed)
+        # no labelled row has a split folder: make our own split
+    return _seeded_split(y, labelled, val_fraction, test_fraction, seed)
 
-    if own is not None:
-        out[:] = own
-        train_idx = np.flatnonzero(out == "train")
-        if train_idx.size == 0:
-            present = sorted(set(out[out != ""].tolist()))
-            raise DataError(
-                f"the data's own split has no labelled 'train' rows (found: {', '.join(present)}); "
-                "expected a 'train' folder; add one, or pass split=None for a seeded split"
-            )
-        missing = [name for name in ("test", "val") if not np.any(out == name)]
-        for step, name in enumerate(missing):
-            frac = val_fraction if name == "val" else test_fraction
-            train_idx = np.flatnonzero(out == "train")
-            n_take = math.ceil(frac * train_idx.size)
-            if train_idx.size - n_take < 1 or n_take < 1:
-                raise DataError(
-                    f"cannot carve a '{name}' split out of {train_idx.size} train rows with "
-                    f"{name}_fraction={frac}; expected at least 2 train rows; add images or "
-                    f"provide a '{name}' folder"
-                )
-            _, taken = _split_once(train_idx, y[train_idx], n_take, seed + step)
-            out[taken] = name
-        return out
 
-    idx = np.flatnonzero(labelled)
-    n_test = math.ceil(test_fraction * n_lab)
-    n_val = math.ceil(val_fraction * n_lab)
-    if n_lab - n_test - n_val < 1:
-        raise DataError(
-            f"only {n_lab} labelled rows: cannot make non-empty train/val/test splits with "
-            f"val_fraction={val_fraction}, test_fraction={test_fraction}; expected at least 3 "
-            "labelled rows (realistically dozens per class); add images"
-        )
-    rest, test_idx = _split_once(idx, y[idx], n_test, seed)
-    train_idx, val_idx = _split_once(rest, y[rest], n_val, seed)
-    out[train_idx] = "train"
-    out[val_idx] = "val"
-    out[test_idx] = "test"
-    return out
+def inner_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(fit, val)`` of a seeded, stratified (where possible) hold-out of ``labels``:
+    ``ceil(val_fraction * n)`` rows for validation, at least one row on each side."""
+    y = np.asarray(labels)
+    n = y.shape[0]
+    if n < 2:
+        raise DataError(f"only {n} training row(s): cannot hold out a validation split; expected at least 2 "
+                        "rows; add images or use fewer folds")
+    n_val = min(max(1, math.ceil(check_fraction("val_fraction", val_fraction) * n)), n - 1)
+    return _split_once(np.arange(n), y, n_val, check_seed(seed))
+
+
+def repeated_stratified_folds(labels: np.ndarray, n_splits: int, n_repeats: int,
+                              seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n_repeats`` x ``n_splits`` stratified folds of ``labels`` as ``(train, held_out)`` positions.
+
+    Repeat ``r`` shuffles with ``seed + r``; every row is held out exactly once per repeat
+    and each fold keeps the class proportions. Raises :class:`EvaluationError` for fewer
+    than 2 folds or repeats < 1, :class:`DataError` when a class has fewer rows than folds.
+    """
+    from sklearn.model_selection import StratifiedKFold  # sklearn stays off import paths that never split
+
+    y = np.asarray(labels)
+    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 2:
+        raise EvaluationError(f"cv={n_splits!r}; expected a whole number of folds >= 2, e.g. --cv 5")
+    if isinstance(n_repeats, bool) or not isinstance(n_repeats, (int, np.integer)) or n_repeats < 1:
+        raise EvaluationError(f"repeats={n_repeats!r}; expected a whole number of repeats >= 1, e.g. --repeats 2")
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < n_splits:
+        raise DataError(f"--cv {n_splits} is larger than the smallest class (class {int(classes[counts.argmin()])} "
+                        f"has {int(counts.min())} rows outside the test split); expected at most "
+                        f"{int(counts.min())} folds; lower --cv or add images of that class")
+    seed = check_seed(seed)
+    folds = []
+    for r in range(int(n_repeats)):
+        skf = StratifiedKFold(n_splits=int(n_splits), shuffle=True, random_state=(seed + r) % (MAX_SEED + 1))
+        folds.extend((np.asarray(a), np.asarray(b)) for a, b in skf.split(np.zeros((y.shape[0], 1)), y))
+    return folds
 
 
 def split_summary(

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from featcache.errors import FeatcacheError, HeadError
-from featcache.train.results import _jsonable
+from featcache.train.results import jsonable as _jsonable
 from featcache.train.splits import EvaluationError
 
 __all__ = ["SweepResult", "check_n_jobs", "sweep", "WORKER_START_S"]
