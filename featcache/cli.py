@@ -92,6 +92,9 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+#: `compare --heads` default (featcache.train.compare.DEFAULT_HEADS, kept here so that --help needs no import).
+COMPARE_HEADS = ("logreg", "mlp", "knn")
+
 JOBS_HELP = ("Parallel fits in a sweep: -1 = auto (worker processes only when the sweep is long enough to pay "
              "for starting them; never with --from-disk), 1 = in this process, N = N workers.")
 
@@ -302,6 +305,53 @@ def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropou
     result = run(features_ref, head, params=params, grid=grid, use_default_grid=use_default_grid,
                  val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, cache_dir=cache_dir,
                  output=output, plot=plot, from_disk=from_disk, n_jobs=n_jobs, augmented=augmented)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        click.echo(result.summary())
+
+
+@cli.command("compare")
+@click.option("--heads", default=",".join(COMPARE_HEADS), show_default=True,
+              help="Comma list of heads to compare (see `featcache heads`).")
+@click.option("--features", "features_ref", default=None,
+              help="A view: file path, feature KEY (or prefix) with one view, or KEY:DATA.")
+@_extract_options(required=False)
+@click.option("--cv", type=int, default=5, show_default=True, help="Folds of the repeated stratified k-fold.")
+@click.option("--repeats", type=int, default=2, show_default=True, help="Repeats of the k-fold (new shuffles).")
+@click.option("--val-fraction", type=float, default=0.15, show_default=True,
+              help="Share held out inside each training fold (and of the final train/val split) to choose "
+                   "hyper-parameters on.")
+@click.option("--test-fraction", type=float, default=0.15, show_default=True,
+              help="Share of the labelled rows held out for the final test when the data has no test split.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and the folds.")
+@click.option("--no-sweep", is_flag=True, help="Fit each head with its defaults instead of choosing from its grid.")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False),
+              help="Write accuracy with 95 % error bars against fit time (PNG).")
+@click.option("--jobs", "n_jobs", type=int, default=-1, show_default=True,
+              help="Parallel fits: -1 = auto (worker processes when the first fits show it pays), 1 = here, N.")
+@cache_option
+@json_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def compare_cmd(heads, features_ref, data, cv, repeats, val_fraction, test_fraction, seed, no_sweep, plot, n_jobs,
+                cache_dir, as_json, quiet, **kw):
+    """Compare heads on one view: repeated CV with intervals, paired tests, one test score each."""
+    from featcache.errors import FeatcacheError
+    from featcache.train.compare import check_compare_arguments, compare
+
+    ekw = _extract_kwargs(kw)
+    if bool(features_ref) == bool(data):
+        raise FeatcacheError("compare needs exactly one of --features (a cached view) or --data (extracted on the "
+                             "way, a cache hit when already done)")
+    names = check_compare_arguments(heads, cv=cv, repeats=repeats, seed=seed, val_fraction=val_fraction,
+                                    test_fraction=test_fraction, n_jobs=n_jobs)
+    if data:
+        from featcache.extraction.engine import extract as run_extract
+
+        features_ref = run_extract(data, cache_dir=cache_dir, progress=_progress(as_json, quiet), **ekw).view
+    result = compare(features_ref, names, cv=cv, repeats=repeats, seed=seed, val_fraction=val_fraction,
+                     test_fraction=test_fraction, grids={h: {} for h in names} if no_sweep else None,
+                     cache_dir=cache_dir, n_jobs=n_jobs, plot=plot)
     if as_json:
         _emit_json(result.to_dict())
     else:

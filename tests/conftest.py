@@ -20,6 +20,13 @@ def make_image(path: Path, seed: int, size=(40, 32), mode="RGB", fmt=None) -> Pa
     return path
 
 
+def unlabelled_and_single_class(root: Path) -> None:
+    """root/u: 4 loose images (no class folders); root/one/only: 4 images of a single class."""
+    for i in range(4):
+        make_image(root / "u" / f"{i}.png", seed=i)
+        make_image(root / "one" / "only" / f"{i}.png", seed=10 + i)
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """root/<cat|dog>/img_i.png, 6 per class, with one nested sub-folder and a stray text file."""

@@ -73,12 +73,10 @@ def test_sweep_chooses_on_validation_and_says_so(digits):
 
 
 def test_unlabelled_view_and_single_class_are_refused(tmp_path):
-    from conftest import make_image
+    from conftest import unlabelled_and_single_class
 
     cache = tmp_path / "c"
-    for i in range(4):
-        make_image(tmp_path / "u" / f"{i}.png", seed=i)
-        make_image(tmp_path / "one" / "only" / f"{i}.png", seed=10 + i)
+    unlabelled_and_single_class(tmp_path)
     for data, msg in (("u", "no labels"), ("one", "single class")):
         r = invoke("fit-head", "--data", tmp_path / data, *EXTRACT, "--head", "logreg", "--cache", cache)
         assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output

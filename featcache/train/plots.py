@@ -18,7 +18,7 @@ from featcache.atomic import atomic_path
 from featcache.errors import FeatcacheError
 from featcache.train.results import finite, get_path
 
-__all__ = ["PlotError", "plot_confusion_matrix", "plot_pipeline_summary", "plot_scatter"]
+__all__ = ["PlotError", "plot_comparison", "plot_confusion_matrix", "plot_pipeline_summary", "plot_scatter"]
 
 #: Marker cycle for series that colour alone does not tell apart.
 _MARKERS = "osD^vP*Xh<>"
@@ -182,6 +182,55 @@ def plot_scatter(
     return _save_atomic(fig, path)
 
 
+def _summary_bars(ax, rows: Sequence[Mapping[str, Any]], backbones: list[str], heads: list, colours: list[str],
+                  metric: str) -> None:
+    """Left panel of :func:`plot_pipeline_summary`: grouped bars, one group per backbone."""
+    width = 0.8 / max(1, len(heads))
+    x = np.arange(len(backbones))
+    for j, h in enumerate(heads):
+        vals = []
+        for b in backbones:
+            r = next((r for r in rows if r.get("backbone") == b and r.get("head") == h), None)
+            v = None if r is None else finite(r.get("score"))
+            vals.append(np.nan if v is None else v)
+        bars = ax.bar(x - 0.4 + width * (j + 0.5), vals, width, label=h, color=colours[j])
+        for rect, v in zip(bars, vals):
+            if not math.isnan(v) and len(heads) * len(backbones) <= 24:
+                ax.annotate(f"{v:.2f}", (rect.get_x() + rect.get_width() / 2, v), ha="center", va="bottom",
+                            fontsize=7, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(x)
+    ax.set_xticklabels(backbones, rotation=15 if len(backbones) > 3 else 0)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per backbone x head")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(title="head", fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(heads), 6))
+
+
+def _summary_scatter(ax, scored: Sequence[Mapping[str, Any]], backbones: list[str], heads: list,
+                     colours: list[str], metric: str) -> None:
+    """Right panel of :func:`plot_pipeline_summary`: score against fit time (log)."""
+    from matplotlib.lines import Line2D  # matplotlib only when a plot is drawn
+
+    for j, h in enumerate(heads):
+        for k, b in enumerate(backbones):
+            pts = [(max(finite(r.get("fit_s")) or 0.0, 1e-4), finite(r.get("score")))
+                   for r in scored if r.get("head") == h and r.get("backbone") == b]
+            if pts:
+                ax.scatter(*zip(*pts), color=colours[j], marker=_MARKERS[k % len(_MARKERS)], s=50, alpha=0.85)
+    ax.set_xscale("log")
+    ax.set_xlabel("fit time (s, log scale; a sweep counts all its fits)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs fit time")
+    ax.grid(True, alpha=0.3)
+    handles = [Line2D([], [], linestyle="", marker="o", color=colours[j], label=f"head {h}")
+               for j, h in enumerate(heads)]
+    handles += [Line2D([], [], linestyle="", marker=_MARKERS[k % len(_MARKERS)], color="0.4", label=f"backbone {b}")
+                for k, b in enumerate(backbones)]
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12),
+              ncol=min(3, len(handles)))
+
+
 def plot_pipeline_summary(
     rows: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
@@ -204,8 +253,6 @@ def plot_pipeline_summary(
     a log scale, colour = head, marker = backbone. Returns the path, or ``None`` when
     no row has a finite score (nothing is written then).
     """
-    from matplotlib.lines import Line2D
-
     if backbones is None:
         backbones = list(dict.fromkeys(str(r.get("backbone")) for r in rows))
     backbones = list(backbones)
@@ -213,46 +260,46 @@ def plot_pipeline_summary(
     if not scored:
         return None
     heads = list(dict.fromkeys(r.get("head") for r in rows))
+    colours = [f"C{i % 10}" for i in range(len(heads))]
     fig = _new_figure(13.0, 5.0)
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    width = 0.8 / max(1, len(heads))
-    x = np.arange(len(backbones))
-    cmap = [f"C{i % 10}" for i in range(len(heads))]
-    for j, h in enumerate(heads):
-        vals = []
-        for b in backbones:
-            r = next((r for r in rows if r.get("backbone") == b and r.get("head") == h), None)
-            v = None if r is None else finite(r.get("score"))
-            vals.append(np.nan if v is None else v)
-        bars = ax1.bar(x - 0.4 + width * (j + 0.5), vals, width, label=h, color=cmap[j])
-        for rect, v in zip(bars, vals):
-            if not math.isnan(v) and len(heads) * len(backbones) <= 24:
-                ax1.annotate(f"{v:.2f}", (rect.get_x() + rect.get_width() / 2, v), ha="center", va="bottom",
-                             fontsize=7, xytext=(0, 2), textcoords="offset points")
-    ax1.set_xticks(x)
-    ax1.set_xticklabels(backbones, rotation=15 if len(backbones) > 3 else 0)
-    ax1.set_ylim(0, 1.08)
-    ax1.set_ylabel(metric)
-    ax1.set_title(f"{metric} per backbone x head")
-    ax1.grid(True, axis="y", alpha=0.3)
-    ax1.legend(title="head", fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1),
-               ncol=min(len(heads), 6))
-    for j, h in enumerate(heads):
-        for k, b in enumerate(backbones):
-            pts = [(max(finite(r.get("fit_s")) or 0.0, 1e-4), finite(r.get("score")))
-                   for r in scored if r.get("head") == h and r.get("backbone") == b]
-            if pts:
-                ax2.scatter(*zip(*pts), color=cmap[j], marker=_MARKERS[k % len(_MARKERS)], s=50, alpha=0.85)
-    ax2.set_xscale("log")
-    ax2.set_xlabel("fit time (s, log scale; a sweep counts all its fits)")
-    ax2.set_ylabel(metric)
-    ax2.set_title(f"{metric} vs fit time")
-    ax2.grid(True, alpha=0.3)
-    handles = [Line2D([], [], linestyle="", marker="o", color=cmap[j], label=f"head {h}") for j, h in enumerate(heads)]
-    handles += [Line2D([], [], linestyle="", marker=_MARKERS[k % len(_MARKERS)], color="0.4", label=f"backbone {b}")
-                for k, b in enumerate(backbones)]
-    ax2.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12),
-               ncol=min(3, len(handles)))
+    _summary_bars(fig.add_subplot(1, 2, 1), rows, backbones, heads, colours, metric)
+    _summary_scatter(fig.add_subplot(1, 2, 2), scored, backbones, heads, colours, metric)
     if title:
         fig.suptitle(title)
+    return _save_atomic(fig, path)
+
+
+def _error_bar(value: float, ci: Sequence[float] | None) -> list[list[float]]:
+    lo, hi = (value, value) if not ci else (finite(ci[0]), finite(ci[1]))
+    return [[max(value - (lo if lo is not None else value), 0.0)], [max((hi if hi is not None else value) - value, 0.0)]]
+
+
+def plot_comparison(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Accuracy with 95 % error bars against fit time (log), one colour per head.
+
+    ``rows``: dicts with ``head``, ``cv_accuracy`` and ``cv_accuracy_ci95`` (filled circle),
+    ``test_accuracy`` and ``test_accuracy_ci95`` (open square, may be None) and ``fit_s``
+    (the x position), as :class:`featcache.train.compare.HeadComparison` holds them.
+    """
+    points = [r for r in rows if finite(r.get("cv_accuracy")) is not None]
+    if not points:
+        raise PlotError(f"none of the {len(rows)} rows has a numeric 'cv_accuracy'; expected the heads of a "
+                        "compare result (HeadComparison dicts)")
+    fig = _new_figure(7.5, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for k, r in enumerate(points):
+        x, colour = max(finite(r.get("fit_s")) or 0.0, 1e-3), f"C{k % 10}"
+        cv = finite(r["cv_accuracy"])
+        ax.errorbar([x], [cv], yerr=_error_bar(cv, r.get("cv_accuracy_ci95")), fmt="o", color=colour, capsize=4,
+                    label=f"{r.get('head')}: CV {cv:.3f}")
+        test = finite(r.get("test_accuracy"))
+        if test is not None:
+            ax.errorbar([x * 1.08], [test], yerr=_error_bar(test, r.get("test_accuracy_ci95")), fmt="s",
+                        mfc="white", color=colour, capsize=3, alpha=0.8, label=f"{r.get('head')}: test {test:.3f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("fit time on the non-test rows, choice of hyper-parameters included (s, log)")
+    ax.set_ylabel("accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title or "accuracy (CV mean, test) with 95 % intervals vs fit time", fontsize=9)
     return _save_atomic(fig, path)
