@@ -4,7 +4,8 @@ Stage one (:func:`extract`) runs a frozen pretrained backbone over a dataset and
 stores its features in an HDF5 feature store; stage two trains lightweight heads
 on the stored features (:func:`load_features`, :func:`fit_head`), applies a saved
 head to new images (:func:`predict`) and keeps a results log (:func:`read_results`,
-:func:`results_table`). Heads: :func:`list_heads`, :func:`make_head`,
+:func:`results_table`) and compares heads with confidence intervals and paired tests
+(:func:`compare`). Heads: :func:`list_heads`, :func:`make_head`,
 :func:`default_grid`; head files: :func:`save_head`, :func:`load_head`.
 
 Every name is imported on first use, so ``import featcache`` stays cheap.
@@ -21,6 +22,7 @@ _LAZY = {
     "make_head": "featcache.train.heads", "list_heads": "featcache.train.heads", "default_grid": "featcache.train.heads",
     "read_results": "featcache.train.results", "results_table": "featcache.train.results",
     "append_result": "featcache.train.results", "sweep": "featcache.train.sweeps", "SweepResult": "featcache.train.sweeps",
+    "compare": "featcache.train.compare", "CompareResult": "featcache.train.compare",
 }
 
 
@@ -52,4 +54,5 @@ __all__ = ["extract", "ExtractResult", "load_features", "Features", "FeatureStor
            "get_backbone", "FeatcacheError", "__version__",
            # stage two (_LAZY)
            "fit_head", "FitResult", "predict", "Prediction", "save_head", "load_head", "LoadedHead", "make_head",
-           "list_heads", "default_grid", "read_results", "results_table", "append_result", "sweep", "SweepResult"]
+           "list_heads", "default_grid", "read_results", "results_table", "append_result", "sweep", "SweepResult",
+           "compare", "CompareResult"]

@@ -92,3 +92,26 @@ def test_scale(tmp_path):
         assert 0.0 <= h["test_accuracy"] <= 1.0 and h["fit_s"] >= 0
     assert res["raw_pixels"]["features"] == "raw pixels 784-d" and res["raw_pixels"]["test_accuracy"] > 0
     assert "arXiv:1708.07747" in res["published_source"]
+
+
+CLIPART_SOURCE = Path("/usr/share/openclipart/png")
+
+
+@pytest.mark.skipif(not CLIPART_SOURCE.is_dir(), reason="Debian's openclipart-png is not installed")
+def test_transfer(tmp_path):
+    res = run_script("transfer", tmp_path, "--heads", "ncm")
+    assert [r["method"] for r in res["rows"]] == [
+        "cached features + ncm", "cached features + logreg", "raw pixels + logreg", "small CNN from scratch",
+        "fine-tuned end to end"]
+    assert "random-init" in res["rows"][1]["features"] and res["settings"]["n_images"] == 48
+    for r in res["rows"]:
+        lo, hi = r["test_accuracy_ci95"]
+        assert 0.0 <= lo <= r["test_accuracy"] <= hi <= 1.0 and r["wall_s"] > 0 and r["n_test"] == 12
+
+
+def test_transfer_skips_cleanly_without_the_package(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(BENCH / "transfer.py"), "--source", str(tmp_path / "missing"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "skipped" in proc.stdout and "apt-get install openclipart-png" in proc.stdout
+    assert not out.exists()

@@ -62,7 +62,8 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> list[float]:
     p, z2 = k / n, z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return _clip01(centre - half, centre + half)
+    lo, hi = _clip01(centre - half, centre + half)
+    return [0.0 if k == 0 else min(lo, p), 1.0 if k == n else max(hi, p)]  # exact ends, no rounding past p
 
 
 def balanced_accuracy_of(cm: np.ndarray) -> np.ndarray:
