@@ -596,6 +596,18 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     return _atomic_write(path, "wb", lambda fh: fig.savefig(fh, format="png", bbox_inches="tight"))
 
 
+def save_log_x_plot(fig, ax, path: str | os.PathLike, *, xlabel: str, ylabel: str, title: str,
+                    legend_fontsize: int = 8, legend_loc: str = "best") -> Path:
+    """Log x axis, axis labels, grid, legend and a small title on ``ax``; then :func:`save_figure`."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=legend_fontsize, loc=legend_loc)
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
 def warm_imports() -> float:
     """Import featcache's heavy modules before any timer starts; returns the seconds it took.
 

@@ -261,15 +261,10 @@ def plot(res: dict, runs: list[dict], path: Path) -> None:
                               (1.0, "-", "extraction")):
         ax.axvline(frac * ext_s, color="grey", linestyle=style, lw=1)
         ax.text(frac * ext_s, ax.get_ylim()[0], " " + text, rotation=90, va="bottom", fontsize=7, color="grey")
-    ax.set_xscale("log")
-    ax.set_xlabel("fit time, whole default sweep (s, log)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
     st = res["settings"]
-    ax.set_title(f"{st['data']} / {st['backbone']} ({st['weights']}) {st['image_size']} px: cold extraction "
-                 f"{ext_s:.1f} s", fontsize=9)
-    _bench.save_figure(fig, path)
+    _bench.save_log_x_plot(fig, ax, path, xlabel="fit time, whole default sweep (s, log)", ylabel="test accuracy",
+                           title=f"{st['data']} / {st['backbone']} ({st['weights']}) {st['image_size']} px: cold "
+                                 f"extraction {ext_s:.1f} s")
 
 
 if __name__ == "__main__":

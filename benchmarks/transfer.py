@@ -325,17 +325,14 @@ def plot(res: dict, path: Path) -> None:
     for k, r in enumerate(res["rows"]):
         lo, hi = r["test_accuracy_ci95"]
         acc = r["test_accuracy"]
-        ax.errorbar([r["wall_s"]], [acc], yerr=[[max(acc - lo, 0.0)], [max(hi - acc, 0.0)]], fmt="os^Dv<>P*Xh"[k % 11], capsize=3,
-                    color=f"C{k % 10}", label=f"{r['method']} ({r['features']})")
-    ax.set_xscale("log")
-    ax.set_xlabel("wall time from image files to test predictions (s, log)")
-    ax.set_ylabel("test accuracy (95 % Wilson interval)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+        ax.errorbar([r["wall_s"]], [acc], yerr=[[max(acc - lo, 0.0)], [max(hi - acc, 0.0)]],
+                    fmt="os^Dv<>P*Xh"[k % 11], capsize=3, color=f"C{k % 10}",
+                    label=f"{r['method']} ({r['features']})")
     st = res["settings"]
-    ax.set_title(f"openclipart-png: {st['n_images']} images, {len(st['classes'])} classes, "
-                 f"{st['split']['test']} test images", fontsize=9)
-    _bench.save_figure(fig, path)
+    _bench.save_log_x_plot(fig, ax, path, xlabel="wall time from image files to test predictions (s, log)",
+                           ylabel="test accuracy (95 % Wilson interval)", legend_fontsize=7, legend_loc="lower right",
+                           title=f"openclipart-png: {st['n_images']} images, {len(st['classes'])} classes, "
+                                 f"{st['split']['test']} test images")
 
 
 if __name__ == "__main__":

@@ -205,3 +205,41 @@ def test_compare_command_refuses_unlabelled_and_single_class(tmp_path):
         r = CliRunner().invoke(cli, ["compare", "--data", str(tmp_path / data), *EXTRACT, "--cache", str(cache)])
         assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1
+
+
+def test_repeated_stratified_folds_partition_each_repeat():
+    from featcache.train.splits import inner_split, repeated_stratified_folds
+
+    y = np.repeat([0, 1, 2], [10, 6, 5])
+    folds = repeated_stratified_folds(y, 5, 2, seed=3)
+    assert len(folds) == 10
+    for r in range(2):
+        held = np.concatenate([b for _, b in folds[5 * r:5 * r + 5]])
+        assert sorted(held.tolist()) == list(range(21))  # every row held out once per repeat
+    for a, b in folds:
+        assert not set(a.tolist()) & set(b.tolist()) and np.all(np.bincount(y[b], minlength=3) >= 1)
+    assert [b.tolist() for _, b in folds[:5]] != [b.tolist() for _, b in folds[5:]]  # a new shuffle per repeat
+    assert [b.tolist() for _, b in repeated_stratified_folds(y, 5, 2, seed=3)] == [b.tolist() for _, b in folds]
+    with pytest.raises(DataError, match="--cv 6 is larger than the smallest class"):
+        repeated_stratified_folds(y, 6, 1)
+    fit, val = inner_split(y, 0.2, seed=0)
+    assert len(val) == 5 and sorted(np.concatenate([fit, val]).tolist()) == list(range(21))
+    assert set(y[val].tolist()) == {0, 1, 2}  # stratified
+    with pytest.raises(DataError, match="only 1 training row"):
+        inner_split(y[:1], 0.2, seed=0)
+
+
+def test_fit_head_and_results_print_intervals(digits_view):
+    cache, view = digits_view
+    r = CliRunner().invoke(cli, ["fit-head", "--features", view, "--head", "ncm", "--cache", str(cache)])
+    assert r.exit_code == 0, r.output
+    assert "test accuracy 0." in r.output and "] (balanced" in r.output and "n=270" in r.output
+    fit = json.loads(CliRunner().invoke(cli, ["fit-head", "--features", view, "--head", "ncm", "--cache", str(cache),
+                                              "--json"]).stdout)
+    test = fit["metrics"]["test"]
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "top5"):
+        assert test[f"{k}_ci95"][0] <= test[k] <= test[f"{k}_ci95"][1]
+    rows = json.loads(CliRunner().invoke(cli, ["results", "--cache", str(cache), "--json"]).stdout)
+    assert rows[0]["test_acc_ci95"] == pytest.approx(test["accuracy_ci95"])
+    table = CliRunner().invoke(cli, ["results", "--cache", str(cache)]).output
+    assert f"{test['accuracy']:.3f} [{test['accuracy_ci95'][0]:.2f}, {test['accuracy_ci95'][1]:.2f}]" in table

@@ -151,3 +151,22 @@ def test_with_ci_text():
     assert with_ci(0.6667, [0.5221, 0.7915]) == "0.667 [0.52, 0.79]"
     assert with_ci(0.5, None) == "0.500"
     assert with_ci(None, [0.1, 0.2]) == "-"
+
+
+def test_results_table_with_intervals_and_its_text():
+    from featcache.train.results import format_table_row, results_table
+
+    rec = {"feature_key": "k" * 20, "head": "logreg", "params": {"C": 0.1}, "timings": {"fit_s": 1.234},
+           "metrics": {"val": {"accuracy": 0.6667, "accuracy_ci95": [0.5221, 0.7915]},
+                       "test": {"accuracy": 0.479, "accuracy_ci95": [0.34, 0.62], "balanced_accuracy": 0.5,
+                                "macro_f1": 0.45, "macro_f1_ci95": [0.3, 0.6]}}}
+    old = {**rec, "metrics": {"test": {"accuracy": 0.4}}}  # written before intervals existed
+    plain = results_table([rec])
+    assert "val_acc_ci95" not in plain[0]  # the plain table keeps its columns
+    rows = results_table([rec, old], intervals=True)
+    assert rows[0]["val_acc_ci95"] == [0.5221, 0.7915] and rows[0]["balanced_acc_ci95"] is None
+    assert rows[1]["test_acc_ci95"] is None
+    text = format_table_row(rows[0])
+    assert text["val_acc"] == "0.667 [0.52, 0.79]" and text["test_acc"] == "0.479 [0.34, 0.62]"
+    assert text["balanced_acc"] == "0.500" and text["fit_s"] == "1.23" and "val_acc_ci95" not in text
+    assert format_table_row(rows[1])["val_acc"] == "-"
