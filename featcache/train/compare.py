@@ -30,7 +30,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from featcache.errors import DataError, EvaluationError, HeadError
+from featcache.errors import DataError, EvaluationError, FeatcacheError, HeadError
+from featcache.extraction.engine import extract
+from featcache.extraction.sources import Manifest
+from featcache.specs import BackboneSpec, DataSpec, RunSpec
 from featcache.store.views import Features, load_features
 from featcache.train.heads import default_grid, make_head
 from featcache.train.metrics import compute_metrics
@@ -46,7 +49,7 @@ from featcache.train.stats import PairedTest, corrected_ttest, cv_interval, with
 from featcache.train.sweeps import WORKER_START_S, check_n_jobs, sweep
 
 __all__ = ["ALPHA", "DEFAULT_HEADS", "CompareResult", "HeadComparison", "check_compare_arguments", "compare",
-           "verdict"]
+           "compare_heads", "verdict"]
 
 #: Heads compared when none are named (cheap, and three different kinds of model).
 DEFAULT_HEADS = ("logreg", "mlp", "knn")
@@ -302,6 +305,7 @@ def compare(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     grids: Mapping[str, dict] | None = None,
+    sweep: bool = True,
     cache_dir: str | os.PathLike | None = None,
     n_jobs: int | None = -1,
     plot: str | os.PathLike | None = None,
@@ -309,7 +313,8 @@ def compare(
     """Compare ``heads`` on a view (path, KEY, KEY:DATA, or loaded Features); see the module docstring.
 
     ``grids`` maps a head to the grid its hyper-parameters are chosen from (default: its
-    default sweep grid; ``{}`` fits the head's defaults). ``val_fraction`` is both the
+    default sweep grid; ``{}`` fits the head's defaults); ``sweep=False`` fits every head's
+    defaults. ``val_fraction`` is both the
     validation share of the final train/val split and of the inner split inside each
     fold; ``test_fraction`` and ``seed`` make the split as in ``fit-head``. ``plot`` writes
     accuracy with its error bars against fit time (:func:`featcache.train.plots.plot_comparison`).
@@ -317,7 +322,7 @@ def compare(
     t0 = time.perf_counter()
     names = check_compare_arguments(heads, cv=cv, repeats=repeats, seed=seed, val_fraction=val_fraction,
                                     test_fraction=test_fraction, n_jobs=n_jobs)
-    grids = {h: dict((grids or {}).get(h, default_grid(h))) for h in names}
+    grids = {h: dict((grids or {}).get(h, default_grid(h))) if sweep else {} for h in names}
     f = features if isinstance(features, Features) else load_features(features, cache_dir=cache_dir)
     _labelled_rows(f)
     assigned = make_splits(f.labels, f.split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
@@ -337,3 +342,23 @@ def compare(
                                        f"{cv}-fold x {repeats} CV and test accuracy (95 % intervals)"))
     out.total_s = time.perf_counter() - t0
     return out
+
+
+def compare_heads(heads: str | Iterable[str] = DEFAULT_HEADS, *, features: str | os.PathLike | Features | None = None,
+                  data: DataSpec | Manifest | str | None = None, backbone: BackboneSpec | None = None,
+                  run: RunSpec | None = None, **options) -> CompareResult:
+    """:func:`compare` on a cached view (``features``) or on ``data`` extracted on the way (a cache hit
+    when done already) with ``backbone`` and ``run``: the one library call behind ``featcache compare``.
+    ``options`` are :func:`compare`'s keywords; bad ones fail before anything is extracted."""
+    if (features is None) == (data is None):
+        raise FeatcacheError("compare needs exactly one of: features (a cached view, --features) or data "
+                             "(extracted on the way, a cache hit when already done, --data); give one of them")
+    check_keys = ("cv", "repeats", "seed", "val_fraction", "test_fraction", "n_jobs")
+    names = check_compare_arguments(heads, **{k: options[k] for k in check_keys if k in options})
+    backbone, run = backbone or BackboneSpec(), run or RunSpec()
+    if backbone.augment:
+        raise FeatcacheError(f"--augment {backbone.augment}: compare scores heads on the plain features only; "
+                             "drop --augment (fit-head --augment trains on augmented copies)")
+    if data is not None:
+        features = extract(data, backbone, run).view
+    return compare(features, names, cache_dir=run.cache_dir, **options)
