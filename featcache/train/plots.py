@@ -270,8 +270,10 @@ def plot_pipeline_summary(
 
 
 def _error_bar(value: float, ci: Sequence[float] | None) -> list[list[float]]:
-    lo, hi = (value, value) if not ci else (finite(ci[0]), finite(ci[1]))
-    return [[max(value - (lo if lo is not None else value), 0.0)], [max((hi if hi is not None else value) - value, 0.0)]]
+    """``[[below], [above]]`` for matplotlib's ``yerr`` from an interval ``[lo, hi]`` (none: no bar)."""
+    lo, hi = (None, None) if not ci else (finite(ci[0]), finite(ci[1]))
+    lo, hi = value if lo is None else lo, value if hi is None else hi
+    return [[max(value - lo, 0.0)], [max(hi - value, 0.0)]]
 
 
 def plot_comparison(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, title: str | None = None) -> Path:

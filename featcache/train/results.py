@@ -16,6 +16,7 @@ Record schema (one JSON object per line)::
       "split": {"seed": int, "val_fraction": float, "test_fraction": float,
                 "n_train": int, "n_val": int, "n_test": int},
       "metrics": {"val": <compute_metrics dict>, "test": <compute_metrics dict>},
+                                        # each with <metric>_ci95: [lo, hi] beside every score
       "timings": {"fit_s": float, "predict_s": float},
       "versions": {...},                # library versions
       "timestamp": str,                 # added by append_result, ISO-8601 UTC
@@ -48,8 +49,8 @@ except ImportError:  # pragma: no cover
 from featcache.train.splits import EvaluationError
 from featcache.train.stats import with_ci
 
-__all__ = ["ResultList", "append_result", "finite", "format_table_row", "get_path", "interval_of", "jsonable", "no_results_message",
-           "read_results", "record_data", "results_table", "TABLE_COLUMNS", "INTERVAL_COLUMNS"]
+__all__ = ["ResultList", "append_result", "finite", "format_table_row", "get_path", "interval_of", "jsonable",
+           "no_results_message", "read_results", "record_data", "results_table", "TABLE_COLUMNS", "INTERVAL_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
