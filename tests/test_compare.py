@@ -125,6 +125,21 @@ def test_bad_arguments_are_refused_before_any_work():
         check_compare_arguments("knn", repeats=0)
 
 
+def test_compare_heads_needs_features_or_data_and_no_augment():
+    from featcache.errors import FeatcacheError
+    from featcache.specs import BackboneSpec
+    from featcache.train.compare import compare_heads
+
+    with pytest.raises(FeatcacheError, match="exactly one of"):
+        compare_heads("knn")
+    with pytest.raises(FeatcacheError, match="exactly one of"):
+        compare_heads("knn", features="x.h5", data="builtin:digits")
+    with pytest.raises(FeatcacheError, match="drop --augment"):
+        compare_heads("knn", features="x.h5", backbone=BackboneSpec(augment=2))
+    with pytest.raises(UnknownNameError, match="did you mean"):  # before anything is read or extracted
+        compare_heads("knnn", data="/nonexistent/folder")
+
+
 def test_bad_data_is_refused():
     with pytest.raises(DataError, match="--cv 10 is larger than the smallest class"):
         compare(_view(n_per_class=(40, 40, 8)), ["ncm"], cv=10, repeats=1)
