@@ -302,6 +302,6 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, 
     ax.set_xlabel("fit time on the non-test rows, choice of hyper-parameters included (s, log)")
     ax.set_ylabel("accuracy")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(2 * len(points), 4))
     ax.set_title(title or "accuracy (CV mean, test) with 95 % intervals vs fit time", fontsize=9)
     return _save_atomic(fig, path)
