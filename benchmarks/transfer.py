@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -86,6 +86,18 @@ def build_data(a) -> Path:
         subprocess.run([sys.executable, str(REPO / "scripts" / "make_clipart.py"), "--source", a.source,
                         "--dest", str(dest), "--per-class", str(a.per_class)], check=True, stdout=subprocess.DEVNULL)
     return dest
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (loky workers): with the wall time it says how
+    much of a slow run was waiting for a shared machine's cores."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def since(start: tuple[float, float]) -> dict:
+    """``{"wall_s", "cpu_s"}`` since ``start = (time.perf_counter(), cpu_seconds())``."""
+    return {"wall_s": time.perf_counter() - start[0], "cpu_s": cpu_seconds() - start[1]}
 
 
 # --------------------------------------------------------------------------- images as tensors
@@ -167,13 +179,13 @@ def small_cnn(n_classes: int):
 # --------------------------------------------------------------------------- the methods
 
 
-def row(method: str, features: str, y_test, pred, wall_s: float, **extra) -> dict:
+def row(method: str, features: str, y_test, pred, timing: dict, **extra) -> dict:
     from featcache.train.metrics import compute_metrics
 
     m = compute_metrics(y_test, pred)
     return {"method": method, "features": features, "test_accuracy": m["accuracy"],
             "test_accuracy_ci95": m["accuracy_ci95"], "balanced_accuracy": m["balanced_accuracy"],
-            "macro_f1": m["macro_f1"], "wall_s": wall_s, "n_test": m["n"], **extra}
+            "macro_f1": m["macro_f1"], "n_test": m["n"], **timing, **extra}
 
 
 def cached_feature_rows(a, data: Path, cache: str, heads: list[str]) -> tuple[list[dict], object]:
@@ -184,20 +196,22 @@ def cached_feature_rows(a, data: Path, cache: str, heads: list[str]) -> tuple[li
 
     rows = []
     for weights, names in (("DEFAULT", heads), ("none", ["logreg"])):
-        t0 = time.perf_counter()
+        start = (time.perf_counter(), cpu_seconds())
         r = extract(str(data), backbone="efficientnet_lite0", weights=weights, image_size=a.image_size,
                     cache_dir=cache, workers=0)
-        ext_s = time.perf_counter() - t0
+        ext = since(start)
         label = f"efficientnet_lite0 {'ImageNet' if weights == 'DEFAULT' else 'random-init'} {a.image_size} px"
         for h in names:
+            start = (time.perf_counter(), cpu_seconds())
             fr = fit_head(r.view, h, use_default_grid=True, val_fraction=a.val_fraction,
                           test_fraction=a.test_fraction, seed=a.seed, cache_dir=cache, log=False)
+            fit = since(start)
             t = fr.metrics["test"]
             rows.append({"method": f"cached features + {h}", "features": label, "test_accuracy": t["accuracy"],
                          "test_accuracy_ci95": t["accuracy_ci95"], "balanced_accuracy": t["balanced_accuracy"],
                          "macro_f1": t["macro_f1"], "n_test": t["n"], "params": fr.params,
-                         "wall_s": ext_s + fr.timings["fit_s"] + fr.timings["predict_s"], "extract_s": ext_s,
-                         "fit_s": fr.timings["fit_s"]})
+                         "wall_s": ext["wall_s"] + fit["wall_s"], "cpu_s": ext["cpu_s"] + fit["cpu_s"],
+                         "extract_s": ext["wall_s"], "fit_s": fr.timings["fit_s"]})
             print(f"  {rows[-1]['method']:28s} {label}: test {t['accuracy']:.3f}, {rows[-1]['wall_s']:.1f} s",
                   flush=True)
         if weights == "DEFAULT":
@@ -212,21 +226,21 @@ def raw_pixel_row(a, view, data: Path, idx: dict) -> dict:
     from featcache.train.heads import default_grid, make_head
     from featcache.train.sweeps import sweep
 
-    t0 = time.perf_counter()
+    start = (time.perf_counter(), cpu_seconds())
     x = load_tensors(view, data, 32, (0, 0, 0), (1, 1, 1))
     X = F.adaptive_avg_pool2d(x, 32).flatten(1).numpy()
     y = view.labels
     res = sweep(lambda p: make_head("logreg", **p), default_grid("logreg"), X[idx["train"]], y[idx["train"]],
                 X[idx["val"]], y[idx["val"]])
     pred = res.best_estimator.predict(X[idx["test"]])
-    return row("raw pixels + logreg", "32x32x3 pixels", y[idx["test"]], pred, time.perf_counter() - t0,
+    return row("raw pixels + logreg", "32x32x3 pixels", y[idx["test"]], pred, since(start),
                params=res.best_params)
 
 
 def cnn_row(a, view, data: Path, idx: dict) -> dict:
     import torch
 
-    t0 = time.perf_counter()
+    start = (time.perf_counter(), cpu_seconds())
     x = load_tensors(view, data, a.cnn_size, (0.5,) * 3, (0.5,) * 3)
     torch.manual_seed(a.seed)
     model = small_cnn(len(view.class_names))
@@ -234,7 +248,7 @@ def cnn_row(a, view, data: Path, idx: dict) -> dict:
     info = train_epochs(model, opt, x, view.labels, idx, epochs=a.cnn_epochs, patience=10, batch=32, seed=a.seed)
     pred = predict_all(model, x[idx["test"]])
     return row("small CNN from scratch", f"{a.cnn_size} px images", view.labels[idx["test"]], pred,
-               time.perf_counter() - t0, **info)
+               since(start), **info)
 
 
 def finetune_row(a, view, data: Path, idx: dict) -> dict:
@@ -242,7 +256,7 @@ def finetune_row(a, view, data: Path, idx: dict) -> dict:
 
     from featcache.extraction.backbones.registry import final_layer_name, get_backbone
 
-    t0 = time.perf_counter()
+    start = (time.perf_counter(), cpu_seconds())
     entry = get_backbone("efficientnet_lite0")
     choice = entry.resolve_weights("DEFAULT")
     x = load_tensors(view, data, a.image_size, choice.preprocess.mean, choice.preprocess.std)
@@ -255,7 +269,7 @@ def finetune_row(a, view, data: Path, idx: dict) -> dict:
     info = train_epochs(model, opt, x, view.labels, idx, epochs=a.epochs, patience=a.epochs, seed=a.seed)
     pred = predict_all(model, x[idx["test"]])
     return row("fine-tuned end to end", f"efficientnet_lite0 ImageNet {a.image_size} px", view.labels[idx["test"]],
-               pred, time.perf_counter() - t0, **info)
+               pred, since(start), **info)
 
 
 # --------------------------------------------------------------------------- run, report, plot
@@ -314,9 +328,10 @@ def print_report(res: dict) -> None:
           f"{st['split']['train']}/{st['split']['val']}/{st['split']['test']} (train/val/test) ==")
     rows = [{**r, "acc": _ci_text(r)} for r in res["rows"]]
     print(_bench.table(rows, [("method", "method"), ("features", "input"), ("acc", "test accuracy [95 %]"),
-                              ("macro_f1", "macro-F1"), ("wall_s", "wall s", 1)]))
-    print("wall s: from the image files to test predictions (extraction or decoding included); test accuracy "
-          "with its Wilson 95 % interval on the same test rows")
+                              ("macro_f1", "macro-F1"), ("wall_s", "wall s", 1), ("cpu_s", "cpu s", 1)]))
+    print("wall s: from the image files to test predictions (extraction or decoding included); cpu s: CPU time "
+          "of the same (all threads and worker processes; on a shared machine wall s >> cpu s / cores); test "
+          "accuracy with its Wilson 95 % interval on the same test rows")
 
 
 def plot(res: dict, path: Path) -> None:
