@@ -67,13 +67,13 @@ def test_compare_reports_intervals_tests_and_verdicts():
 def test_choices_never_see_the_rows_they_are_scored_on(monkeypatch):
     f = _view()
     seen = []
-    real = cmp.sweep
+    real = cmp.sweep_grid
 
     def spy(build, grid, X_train, y_train, X_val, y_val, **kw):
         seen.append((_row_ids(X_train), _row_ids(X_val)))
         return real(build, grid, X_train, y_train, X_val, y_val, **kw)
 
-    monkeypatch.setattr(cmp, "sweep", spy)
+    monkeypatch.setattr(cmp, "sweep_grid", spy)
     res = compare(f, ["logreg"], cv=3, repeats=1, n_jobs=1)
     all_rows = set(range(120))
     tasks, folds = cmp._tasks(["logreg"], {"logreg": {"C": [1.0]}}, _split(f), f.labels, 3, 1, 0)

@@ -46,7 +46,8 @@ from featcache.train.splits import (
     repeated_stratified_folds,
 )
 from featcache.train.stats import PairedTest, corrected_ttest, cv_interval, with_ci
-from featcache.train.sweeps import WORKER_START_S, check_n_jobs, sweep
+from featcache.train.sweeps import WORKER_START_S, check_n_jobs
+from featcache.train.sweeps import sweep as sweep_grid
 
 __all__ = ["ALPHA", "DEFAULT_HEADS", "CompareResult", "HeadComparison", "check_compare_arguments", "compare",
            "compare_heads", "verdict"]
@@ -178,7 +179,7 @@ def _choose_and_fit(head: str, grid: Mapping[str, list], X: np.ndarray, y: np.nd
     base = make_head(head)
     params: dict = {}
     if grid and len(val):
-        chosen = sweep(lambda p: clone(base).set_params(**p), grid, X[fit], y[fit], X[val], y[val], n_jobs=1)
+        chosen = sweep_grid(lambda p: clone(base).set_params(**p), grid, X[fit], y[fit], X[val], y[val], n_jobs=1)
         params = chosen.best_params
     rows = np.concatenate([fit, val])
     return clone(base).set_params(**params).fit(X[rows], y[rows]), params
