@@ -258,3 +258,10 @@ def test_fit_head_and_results_print_intervals(digits_view):
     assert rows[0]["test_acc_ci95"] == pytest.approx(test["accuracy_ci95"])
     table = CliRunner().invoke(cli, ["results", "--cache", str(cache)]).output
     assert f"{test['accuracy']:.3f} [{test['accuracy_ci95'][0]:.2f}, {test['accuracy_ci95'][1]:.2f}]" in table
+
+
+def test_largest_seed_and_no_sweep():
+    from featcache.train.splits import MAX_SEED
+
+    res = compare(_view(n_per_class=(12, 12)), ["ncm", "knn"], cv=2, repeats=2, seed=MAX_SEED, sweep=False, n_jobs=1)
+    assert all(h.params == {} and h.cv_params == [{}] * 4 for h in res.heads)

@@ -39,6 +39,7 @@ from featcache.train.heads import default_grid, make_head
 from featcache.train.metrics import compute_metrics
 from featcache.train.results import jsonable
 from featcache.train.splits import (
+    MAX_SEED,
     check_fraction,
     check_seed,
     inner_split,
@@ -256,7 +257,7 @@ def _tasks(heads: Sequence[str], grids: Mapping[str, dict], assigned: np.ndarray
            repeats: int, seed: int) -> tuple[list[_Task], list[tuple[np.ndarray, np.ndarray]]]:
     pool = np.flatnonzero((assigned == "train") | (assigned == "val"))
     folds = [(pool[a], pool[b]) for a, b in repeated_stratified_folds(labels[pool], cv, repeats, seed)]
-    tasks = [_Task(h, j, fit, held, seed=(seed + 1 + j) % 2**32, grid=grids[h])
+    tasks = [_Task(h, j, fit, held, seed=(seed + 1 + j) % (MAX_SEED + 1), grid=grids[h])
              for j, (fit, held) in enumerate(folds) for h in heads]
     tasks += [_Task(h, -1, np.flatnonzero(assigned == "train"), np.flatnonzero(assigned == "test"),
                     val=np.flatnonzero(assigned == "val"), grid=grids[h]) for h in heads]
