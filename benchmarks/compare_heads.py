@@ -16,8 +16,9 @@ a rotated order, so that no head always pays for starting joblib's worker pool);
 ratios are taken within a repeat and reported as medians.
 
 Which head is better is judged by ``featcache.train.compare.compare`` on the view of
-the last repeat (``--cv 5 --cv-repeats 2``; 3 x 1 with ``--quick``): repeated stratified
-k-fold over the non-test rows with each head's grid chosen inside every training fold,
+the last repeat (``--cv 5 --cv-repeats 2``; with ``--quick`` 2 x 1 and the heads'
+defaults): repeated stratified k-fold over the non-test rows with each head's grid
+chosen inside every training fold,
 the mean CV accuracy with its 95 % interval, the test accuracy with its Wilson interval,
 and the corrected resampled t-test of each head against the best one (columns
 ``cv acc``, ``test acc [95 %]``, ``p vs best``). One test split of 270 digits cannot
@@ -60,7 +61,8 @@ def parse(argv=None):
     p.add_argument("--heads", default=None, help="comma list (default: every registered head)")
     p.add_argument("--repeats", type=int, default=None, help="default 3 (5 with --full, 1 with --quick)")
     p.add_argument("--seed", type=int, default=0, help="split seed")
-    p.add_argument("--cv", type=int, default=None, help="folds of the comparison (default 5; 3 with --quick)")
+    p.add_argument("--cv", type=int, default=None, help="folds of the comparison (default 5; 2 with --quick, which "
+                   "also fits each head's defaults instead of choosing from its grid)")
     p.add_argument("--cv-repeats", type=int, default=None, help="repeats of the k-fold (default 2; 1 with --quick)")
     p.add_argument("--n-jobs", type=int, default=-1, help="parallel sweep workers (fit_head's n_jobs)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -76,7 +78,7 @@ def parse(argv=None):
     if a.quick and a.limit is None:
         a.limit = 300
     a.repeats = a.repeats or (5 if a.full else 1 if a.quick else 3)
-    a.cv = a.cv or (3 if a.quick else 5)
+    a.cv = a.cv or (2 if a.quick else 5)
     a.cv_repeats = a.cv_repeats or (1 if a.quick else 2)
     return a
 
@@ -208,7 +210,8 @@ def compare_view(a, view: str, heads: list[str], cache: str) -> dict[str, dict]:
     """Per head: the comparison's CV accuracy, test accuracy intervals and test against the best head."""
     from featcache.train.compare import compare
 
-    res = compare(view, heads, cv=a.cv, repeats=a.cv_repeats, seed=a.seed, cache_dir=cache, n_jobs=a.n_jobs)
+    res = compare(view, heads, cv=a.cv, repeats=a.cv_repeats, seed=a.seed, cache_dir=cache, n_jobs=a.n_jobs,
+                  sweep=not a.quick)  # --quick: each head's defaults, a smoke test of the comparison
     print(f"  compare ({a.cv}-fold x {a.cv_repeats}): best {res.best}, {res.total_s:.1f} s", flush=True)
     return {h.head: {"cv_accuracy": h.cv_accuracy, "cv_accuracy_ci95": h.cv_accuracy_ci95,
                      "compare_test_accuracy": h.test_accuracy, "test_accuracy_ci95": h.test_accuracy_ci95,
