@@ -597,13 +597,14 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 
 
 def save_log_x_plot(fig, ax, path: str | os.PathLike, *, xlabel: str, ylabel: str, title: str,
-                    legend_fontsize: int = 8, legend_loc: str = "best") -> Path:
-    """Log x axis, axis labels, grid, legend and a small title on ``ax``; then :func:`save_figure`."""
+                    legend: dict | None = None) -> Path:
+    """Log x axis, axis labels, grid, legend (``legend``: keywords of ``ax.legend`` on top of a
+    small font at the best place) and a small title on ``ax``; then :func:`save_figure`."""
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=legend_fontsize, loc=legend_loc)
+    ax.legend(**{"fontsize": 8, "loc": "best", **(legend or {})})
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
 

@@ -345,7 +345,8 @@ def plot(res: dict, path: Path) -> None:
                     label=f"{r['method']} ({r['features']})")
     st = res["settings"]
     _bench.save_log_x_plot(fig, ax, path, xlabel="wall time from image files to test predictions (s, log)",
-                           ylabel="test accuracy (95 % Wilson interval)", legend_fontsize=7, legend_loc="lower right",
+                           ylabel="test accuracy (95 % Wilson interval)",
+                           legend={"fontsize": 7, "loc": "upper center", "bbox_to_anchor": (0.5, -0.13), "ncol": 2},
                            title=f"openclipart-png: {st['n_images']} images, {len(st['classes'])} classes, "
                                  f"{st['split']['test']} test images")
 
