@@ -98,7 +98,7 @@ def resolve_identity(
     pre = choice.preprocess.with_image_size(image_size)
     ident = FeatureIdentity(
         backbone=entry.name,
-        source=entry.source,
+        source=f"{entry.source}=={entry.version}" if entry.version else entry.source,  # e.g. timm==1.0.31
         weights=choice.label,
         weights_digest=choice.digest,
         layer=layer,

@@ -11,6 +11,7 @@ network, so the feature identity is known before any model exists.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import hashlib
 import json
@@ -44,6 +45,9 @@ class Preprocess:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     antialias: bool = True
+    # "center": resize the shorter side, keep the aspect ratio; "squash": resize both sides to
+    # ``resize`` (timm's crop_mode='squash'). Left out of to_dict when "center" (keys stay as they were).
+    crop_mode: str = "center"
     # (backbone, weights label, build kwargs) whose network must accept the input size; set by
     # BackboneEntry.resolve_weights. Not part of the identity (to_dict leaves it out).
     network: tuple | None = field(default=None, compare=False, repr=False)
@@ -81,6 +85,8 @@ class Preprocess:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "network"}
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.crop_mode == "center":
+            del d["crop_mode"]
         return d
 
     def build(self):
@@ -88,7 +94,7 @@ class Preprocess:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms._presets import ImageClassification
 
-        return ImageClassification(
+        transform = ImageClassification(
             crop_size=self.crop,
             resize_size=self.resize,
             mean=self.mean,
@@ -96,6 +102,9 @@ class Preprocess:
             interpolation=InterpolationMode(self.interpolation),
             antialias=self.antialias,
         )
+        if self.crop_mode == "squash":
+            transform.resize_size = [self.resize, self.resize]  # both sides: the aspect ratio is not kept
+        return transform
 
 
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -127,10 +136,27 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return os.sep in spec or "/" in spec or spec.endswith((".pth", ".pt", ".bin", ".ckpt")) or os.path.exists(spec)
+    return (os.sep in spec or "/" in spec or spec.endswith((".pth", ".pt", ".bin", ".ckpt", ".safetensors"))
+            or os.path.exists(spec))
+
+
+def _read_safetensors(path: str) -> dict:
+    try:
+        from safetensors.torch import load_file  # optional: installed with the timm extra
+    except ImportError:
+        raise WeightsError(f"weights file {path!r} is a .safetensors file, which needs the package safetensors; "
+                           "install it with: pip install safetensors, or save the state dict with torch.save") from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise WeightsError(f"cannot read weights file {path!r} ({type(e).__name__}: {str(e)[:160]}); expected a "
+                           "safetensors state dict (safetensors.torch.save_file(model.state_dict(), PATH))") from None
 
 
 def load_state_dict_file(path: str) -> dict:
+    """A state dict from ``path``, read without running code: safetensors, or torch.load(weights_only=True)."""
+    if str(path).endswith(".safetensors"):
+        return _read_safetensors(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
@@ -218,6 +244,7 @@ class BackboneEntry:
     build_kwargs: Callable[[WeightsChoice | None], dict] = _no_build_kwargs
     finish: Callable[[nn.Module], None] | None = None
     optional_state: tuple[str, ...] = ()
+    version: str = ""  # version of the source library, where it changes the numbers (in the key: source==version)
 
     def resolve_weights(self, spec: str = "DEFAULT") -> WeightsChoice:
         choice = self._resolve_weights(str(spec))
@@ -283,6 +310,37 @@ def register_backbone(entry: BackboneEntry) -> BackboneEntry:
         raise ValueError(f"backbone {entry.name!r} is already registered")
     _REGISTRY[entry.name] = entry
     return entry
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """A source of many backbones named ``<prefix>NAME``, made into entries only when asked for.
+
+    ``names()`` lists them (it may import the source's library); ``entry(name)`` returns the entry
+    for a full name (or raises a FeatcacheError naming the fix); ``describe(cache_dir, names, dims)``
+    returns the rows of ``featcache backbones`` for some of its names (``dims``: compute every dim).
+    """
+
+    name: str
+    prefix: str
+    names: Callable[[], list[str]]
+    entry: Callable[[str], BackboneEntry]
+    describe: Callable[..., list[dict]]
+
+
+_SOURCES: dict[str, BackboneSource] = {}
+_LOOKED_UP: dict[str, BackboneEntry] = {}  # entries of sources, by the name they were asked for
+
+
+def register_source(source: BackboneSource) -> BackboneSource:
+    if source.prefix in _SOURCES:
+        raise ValueError(f"backbone source {source.prefix!r} is already registered")
+    _SOURCES[source.prefix] = source
+    return source
+
+
+def _source_of(name: str) -> BackboneSource | None:
+    return next((s for p, s in _SOURCES.items() if name.startswith(p)), None)
 
 
 # Constructor settings torchvision's builders apply when they are given weights (read from
@@ -417,19 +475,24 @@ def _ensure_loaded() -> None:
             register_backbone(_torchvision_entry(name))
     _TORCHVISION_LOADED = True
     from featcache.extraction.backbones import lite0 as extra_backbones  # noqa: F401  (registers on import)
+    from featcache.extraction.backbones import timm as timm_backbones  # noqa: F401  (registers timm: names)
 
 
 def list_backbones() -> list[str]:
     _ensure_loaded()
-    return sorted(_REGISTRY)
+    return sorted(_REGISTRY) + [n for s in _SOURCES.values() for n in sorted(s.names())]
 
 
 def get_backbone(name: str) -> BackboneEntry:
     _ensure_loaded()
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError("backbone", name, _REGISTRY, hint="`featcache backbones` lists them") from None
+    source = _source_of(name)
+    if source is None:
+        raise UnknownNameError("backbone", name, list_backbones(), hint="`featcache backbones` lists them")
+    if name not in _LOOKED_UP:
+        _LOOKED_UP[name] = source.entry(name)
+    return _LOOKED_UP[name]
 
 
 # --------------------------------------------------------------------------- layers
@@ -544,28 +607,57 @@ def check_input_size(backbone: str, weights_label: str, build: tuple, *, size: i
                        f"Fix: drop --image-size (these weights use {default} px){larger}")
 
 
-def describe_all(cache_dir: str | os.PathLike | None = None) -> list[dict]:
+def describe_all(cache_dir: str | os.PathLike | None = None, *, source: str | None = None,
+                 match: str | None = None, dims: bool = False) -> list[dict]:
     """name, source, penultimate dim, default weights and weights names of every backbone.
 
-    Dims need each architecture built (on the meta device, no weights); the table is
-    cached per torchvision version under ``cache_dir`` when one is given.
+    ``source`` keeps one source's rows (e.g. ``torchvision``, ``timm``); ``match`` keeps names
+    containing it (or matching it, when it has ``*?[``). Rows of a lazily listed source (timm) get
+    their dim when they number at most a few dozen, or with ``dims=True``; else ``None``.
     """
+    _ensure_loaded()
+    valid = {e.source for e in _REGISTRY.values()} | {s.name for s in _SOURCES.values()}
+    if source is not None and source not in valid:
+        raise UnknownNameError("backbone source", source, valid)
+    rows = []
+    if source is None or any(e.source == source for e in _REGISTRY.values()):
+        rows = [r for r in _describe_registered(cache_dir)
+                if source in (None, r["source"]) and name_matches(r["name"], match)]
+    for src in _SOURCES.values():
+        if source in (None, src.name):
+            rows += src.describe(cache_dir, [n for n in sorted(src.names()) if name_matches(n, match)], dims)
+    return rows
+
+
+def name_matches(name: str, pattern: str | None) -> bool:
+    """``pattern`` None matches all; with ``*?[`` a glob (fnmatch), else a substring (both ignore case)."""
+    if not pattern:
+        return True
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatch(name.lower(), pattern.lower())
+    return pattern.lower() in name.lower()
+
+
+def _describe_registered(cache_dir: str | os.PathLike | None) -> list[dict]:
+    """Rows of the registered backbones. Dims need each architecture built (on the meta device, no
+    weights); the table is cached per torchvision version under ``cache_dir`` when one is given."""
     import torchvision
 
     from featcache._version import __version__
 
+    names = sorted(_REGISTRY)
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f".backbones-{__version__}-tv{torchvision.__version__}.json"
         if cache_file.is_file():
             try:
                 rows = json.loads(cache_file.read_text())
-                if [r["name"] for r in rows] == list_backbones():
+                if [r["name"] for r in rows] == names:
                     return rows
             except (ValueError, KeyError, TypeError):
                 pass
     rows = []
-    for name in list_backbones():
+    for name in names:
         entry = get_backbone(name)
         rows.append(
             {
