@@ -268,8 +268,8 @@ class BackboneEntry:
             p = Path(spec).expanduser()
             if not p.is_file():
                 raise WeightsError(
-                    f"weights file {spec!r} does not exist; expected a state-dict file "
-                    "(torch.save(model.state_dict(), PATH)), DEFAULT, a weights name, or none"
+                    f"weights file {spec!r} for backbone {self.name} does not exist; expected a state-dict file "
+                    "(torch.save(model.state_dict(), PATH), or a .safetensors file), DEFAULT, a weights name, or none"
                 )
             return WeightsChoice(
                 label=f"file:{p.name}",
@@ -630,12 +630,14 @@ def describe_all(cache_dir: str | os.PathLike | None = None, *, source: str | No
 
 
 def name_matches(name: str, pattern: str | None) -> bool:
-    """``pattern`` None matches all; with ``*?[`` a glob (fnmatch), else a substring (both ignore case)."""
+    """``pattern`` None matches all; with ``*?[`` a glob (fnmatch) of the name with or without its
+    source prefix (``timm:``), else a substring; both ignore case."""
     if not pattern:
         return True
+    name, pattern = name.lower(), pattern.lower()
     if any(c in pattern for c in "*?["):
-        return fnmatch.fnmatch(name.lower(), pattern.lower())
-    return pattern.lower() in name.lower()
+        return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name.partition(":")[2], pattern)
+    return pattern in name
 
 
 def _describe_registered(cache_dir: str | os.PathLike | None) -> list[dict]:

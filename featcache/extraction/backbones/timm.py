@@ -93,11 +93,11 @@ def canonical(name: str) -> str:
 
 
 def timm_entry(name: str) -> BackboneEntry:
-    return _entry_of(canonical(name))
+    return entry_for_model(canonical(name))
 
 
 @functools.lru_cache(maxsize=None)
-def _entry_of(model: str) -> BackboneEntry:
+def entry_for_model(model: str) -> BackboneEntry:
     timm = _timm()
     cfg = timm.models.get_pretrained_cfg(model)
     tags = [cfg.tag] if has_weights(cfg) else []
@@ -282,7 +282,7 @@ def describe(cache_dir: str | os.PathLike | None, names: list[str], dims: bool =
         return []
     timm = _timm()
     known = _read_dims(cache_dir, timm.__version__)
-    entries = [_entry_of(canonical(n)) for n in names]
+    entries = [entry_for_model(canonical(n)) for n in names]
     missing = [e for e in entries if e.name not in known]
     if missing and (dims or len(missing) <= DIMS_AT_ONCE):
         known.update({e.name: e.feature_dim() for e in missing})

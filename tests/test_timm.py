@@ -1,0 +1,205 @@
+"""timm backbones: names, timm's preprocessing and penultimate features, offline weights, the key.
+
+Tiny timm models (resnet10t, test_vit, test_convnext) with saved random weights; never the network.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from featcache.cli import cli
+from featcache.errors import FeatcacheError, UnknownNameError, WeightsError
+from featcache.extraction.backbones import timm as timm_backbones
+from featcache.extraction.backbones.registry import Preprocess, describe_all, get_backbone, list_backbones
+from featcache.store import keys
+from featcache.store.keys import resolve_identity
+from featcache.store.views import load_features
+
+timm = pytest.importorskip("timm")
+from safetensors.torch import save_file  # noqa: E402  (installed with timm)
+from timm.data import create_transform, resolve_data_config  # noqa: E402
+
+FAMILIES = {"resnet10t": ".safetensors", "test_vit": ".pth", "test_convnext": ".safetensors"}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """An empty Hugging Face cache, offline: nothing may come from the network."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def random_weights(arch: str, path, seed: int = 0):
+    """A timm model with seeded random weights, saved as a state dict at ``path``; returns the model."""
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False).eval()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if str(path).endswith(".safetensors"):
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return model
+
+
+def timm_features(model, paths, image_size: int | None = None) -> np.ndarray:
+    """The reference: timm's own transform and forward_head(forward_features(x), pre_logits=True)."""
+    extra = {"input_size": (3, image_size, image_size), "crop_pct": 1.0} if image_size else {}
+    transform = create_transform(**resolve_data_config(extra, model=model))
+    x = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        return model.forward_head(model.forward_features(x), pre_logits=True).numpy()
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("arch", sorted(FAMILIES))
+def test_extract_equals_a_direct_timm_forward(arch, image_folder, cache_dir, tmp_path):
+    weights = tmp_path / f"{arch}{FAMILIES[arch]}"
+    model = random_weights(arch, weights)
+    r = invoke("extract", "--data", image_folder, "--backbone", f"timm:{arch}", "--weights", weights,
+               "--workers", 0, "--cache", cache_dir, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["identity"]["source"] == f"timm=={timm.__version__}"
+    assert doc["identity"]["backbone"] == get_backbone(f"timm:{arch}").name  # the default tag's name
+    f = load_features(doc["view"])
+    expected = timm_features(model, [image_folder / i for i in f.ids])
+    assert f.features.shape == expected.shape
+    assert cosines(np.asarray(f.features), expected).min() >= 0.9999
+
+
+def test_preprocessing_is_timms_transform_for_center_and_squash_crops(tmp_path):
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    for model in ("resnet10t.c3_in1k", "eva02_tiny_patch14_224.mim_in22k", "convnext_atto.d2_in1k"):
+        cfg = timm.models.get_pretrained_cfg(model).to_dict()
+        expected = create_transform(**resolve_data_config(pretrained_cfg=cfg))(img)
+        pre = timm_backbones.timm_preprocess(model)
+        assert pre.crop_mode == cfg["crop_mode"] and pre.interpolation == cfg["interpolation"]
+        assert torch.allclose(pre.build()(img), expected, atol=1e-5)
+    squash = Preprocess(resize=20, crop=16, mean=(0.5,) * 3, std=(0.5,) * 3, crop_mode="squash")
+    assert squash.to_dict()["crop_mode"] == "squash" and "crop_mode" not in Preprocess(20, 16, (0,), (1,)).to_dict()
+
+
+def test_names_listing_and_canonical_tags(cache_dir):
+    names = set(list_backbones())
+    assert {"timm:vit_small_patch14_dinov2.lvd142m", "timm:convnext_tiny.fb_in22k", "resnet18"} <= names
+    assert get_backbone("timm:resnet10t").name == "timm:resnet10t.c3_in1k"
+    assert get_backbone("timm:resnet10t.c3_in1k").weights_names() == ["c3_in1k"]
+    with pytest.raises(UnknownNameError, match="expected one of: c3_in1k"):
+        get_backbone("timm:resnet10t.bogus")
+    with pytest.raises(UnknownNameError, match="did you mean"):
+        get_backbone("timm:resnet10tt")
+    rows = {r["name"]: r for r in describe_all(cache_dir, source="timm", match="test_conv")}
+    assert rows["timm:test_convnext.r160_in1k"]["dim"] == 64
+    assert rows["timm:test_convnext.r160_in1k"]["cached"] is False
+    assert all(r["source"] == "timm" for r in rows.values())
+    r = invoke("backbones", "--source", "timm", "--filter", "test_vit*", "--cache", cache_dir)
+    assert r.exit_code == 0 and "timm:test_vit.r160_in1k" in r.output and "resnet18" not in r.output
+
+
+def test_every_dim_is_listed_without_building_models_when_the_list_is_long(cache_dir, monkeypatch):
+    monkeypatch.setattr(timm_backbones.TimmEntry, "feature_dim", lambda self: pytest.fail("built a model"))
+    rows = describe_all(cache_dir, source="timm")
+    assert len(rows) > 1000 and all(r["name"].startswith("timm:") for r in rows)
+
+
+def test_key_changes_with_the_file_the_image_size_and_the_timm_version(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    random_weights("test_convnext", a, seed=0)
+    random_weights("test_convnext", b, seed=1)
+    key = {w: resolve_identity("timm:test_convnext", weights=str(w))[0].key for w in (a, b)}
+    assert key[a] != key[b]
+    small = resolve_identity("timm:test_convnext", weights=str(a), image_size=64)[0]
+    assert small.key != key[a] and small.preprocess["crop"] == 64
+    ident = resolve_identity("timm:test_convnext", weights=str(a))[0]
+    assert ident.weights == "file:a.safetensors" and ident.weights_digest in ident.to_dict().values()
+    monkeypatch.setattr(timm, "__version__", "99.0")
+    monkeypatch.setattr(keys, "get_backbone", timm_backbones.timm_entry)
+    timm_backbones.entry_for_model.cache_clear()
+    try:
+        assert resolve_identity("timm:test_convnext", weights=str(a))[0].key != key[a]
+    finally:
+        timm_backbones.entry_for_model.cache_clear()
+
+
+def test_missing_weights_are_one_line_naming_the_model_file_and_fixes(tmp_path):
+    with pytest.raises(WeightsError) as ei:
+        resolve_identity("timm:resnet10t")
+    msg = str(ei.value)
+    assert "\n" not in msg and "timm:resnet10t.c3_in1k" in msg
+    assert "models--timm--resnet10t.c3_in1k" in msg and "model.safetensors" in msg
+    assert "hf download timm/resnet10t.c3_in1k" in msg and "--weights" in msg
+    with pytest.raises(WeightsError, match="for backbone timm:test_vit.r160_in1k does not exist"):
+        resolve_identity("timm:test_vit", weights=str(tmp_path / "nope.safetensors"))
+    with pytest.raises(UnknownNameError, match="weights for timm:test_coatnet"):
+        resolve_identity("timm:test_coatnet")  # no pretrained tag: none or a file
+
+
+def test_weights_from_the_hugging_face_cache(tmp_path):
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hf" / "hub" / "models--timm--test_vit.r160_in1k" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    model = random_weights("test_vit", snapshot / "model.safetensors", seed=3)
+    assert constants.HF_HUB_CACHE == str(tmp_path / "hf" / "hub")
+    ident, entry, choice = resolve_identity("timm:test_vit.r160_in1k")
+    assert choice.kind == "timm" and ident.weights == "test_vit.r160_in1k" and ident.weights_digest.startswith("sha256:")
+    built = entry.build(choice)
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.allclose(built.forward_features(x), model.forward_features(x), atol=1e-5)
+    assert describe_all(tmp_path, source="timm", match="test_vit.r160")[0]["cached"] is True
+
+
+def test_named_layer_and_random_init(image_folder, cache_dir):
+    r = invoke("extract", "--data", image_folder, "--backbone", "timm:test_convnext", "--weights", "none",
+               "--layer", "stages.1", "--image-size", 64, "--workers", 0, "--cache", cache_dir, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["dim"] == timm.create_model("test_convnext").feature_info[1]["num_chs"]
+    assert doc["identity"]["weights_digest"].startswith("random-init:seed=0")
+
+
+def test_end_to_end_extract_hit_fit_head_predict(image_folder, cache_dir, tmp_path):
+    weights = tmp_path / "w.safetensors"
+    random_weights("resnet10t", weights)
+    args = ["--data", image_folder, "--backbone", "timm:resnet10t", "--weights", weights, "--image-size", 64,
+            "--workers", 0, "--cache", cache_dir]
+    first = json.loads(invoke("extract", *args, "--json").stdout)
+    again = json.loads(invoke("extract", *args, "--json").stdout)
+    assert again["cache_hit"] and not again["model_built"] and again["feature_key"] == first["feature_key"]
+    r = invoke("fit-head", "--features", first["view"], "--head", "logreg", "--cache", cache_dir, "--json")
+    assert r.exit_code == 0, r.output
+    fit = json.loads(r.stdout)
+    assert fit["feature_key"] == first["feature_key"]
+    new = tmp_path / "new" / "x"
+    new.mkdir(parents=True)
+    Image.open(next(image_folder.glob("cat/*.png"))).save(new / "a.png")
+    p = invoke("predict", "--head", fit["head_path"], "--data", new.parent, "--cache", cache_dir)
+    assert p.exit_code == 0, p.output
+    assert [row["path"] for row in csv.DictReader(io.StringIO(p.stdout))] == ["x/a.png"]
+
+
+def test_without_timm_names_give_one_install_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` now raises ImportError
+    with pytest.raises(FeatcacheError, match=r"pip install 'featcache\[timm\]'") as ei:
+        timm_backbones.timm_entry("timm:some_model_never_asked_for")
+    assert "'timm:some_model_never_asked_for'" in str(ei.value) and "\n" not in str(ei.value)
