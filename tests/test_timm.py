@@ -203,3 +203,82 @@ def test_without_timm_names_give_one_install_line(monkeypatch):
     with pytest.raises(FeatcacheError, match=r"pip install 'featcache\[timm\]'") as ei:
         timm_backbones.timm_entry("timm:some_model_never_asked_for")
     assert "'timm:some_model_never_asked_for'" in str(ei.value) and "\n" not in str(ei.value)
+
+
+@pytest.mark.slow
+def test_pipeline_with_a_timm_backbone_and_a_weights_file(image_folder, tmp_path):
+    from featcache.pipeline.runner import run_pipeline
+
+    random_weights("test_vit", tmp_path / "vit.safetensors")
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'name = "t"\n[data]\nsource = "{image_folder}"\n[extract]\nworkers = 0\n'
+                    '[[backbones]]\nname = "timm:test_vit"\nweights = "vit.safetensors"\n'
+                    '[[backbones]]\nlabel = "convnext-stage1"\nname = "timm:test_convnext"\nweights = "none"\n'
+                    'layer = "stages.1"\nimage_size = 64\n[[heads]]\nname = "logreg"\n')
+    first = run_pipeline(toml, cache_dir=tmp_path / "cache", n_jobs=1)
+    assert [b.label for b in first.backbones] == ["timm-test_vit", "convnext-stage1"]
+    assert [b.dim for b in first.backbones] == [64, 32] and len(first.results) == 2
+    again = run_pipeline(toml, cache_dir=tmp_path / "cache", n_jobs=1)
+    assert all(b.cache_hit and b.extracted == 0 for b in again.backbones)
+
+
+# crash safety and torchrun with a timm model, as tests/test_reliability.py and test_distributed.py do
+# for torchvision: real child processes
+TIMM_ARGS = ["--backbone", "timm:test_convnext", "--weights", "none", "--image-size", "32", "--batch-size", "4",
+             "--flush-rows", "4", "--workers", "0", "--json", "-q"]
+
+
+def child(cmd: list, failpoint: str = "", **env):
+    import os
+    import subprocess
+
+    env = {**os.environ, "FEATCACHE_FAILPOINT": failpoint, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def twenty(tmp_path):
+    from conftest import make_image
+
+    root = tmp_path / "data"
+    for i in range(20):
+        make_image(root / f"c{i % 2}" / f"{i:03d}.png", seed=900 + i, size=(24, 24))
+    return root
+
+
+@pytest.mark.slow
+def test_kill_resume_and_growth_with_a_timm_backbone(twenty, tmp_path):
+    import featcache
+    from conftest import make_image
+
+    extract = [sys.executable, "-m", "featcache", "extract", "--data", twenty, "--cache", tmp_path / "c", *TIMM_ARGS]
+    killed = child(extract, failpoint="after-flush:2")
+    assert killed.returncode != 0
+    resumed = json.loads(child(extract).stdout)
+    assert resumed["extracted"] == 20 - 8 and resumed["reused"] == 8
+    ref = featcache.extract(str(twenty), backbone="timm:test_convnext", weights="none", image_size=32,
+                            batch_size=4, workers=0, cache_dir=tmp_path / "ref")
+    assert ref.feature_key == resumed["feature_key"]
+    np.testing.assert_array_equal(featcache.load_features(resumed["view"]).features,
+                                  featcache.load_features(ref.view).features)
+    make_image(twenty / "c0" / "new.png", seed=1, size=(24, 24))
+    grown = json.loads(child(extract).stdout)
+    assert (grown["extracted"], grown["reused"]) == (1, 20)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_with_a_timm_backbone(twenty, tmp_path):
+    import featcache
+
+    torchrun = __import__("pathlib").Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip(f"torchrun not found beside {sys.executable}")
+    r = child([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "featcache", "extract", "--data", twenty,
+               "--cache", tmp_path / "dist", *TIMM_ARGS])
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    one = json.loads(child([sys.executable, "-m", "featcache", "extract", "--data", twenty, "--cache",
+                            tmp_path / "one", *TIMM_ARGS]).stdout)
+    assert doc["feature_key"] == one["feature_key"] and doc["extracted"] == 20
+    np.testing.assert_array_equal(featcache.load_features(doc["view"]).features,
+                                  featcache.load_features(one["view"]).features)

@@ -431,8 +431,9 @@ def _parse_backbones(items, ctx: _Ctx, base: Path) -> tuple[BackboneSpec, ...]:
         size = b.get("image_size")
         if size is not None:
             ctx.positive(where, "image_size", size, 8)
-        spec = BackboneSpec(
-            label=b.get("label", name), name=name, weights=weights, layer=b.get("layer", "penultimate"),
+        spec = BackboneSpec(  # default label: the name, timm:x as timm-x (labels name files)
+            label=b.get("label", name.replace(":", "-")), name=name, weights=weights,
+            layer=b.get("layer", "penultimate"),
             pool=ctx.choice("backbones", where, "pool", b.get("pool", "avg")), image_size=size,
             precision=ctx.choice("backbones", where, "precision", b.get("precision", "auto")),
             dtype=ctx.choice("backbones", where, "dtype", b.get("dtype", "float32")),
