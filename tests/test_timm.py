@@ -161,7 +161,8 @@ def test_weights_from_the_hugging_face_cache(tmp_path):
     model = random_weights("test_vit", snapshot / "model.safetensors", seed=3)
     assert constants.HF_HUB_CACHE == str(tmp_path / "hf" / "hub")
     ident, entry, choice = resolve_identity("timm:test_vit.r160_in1k")
-    assert choice.kind == "timm" and ident.weights == "test_vit.r160_in1k" and ident.weights_digest.startswith("sha256:")
+    assert choice.kind == "timm" and ident.weights == "test_vit.r160_in1k"
+    assert ident.weights_digest.startswith("sha256:")
     built = entry.build(choice)
     x = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
@@ -282,3 +283,12 @@ def test_torchrun_two_ranks_with_a_timm_backbone(twenty, tmp_path):
     assert doc["feature_key"] == one["feature_key"] and doc["extracted"] == 20
     np.testing.assert_array_equal(featcache.load_features(doc["view"]).features,
                                   featcache.load_features(one["view"]).features)
+
+
+def test_keys_of_timm_features_name_folders_and_views(image_folder, cache_dir):
+    r = invoke("extract", "--data", image_folder, "--backbone", "timm:test_vit", "--weights", "none",
+               "--workers", 0, "--cache", cache_dir, "--json")
+    doc = json.loads(r.stdout)
+    assert doc["feature_key"].startswith("timm-test_vit.r160_in1k-") and ":" not in doc["feature_key"]
+    for ref in ("timm-test_vit", f"{doc['feature_key']}:pets"):  # a key prefix, and KEY:DATA
+        assert load_features(ref, cache_dir=cache_dir).path == doc["view"]
