@@ -19,6 +19,7 @@ from featcache.cli import cli
 from featcache.errors import FeatcacheError, UnknownNameError, WeightsError
 from featcache.extraction.backbones import timm as timm_backbones
 from featcache.extraction.backbones.registry import Preprocess, describe_all, get_backbone, list_backbones
+from featcache.extraction.engine import options_from_identity
 from featcache.store import keys
 from featcache.store.keys import resolve_identity
 from featcache.store.views import load_features
@@ -168,6 +169,7 @@ def test_weights_from_the_hugging_face_cache(tmp_path):
     with torch.no_grad():
         assert torch.allclose(built.forward_features(x), model.forward_features(x), atol=1e-5)
     assert describe_all(tmp_path, source="timm", match="test_vit.r160")[0]["cached"] is True
+    assert resolve_identity(**options_from_identity(ident.to_dict()))[0].key == ident.key  # as predict does
 
 
 def test_named_layer_and_random_init(image_folder, cache_dir):
@@ -292,3 +294,14 @@ def test_keys_of_timm_features_name_folders_and_views(image_folder, cache_dir):
     assert doc["feature_key"].startswith("timm-test_vit.r160_in1k-") and ":" not in doc["feature_key"]
     for ref in ("timm-test_vit", f"{doc['feature_key']}:pets"):  # a key prefix, and KEY:DATA
         assert load_features(ref, cache_dir=cache_dir).path == doc["view"]
+
+
+def test_autocast_precision_with_a_timm_backbone(image_folder, cache_dir):
+    import featcache
+
+    kw = dict(backbone="timm:test_convnext", weights="none", image_size=64, workers=0, cache_dir=cache_dir)
+    full = featcache.extract(str(image_folder), precision="float32", **kw)
+    half = featcache.extract(str(image_folder), precision="bfloat16", **kw)  # AMP (autocast) on the CPU
+    assert full.feature_key != half.feature_key
+    a, b = featcache.load_features(full.view), featcache.load_features(half.view)
+    assert a.ids == b.ids and cosines(a.features, b.features).min() > 0.99
