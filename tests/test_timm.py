@@ -305,3 +305,9 @@ def test_autocast_precision_with_a_timm_backbone(image_folder, cache_dir):
     assert full.feature_key != half.feature_key
     a, b = featcache.load_features(full.view), featcache.load_features(half.view)
     assert a.ids == b.ids and cosines(a.features, b.features).min() > 0.99
+
+
+def test_one_size_vits_refuse_another_image_size_clearly():
+    with pytest.raises(WeightsError, match="built for 518x518 px input only. Fix: drop --image-size"):
+        resolve_identity("timm:vit_small_patch14_dinov2.lvd142m", weights="none", image_size=224)
+    assert resolve_identity("timm:test_vit", weights="none", image_size=64)[0].preprocess["crop"] == 64

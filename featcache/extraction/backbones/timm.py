@@ -117,7 +117,21 @@ def entry_for_model(model: str) -> BackboneEntry:
 def _create(model: str, **kwargs) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # timm's notes on deprecated names and defaults
-        return _timm().create_model(model, pretrained=False, **kwargs)
+        module = _timm().create_model(model, pretrained=False, **kwargs)
+    fixed = fixed_input_size(module)
+    if fixed is not None:
+        module.image_size = fixed  # where the registry looks for a one-size network (as torchvision's ViT)
+    return module
+
+
+def fixed_input_size(module: nn.Module) -> int | None:
+    """The one square input size a timm model takes (a strict patch embedding, e.g. ViTs), else None."""
+    embed = getattr(module, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    strict = getattr(embed, "strict_img_size", False) and not getattr(embed, "dynamic_img_size", False)
+    if strict and isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+        return int(size[0])
+    return None
 
 
 def load_pretrained(choice: WeightsChoice) -> nn.Module:
