@@ -19,9 +19,8 @@ from featcache.cli import cli
 from featcache.errors import FeatcacheError, UnknownNameError, WeightsError
 from featcache.extraction.backbones import timm as timm_backbones
 from featcache.extraction.backbones.registry import Preprocess, describe_all, get_backbone, list_backbones
-from featcache.extraction.engine import options_from_identity
-from featcache.store import keys
-from featcache.store.keys import resolve_identity
+from featcache.extraction import identity
+from featcache.extraction.identity import resolve_identity, spec_from_identity
 from featcache.store.views import load_features
 
 timm = pytest.importorskip("timm")
@@ -131,7 +130,7 @@ def test_key_changes_with_the_file_the_image_size_and_the_timm_version(tmp_path,
     ident = resolve_identity("timm:test_convnext", weights=str(a))[0]
     assert ident.weights == "file:a.safetensors" and ident.weights_digest in ident.to_dict().values()
     monkeypatch.setattr(timm, "__version__", "99.0")
-    monkeypatch.setattr(keys, "get_backbone", timm_backbones.timm_entry)
+    monkeypatch.setattr(identity, "get_backbone", timm_backbones.timm_entry)
     timm_backbones.entry_for_model.cache_clear()
     try:
         assert resolve_identity("timm:test_convnext", weights=str(a))[0].key != key[a]
@@ -169,7 +168,7 @@ def test_weights_from_the_hugging_face_cache(tmp_path):
     with torch.no_grad():
         assert torch.allclose(built.forward_features(x), model.forward_features(x), atol=1e-5)
     assert describe_all(tmp_path, source="timm", match="test_vit.r160")[0]["cached"] is True
-    assert resolve_identity(**options_from_identity(ident.to_dict()))[0].key == ident.key  # as predict does
+    assert resolve_identity(spec_from_identity(ident.to_dict()))[0].key == ident.key  # as predict does
 
 
 def test_named_layer_and_random_init(image_folder, cache_dir):
