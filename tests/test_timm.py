@@ -205,6 +205,10 @@ def test_without_timm_names_give_one_install_line(monkeypatch):
     with pytest.raises(FeatcacheError, match=r"pip install 'featcache\[timm\]'") as ei:
         timm_backbones.timm_entry("timm:some_model_never_asked_for")
     assert "'timm:some_model_never_asked_for'" in str(ei.value) and "\n" not in str(ei.value)
+    r = invoke("extract", "--data", "builtin:digits", "--backbone", "timm:convnext_atto")
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "pip install 'featcache[timm]'" in r.output
+    r = invoke("backbones", "--source", "timm")
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "pip install 'featcache[timm]'" in r.output
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from featcache.errors import UnknownNameError, WeightsError
+from featcache.errors import FeatcacheError, UnknownNameError, WeightsError
 
 # --------------------------------------------------------------------------- preprocessing
 
@@ -318,7 +318,8 @@ class BackboneSource:
 
     ``names()`` lists them (it may import the source's library); ``entry(name)`` returns the entry
     for a full name (or raises a FeatcacheError naming the fix); ``describe(cache_dir, names, dims)``
-    returns the rows of ``featcache backbones`` for some of its names (``dims``: compute every dim).
+    returns the rows of ``featcache backbones`` for some of its names (``dims``: compute every dim);
+    ``missing()`` says how to install the source's library when it is not installed (else None).
     """
 
     name: str
@@ -326,6 +327,7 @@ class BackboneSource:
     names: Callable[[], list[str]]
     entry: Callable[[str], BackboneEntry]
     describe: Callable[..., list[dict]]
+    missing: Callable[[], str | None] = lambda: None
 
 
 _SOURCES: dict[str, BackboneSource] = {}
@@ -624,6 +626,8 @@ def describe_all(cache_dir: str | os.PathLike | None = None, *, source: str | No
         rows = [r for r in _describe_registered(cache_dir)
                 if source in (None, r["source"]) and name_matches(r["name"], match)]
     for src in _SOURCES.values():
+        if source == src.name and src.missing():
+            raise FeatcacheError(src.missing())
         if source in (None, src.name):
             rows += src.describe(cache_dir, [n for n in sorted(src.names()) if name_matches(n, match)], dims)
     return rows

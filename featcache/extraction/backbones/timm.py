@@ -52,9 +52,12 @@ def _timm(name: str = "timm backbones"):
     try:
         import timm  # optional extra, imported only when a timm: name is used
     except ImportError:
-        raise FeatcacheError(f"{name} needs the package timm, which is not installed; install it with: "
-                             f"{INSTALL}") from None
+        raise FeatcacheError(not_installed(name)) from None
     return timm
+
+
+def not_installed(what: str) -> str:
+    return f"{what}: the package timm is not installed; install it with: {INSTALL}"
 
 
 def installed() -> bool:
@@ -341,4 +344,9 @@ def _write_dims(cache_dir, version: str, dims: dict) -> None:
         pass  # a read-only cache: the dims are computed again next time
 
 
-register_source(BackboneSource(name="timm", prefix=PREFIX, names=timm_names, entry=timm_entry, describe=describe))
+def missing() -> str | None:
+    return None if installed() else not_installed("--source timm")
+
+
+register_source(BackboneSource(name="timm", prefix=PREFIX, names=timm_names, entry=timm_entry, describe=describe,
+                               missing=missing))
