@@ -18,7 +18,8 @@ from PIL import Image
 from featcache.cli import cli
 from featcache.errors import FeatcacheError, UnknownNameError, WeightsError
 from featcache.extraction.backbones import timm as timm_backbones
-from featcache.extraction.backbones.registry import Preprocess, describe_all, get_backbone, list_backbones
+from featcache.extraction.backbones import describe_all, get_backbone, list_backbones
+from featcache.extraction.backbones.registry import Preprocess
 from featcache.extraction import identity
 from featcache.extraction.identity import resolve_identity, spec_from_identity
 from featcache.store.views import load_features

@@ -38,8 +38,9 @@ from featcache.extraction.backbones.registry import (
     file_digest,
     load_state_dict_file,
     register_source,
-    skeleton,
+    registered_sources,
 )
+from featcache.extraction.backbones.shapes import skeleton
 
 PREFIX = "timm:"
 INSTALL = "pip install 'featcache[timm]'"
@@ -348,5 +349,8 @@ def missing() -> str | None:
     return None if installed() else not_installed("--source timm")
 
 
-register_source(BackboneSource(name="timm", prefix=PREFIX, names=timm_names, entry=timm_entry, describe=describe,
-                               missing=missing))
+def register() -> None:
+    """Register the ``timm:`` names (made into entries when asked for; timm is not imported here)."""
+    if all(s.prefix != PREFIX for s in registered_sources()):
+        register_source(BackboneSource(name="timm", prefix=PREFIX, names=timm_names, entry=timm_entry,
+                                       describe=describe, missing=missing))
