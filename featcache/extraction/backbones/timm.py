@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featcache.atomic import atomic_path
+from featcache.atomic import atomic_write_text
 from featcache.errors import FeatcacheError, UnknownNameError, WeightsError
 from featcache.extraction.backbones.registry import (
     BackboneEntry,
@@ -256,22 +256,36 @@ def hub_filenames(cfg) -> list[str]:
     return [alt, name] if alt else [name]
 
 
+def torch_hub_file(cfg) -> Path:
+    """Where timm keeps the file of a tag that has only a URL (torch's hub cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+
+
+def cached_file(cfg) -> str | None:
+    """The local path of a tag's weights file when it is already there, else None."""
+    if not cfg.hf_hub_id:
+        path = torch_hub_file(cfg)
+        return str(path) if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache  # comes with timm
+
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    hits = (try_to_load_from_cache(repo, n, revision=revision or None) for n in hub_filenames(cfg))
+    return next((h for h in hits if isinstance(h, str)), None)
+
+
 def weights_file(model: str, cfg) -> str:
     """The local path of a tag's weights: timm's Hugging Face cache (downloading unless offline),
     or for URL-only tags torch's hub cache. Raises WeightsError naming the file and the fixes."""
+    found = cached_file(cfg)
+    if found is not None:
+        return found
     if not cfg.hf_hub_id:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
-        if path.is_file():
-            return str(path)
+        path = torch_hub_file(cfg)
         raise _missing(model, str(path), "not there", f"download {cfg.url} to that path", path.name)
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache  # comes with timm
+    from huggingface_hub import constants, hf_hub_download  # comes with timm
 
     repo, _, revision = cfg.hf_hub_id.partition("@")
     names = hub_filenames(cfg)
-    for name in names:
-        hit = try_to_load_from_cache(repo, name, revision=revision or None)
-        if isinstance(hit, str):
-            return hit
     looked = f"{constants.HF_HUB_CACHE}/models--{repo.replace('/', '--')}/snapshots/*/{names[0]}"
     fetch = f"where there is network: `hf download {repo} {names[0]}`; HF_HOME chooses the cache folder"
     if constants.is_offline_mode():
@@ -309,17 +323,8 @@ def describe(cache_dir: str | os.PathLike | None, names: list[str], dims: bool =
     for name, e in zip(names, entries):
         cfg = timm.models.get_pretrained_cfg(e.name[len(PREFIX):])
         rows.append({"name": name, "source": "timm", "dim": known.get(e.name), "default_weights": e.default_weights(),
-                     "weights": e.weights_names(), "cached": has_weights(cfg) and _in_cache(cfg)})
+                     "weights": e.weights_names(), "cached": has_weights(cfg) and cached_file(cfg) is not None})
     return rows
-
-
-def _in_cache(cfg) -> bool:
-    if not cfg.hf_hub_id:
-        return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)).is_file()
-    from huggingface_hub import try_to_load_from_cache  # comes with timm
-
-    repo, _, revision = cfg.hf_hub_id.partition("@")
-    return any(isinstance(try_to_load_from_cache(repo, n, revision=revision or None), str) for n in hub_filenames(cfg))
 
 
 def _dims_file(cache_dir, version: str) -> Path | None:
@@ -339,8 +344,7 @@ def _write_dims(cache_dir, version: str, dims: dict) -> None:
     if f is None:
         return
     try:
-        with atomic_path(f) as tmp:
-            tmp.write_text(json.dumps(dims, sort_keys=True))
+        atomic_write_text(f, json.dumps(dims, sort_keys=True))
     except OSError:
         pass  # a read-only cache: the dims are computed again next time
 
