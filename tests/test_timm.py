@@ -315,3 +315,16 @@ def test_one_size_vits_refuse_another_image_size_clearly():
     with pytest.raises(WeightsError, match="built for 518x518 px input only. Fix: drop --image-size"):
         resolve_identity("timm:vit_small_patch14_dinov2.lvd142m", weights="none", image_size=224)
     assert resolve_identity("timm:test_vit", weights="none", image_size=64)[0].preprocess["crop"] == 64
+
+
+def test_a_fine_tuned_file_with_another_class_count_loads(image_folder, cache_dir, tmp_path):
+    torch.manual_seed(0)
+    tuned = timm.create_model("test_convnext", num_classes=3).eval()
+    save_file({k: v.contiguous() for k, v in tuned.state_dict().items()}, str(tmp_path / "tuned.safetensors"))
+    ident, entry, choice = resolve_identity("timm:test_convnext", weights=str(tmp_path / "tuned.safetensors"))
+    assert ident.weights_digest.endswith(";build:num_classes=3")
+    r = invoke("extract", "--data", image_folder, "--backbone", "timm:test_convnext", "--weights",
+               tmp_path / "tuned.safetensors", "--workers", 0, "--cache", cache_dir, "--json")
+    assert r.exit_code == 0, r.output
+    f = load_features(json.loads(r.stdout)["view"])
+    assert cosines(np.asarray(f.features), timm_features(tuned, [image_folder / i for i in f.ids])).min() >= 0.9999

@@ -114,8 +114,32 @@ def entry_for_model(model: str) -> BackboneEntry:
         resolve_named_weights=functools.partial(_resolve_named, model),
         default_preprocess=functools.partial(timm_preprocess, model),
         load_named_weights=lambda choice: load_pretrained(choice).state_dict(),
+        build_kwargs=functools.partial(head_kwargs, model),
         version=timm.__version__,
     )
+
+
+def head_kwargs(model: str, choice: WeightsChoice | None) -> dict:
+    """``num_classes`` of a local weights file whose classifier differs from the tag's (a fine-tuned
+    model, or one saved without its head), so that the file loads; {} otherwise."""
+    if choice is None or choice.kind != "file":
+        return {}
+    cfg = _timm().models.get_pretrained_cfg(model)
+    classifier = cfg.classifier[0] if isinstance(cfg.classifier, (tuple, list)) else cfg.classifier
+    shapes = state_shapes(choice.path, os.path.getmtime(choice.path))
+    n = shapes[f"{classifier}.weight"][0] if f"{classifier}.weight" in shapes else 0
+    return {} if n == cfg.num_classes or not classifier else {"num_classes": int(n)}
+
+
+@functools.lru_cache(maxsize=8)
+def state_shapes(path: str, _mtime: float) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of a state-dict file (a safetensors file: from its header only)."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open  # comes with timm
+
+        with safe_open(path, framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    return {k: tuple(v.shape) for k, v in load_state_dict_file(path).items()}
 
 
 def _create(model: str, **kwargs) -> nn.Module:
