@@ -106,6 +106,8 @@ def test_names_listing_and_canonical_tags(cache_dir):
         get_backbone("timm:resnet10t.bogus")
     with pytest.raises(UnknownNameError, match="did you mean"):
         get_backbone("timm:resnet10tt")
+    with pytest.raises(UnknownNameError, match="did you mean 'timm:vit_small_patch14_dinov2.lvd142m'"):
+        get_backbone("vit_small_patch14_dinov2")
     rows = {r["name"]: r for r in describe_all(cache_dir, source="timm", match="test_conv")}
     assert rows["timm:test_convnext.r160_in1k"]["dim"] == 64
     assert rows["timm:test_convnext.r160_in1k"]["cached"] is False

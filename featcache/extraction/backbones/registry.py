@@ -333,8 +333,9 @@ def registered(name: str) -> BackboneEntry:
     if name in _REGISTRY:
         return _REGISTRY[name]
     source = next((s for p, s in _SOURCES.items() if name.startswith(p)), None)
-    if source is None:
-        raise UnknownNameError("backbone", name, _REGISTRY, hint="`featcache backbones` lists them")
+    if source is None:  # close matches among every name (timm's too: `vit_small` -> `timm:vit_small...`)
+        valid = [*_REGISTRY, *(n for s in _SOURCES.values() for n in s.names())]
+        raise UnknownNameError("backbone", name, valid, hint="`featcache backbones` lists them")
     if name not in _LOOKED_UP:
         entry = source.entry(name)
         _LOOKED_UP[name] = _LOOKED_UP.setdefault(entry.name, entry)  # an alias shares its canonical entry
