@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from featcache.devices import resolve_device
-from featcache.errors import FeatcacheError, ImageDecodeError, UnknownNameError
+from featcache.errors import FeatcacheError, ImageDecodeError, Interrupted, UnknownNameError
 from featcache.extraction import distributed
 from featcache.extraction.augment import augmented_manifest, identity_extra
 from featcache.extraction.backbones.registry import Preprocess
@@ -31,17 +32,14 @@ from featcache.extraction.device_decode import decode_jpegs
 from featcache.extraction.identity import ResolvedIdentity, resolve_identity, with_extra
 from featcache.extraction.images import ImageRows, collate
 from featcache.extraction.layers import FeatureExtractor
-from featcache.extraction.sources import Manifest, manifest_of
+from featcache.extraction.manifest import Manifest
+from featcache.extraction.sources import manifest_of
 from featcache.faults import failpoint
 from featcache.specs import ON_ERROR, BackboneSpec, DataSpec, RunSpec, specs_from_keywords
 from featcache.store.featureset import FeatureSet, FeatureStore
 from featcache.store.keys import FeatureIdentity
 from featcache.store.views import load_features
 
-
-
-class Interrupted(FeatcacheError):
-    """Ctrl-C during extraction: what was computed is saved; the same command resumes."""
 
 
 @dataclass
@@ -195,8 +193,6 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
                  workers: int, on_error: str, ids: list[str], progress: bool, timings: dict,
                  decode: str = "workers", resize: int | None = None) -> list[dict]:
     """Decode -> forward -> writer for the given rows; returns the skipped files."""
-    from tqdm import tqdm
-
     loader = torch.utils.data.DataLoader(
         ImageRows(reader, positions, transform, decode=decode, resize=resize), batch_size=batch_size, shuffle=False,
         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",

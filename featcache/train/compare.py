@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from sklearn.base import clone
 
 from featcache.errors import DataError, EvaluationError, FeatcacheError, HeadError
 from featcache.extraction.engine import extract
@@ -37,6 +38,7 @@ from featcache.specs import BackboneSpec, DataSpec, RunSpec
 from featcache.store.views import Features, load_features
 from featcache.train.heads import default_grid, make_head
 from featcache.train.metrics import compute_metrics
+from featcache.train.plots import plot_comparison
 from featcache.train.results import jsonable
 from featcache.train.splits import (
     MAX_SEED,
@@ -175,8 +177,6 @@ class _Task:
 def _choose_and_fit(head: str, grid: Mapping[str, list], X: np.ndarray, y: np.ndarray, fit: np.ndarray,
                     val: np.ndarray):
     """The head with the grid point best on ``val`` (fitted on ``fit``), refitted on ``fit`` + ``val``."""
-    from sklearn.base import clone  # sklearn stays off import paths that never fit a head
-
     base = make_head(head)
     params: dict = {}
     if grid and len(val):
@@ -338,8 +338,6 @@ def compare(
                         n_cv_rows=int(sum(len(b) for _, b in folds[:int(cv)])), n_test=int(np.sum(assigned == "test")),
                         test_train_ratio=ratio, workers=workers, total_s=0.0)
     if plot:
-        from featcache.train.plots import plot_comparison  # matplotlib only when a plot is asked for
-
         out.plot = str(plot_comparison([asdict(r) for r in rows], plot, title=f"{out.data or out.feature_key}: "
                                        f"{cv}-fold x {repeats} CV and test accuracy (95 % intervals)"))
     out.total_s = time.perf_counter() - t0

@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -61,8 +62,6 @@ def _featcache_version() -> str:
     if v:
         return str(v)
     try:
-        from importlib.metadata import version
-
         return version("featcache")
     except Exception:  # PackageNotFoundError and friends: running from a checkout
         return "unknown"
