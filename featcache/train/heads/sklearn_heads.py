@@ -1,10 +1,10 @@
 """Heads built on numpy / scipy / scikit-learn: ``logreg``, ``svm``, ``knn``, ``ncm``.
 
 ``logreg`` and ``svm`` minimise scikit-learn's objectives (``LogisticRegression``,
-``LinearSVC``) on standardised features; ``solver="auto"`` picks the float32 blockwise
-L-BFGS of :mod:`featcache.train.heads.solvers` for large or lazy matrices and scikit-learn's
-own solver for small in-memory ones (:data:`SKLEARN_MAX_MACS`, measured in
-``benchmarks/scale.py``'s notes in ``benchmarks/README.md``). ``knn`` and ``ncm`` compute in
+``LinearSVC``) on standardised features. A rule on the shape picks the solver
+(:func:`uses_sklearn_solver`): the float32 blockwise L-BFGS of
+:mod:`featcache.train.heads.solvers` for large or lazy matrices, scikit-learn's own solver
+for small in-memory ones (:data:`SKLEARN_MAX_MACS`; measurements in ``benchmarks/README.md``). ``knn`` and ``ncm`` compute in
 float32 blocks (:mod:`featcache.train.heads.neighbors`). The learned arrays are the head's
 own attributes and predictions are computed from them, so a head rebuilt with
 ``from_state`` predicts exactly like the original.
@@ -33,10 +33,16 @@ from featcache.train.heads.solvers import LinearObjective, fit_linear
 #: threaded BLAS on small matrices mostly waits on a busy machine (benchmarks/blas_threads.py:
 #: logreg on 1,257 x 512 fits 2.3x faster on one thread).
 SINGLE_THREAD_MACS = 32 * 2**20
-#: ``solver="auto"`` uses scikit-learn's solver (float64) for in-memory matrices up to this many
-#: multiply-adds per pass (rows x features x classes), the float32 blockwise L-BFGS above.
+#: In-memory matrices up to this many multiply-adds per pass (rows x features x classes) are
+#: fitted by scikit-learn's solver (float64), larger ones by the float32 blockwise L-BFGS.
 SKLEARN_MAX_MACS = 8 * 2**20
-SOLVERS = ("auto", "blockwise", "sklearn")
+
+
+def uses_sklearn_solver(X, n_classes: int) -> bool:
+    """True when ``logreg``/``svm`` fit ``X`` with scikit-learn's solver (small, in memory)."""
+    if is_lazy(X):
+        return False
+    return X.shape[0] * X.shape[1] * max(n_classes, 2) <= SKLEARN_MAX_MACS
 
 
 def _check_positive(head, name: str, value, *, integer: bool = False) -> None:
@@ -69,18 +75,8 @@ class _LinearModelHead(HeadBase):
     _loss = "logistic"
     path_param = "C"
 
-    def _make_estimator(self):  # pragma: no cover - abstract
+    def make_reference(self):  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def _uses_sklearn(self, X, n_classes: int) -> bool:
-        if self.solver not in SOLVERS:
-            raise HeadInputError(
-                f"{type(self).__name__}: solver={self.solver!r} is not valid; expected one of "
-                f"{', '.join(map(repr, SOLVERS))}; fix the solver parameter"
-            )
-        if self.solver != "auto" or is_lazy(X):
-            return self.solver == "sklearn" and not is_lazy(X)
-        return X.shape[0] * X.shape[1] * max(n_classes, 2) <= SKLEARN_MAX_MACS
 
     def fit(self, X, y, warm_start=None):
         """Fit on features ``X`` (array or lazy array) and labels ``y``; returns ``self``.
@@ -95,7 +91,7 @@ class _LinearModelHead(HeadBase):
         warm = warm_start if _compatible(self, warm_start, y_enc) else None
         self.mean_, self.scale_ = (warm.mean_, warm.scale_) if warm else column_stats(blocks)
         self.n_samples_fit_ = len(y_enc)
-        if self._uses_sklearn(X, len(self.classes_)):
+        if uses_sklearn_solver(X, len(self.classes_)):
             self._fit_sklearn(blocks.X, y_enc)
             return self
         objective = LinearObjective(blocks, y_enc, len(self.classes_), loss=self._loss, C=self.C,
@@ -110,7 +106,7 @@ class _LinearModelHead(HeadBase):
         small = X.shape[0] * X.shape[1] * max(len(self.classes_), 2) < SINGLE_THREAD_MACS
         Xs = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
         with threadpool_limits(limits=1 if small else None, user_api="blas"):
-            model = self._make_estimator().fit(Xs, y_enc)
+            model = self.make_reference().fit(Xs, y_enc)
         self.coef_ = np.ascontiguousarray(model.coef_, dtype=np.float64)
         self.intercept_ = np.ascontiguousarray(np.atleast_1d(model.intercept_), dtype=np.float64)
         self.n_iter_ = int(np.max(model.n_iter_))
@@ -127,22 +123,21 @@ class _LinearModelHead(HeadBase):
 class LogRegHead(_LinearModelHead):
     """Logistic regression on standardised features (``StandardScaler`` + ``LogisticRegression``).
 
-    Parameters: ``C`` inverse L2 regularisation strength, ``max_iter`` of the L-BFGS solver,
-    ``solver``: ``"blockwise"`` (float32 L-BFGS over blocks of rows, any size, lazy arrays
-    streamed), ``"sklearn"`` (``LogisticRegression(solver="lbfgs")`` in float64, in memory) or
-    ``"auto"`` (scikit-learn for small in-memory matrices, blockwise otherwise). Both minimise
-    the same objective with the same stopping rule. Multinomial for more than two classes;
-    probabilities are calibrated by the model itself.
+    Parameters: ``C`` inverse L2 regularisation strength, ``max_iter`` of the L-BFGS solver.
+    Large or lazy matrices are fitted by the float32 blockwise L-BFGS (lazy arrays streamed),
+    small in-memory ones by ``LogisticRegression(solver="lbfgs")`` in float64
+    (:func:`uses_sklearn_solver`); both minimise the same objective with the same stopping
+    rule. Multinomial for more than two classes; probabilities are calibrated by the model.
     """
 
     _default_grid = {"C": [0.01, 0.1, 1.0, 10.0]}
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000, solver: str = "auto"):
+    def __init__(self, C: float = 1.0, max_iter: int = 1000):
         self.C = C
         self.max_iter = max_iter
-        self.solver = solver
 
-    def _make_estimator(self):
+    def make_reference(self):
+        """The scikit-learn estimator of the same objective (for small matrices, benchmarks)."""
         from sklearn.linear_model import LogisticRegression  # only for the sklearn solver
 
         return LogisticRegression(C=self.C, max_iter=self.max_iter)
@@ -158,10 +153,10 @@ class LogRegHead(_LinearModelHead):
 class SVMHead(_LinearModelHead):
     """Linear SVM (``LinearSVC``: squared hinge, one-vs-rest, L2) on standardised features.
 
-    ``solver="blockwise"`` minimises LinearSVC's primal objective (the intercept penalised
-    like a feature of value 1, as ``intercept_scaling=1`` does) with float32 L-BFGS over
-    blocks of rows; ``"sklearn"`` runs ``LinearSVC(dual=True)`` (liblinear, float64, in
-    memory); ``"auto"`` picks scikit-learn for small in-memory matrices. Strong
+    Large or lazy matrices: LinearSVC's primal objective (the intercept penalised like a
+    feature of value 1, as ``intercept_scaling=1`` does) minimised by float32 L-BFGS over
+    blocks of rows; small in-memory ones: ``LinearSVC(dual=True)`` (liblinear, float64;
+    :func:`uses_sklearn_solver`). Strong
     regularisation (small ``C``) is both faster and usually more accurate on standardised
     CNN features, hence the default ``C=0.01``.
 
@@ -175,13 +170,13 @@ class SVMHead(_LinearModelHead):
     _default_grid = {"C": [0.0001, 0.001, 0.01, 0.1]}
     _loss = "squared_hinge"
 
-    def __init__(self, C: float = 0.01, max_iter: int = 2000, random_state=0, solver: str = "auto"):
+    def __init__(self, C: float = 0.01, max_iter: int = 2000, random_state=0):
         self.C = C
         self.max_iter = max_iter
         self.random_state = random_state
-        self.solver = solver
 
-    def _make_estimator(self):
+    def make_reference(self):
+        """The scikit-learn estimator of the same objective (for small matrices, benchmarks)."""
         from sklearn.svm import LinearSVC  # only for the sklearn solver
 
         return LinearSVC(
