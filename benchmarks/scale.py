@@ -322,7 +322,7 @@ def heads_phase(a, heads: list[str], r, mem, on_row) -> list[dict]:
 
     from threadpoolctl import threadpool_limits
 
-    from featcache.train.evaluate import load_features
+    from featcache.store.views import load_features
 
     view = load_features(r.view, mmap=a.from_disk)
     d = head_arrays(view, split_rows(view, a.seed), a.from_disk)

@@ -1,9 +1,10 @@
-"""Blockwise cosine nearest neighbours and class means in float32 (numpy BLAS, no torch).
+"""Blockwise cosine nearest neighbours and class means.
 
 :func:`top_k_cosine` multiplies chunks of queries by the unit-norm training matrix (one
-float32 ``sgemm`` per chunk) and keeps the ``k`` largest similarities of each row; a chunk's
-similarity matrix is sized from the available memory (:func:`featcache.train.heads.blocks.chunk_rows`),
-so the full (queries x training rows) matrix never exists. :func:`vote` turns neighbours into
+bfloat16 product per chunk, torch) and keeps the best candidates of each row, re-scored
+exactly in float64; a chunk's similarity matrix is sized from the available memory
+(:func:`featcache.train.heads.blocks.chunk_rows`), so the full (queries x training rows)
+matrix never exists. torch is imported by that function only. :func:`vote` turns neighbours into
 class probabilities exactly as scikit-learn's ``KNeighborsClassifier`` (``uniform`` or
 ``distance`` weights, exact matches taking all the weight).
 """
@@ -30,8 +31,10 @@ def normalized_copy(blocks: FeatureBlocks) -> np.ndarray:
     return out
 
 
-#: Candidates kept beyond ``k`` by the float32 search before the exact float64 re-ranking.
-RERANK_MARGIN = 8
+#: Candidates kept beyond ``k`` by the bfloat16 search before the exact float64 re-ranking:
+#: bfloat16 dot products of unit vectors are off by up to a few 1e-3, so every training row
+#: within that band of the k-th neighbour must stay a candidate.
+RERANK_MARGIN = 32
 _RERANK_ROWS = 128
 
 
@@ -39,21 +42,24 @@ def top_k_cosine(queries: np.ndarray, train: np.ndarray, k: int) -> tuple[np.nda
     """Indices (m, k) and cosine similarities (m, k) of the ``k`` most similar rows of
     ``train`` (unit rows) for each unit row of ``queries``, most similar first.
 
-    The search is one float32 matrix product per chunk of queries; its ``k + RERANK_MARGIN``
-    best candidates are then re-scored in float64 row by row, so that the answer for a row
-    does not depend on which other rows share its chunk (BLAS rounding does), and ties go
-    to the lower training index.
+    The search is one bfloat16 matrix product per chunk of queries (torch; AMX / AVX-512
+    BF16 on recent CPUs) and torch's top-k; its ``k + RERANK_MARGIN`` best candidates are
+    then re-scored exactly in float64 row by row, so that the answer equals an exact search
+    (unless more than ``RERANK_MARGIN`` rows tie with the k-th within bfloat16 rounding),
+    does not depend on which other rows share a chunk, and ties go to the lower index.
     """
+    import torch  # top-k and bfloat16 products: 3-5x faster than numpy here (benchmarks/README.md)
+
     m, n = len(queries), len(train)
     c = min(n, k + RERANK_MARGIN)
     idx = np.empty((m, k), dtype=np.int64)
     sims = np.empty((m, k), dtype=np.float64)
-    step = chunk_rows(n * 4 * 3, least=_RERANK_ROWS)
+    train_bf16 = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)).bfloat16()
+    step = chunk_rows(n * 2 * 3, least=_RERANK_ROWS)
     for a in range(0, m, step):
         q = queries[a : a + step]
-        S = q.astype(np.float32, copy=False) @ train.T.astype(np.float32, copy=False)
-        cand = np.argpartition(S, n - c, axis=1)[:, n - c :] if c < n else np.tile(np.arange(n), (len(q), 1))
-        del S
+        q_bf16 = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).bfloat16()
+        cand = torch.topk(q_bf16 @ train_bf16.T, c, dim=1, sorted=False).indices.numpy()
         for r in range(0, len(q), _RERANK_ROWS):
             rows = slice(r, r + _RERANK_ROWS)
             i_k, s_k = _rerank(q[rows], train, cand[rows], k)

@@ -5,7 +5,8 @@
 (:func:`uses_sklearn_solver`): the float32 blockwise L-BFGS of
 :mod:`featcache.train.heads.solvers` for large or lazy matrices, scikit-learn's own solver
 for small in-memory ones (:data:`SKLEARN_MAX_MACS`; measurements in ``benchmarks/README.md``). ``knn`` and ``ncm`` compute in
-float32 blocks (:mod:`featcache.train.heads.neighbors`). The learned arrays are the head's
+blocks (:mod:`featcache.train.heads.neighbors`; ``knn``'s neighbour search imports torch
+when it predicts). The learned arrays are the head's
 own attributes and predictions are computed from them, so a head rebuilt with
 ``from_state`` predicts exactly like the original.
 
