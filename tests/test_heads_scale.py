@@ -208,3 +208,27 @@ def test_knn_path_searches_neighbours_once(data, monkeypatch):
     for row in res.rows:
         cold = make_head("knn", **row["params"]).fit(X_train, y_train)
         assert row["val_score"] == cold.score(X_val, y_val)
+
+
+def test_a_failing_point_of_a_path_is_named(data):
+    X_train, X_val, y_train, y_val = data
+    with pytest.raises(HeadError, match=r"C=-1 is not valid; expected a positive number"):
+        sweep(lambda p: make_head("svm", **p), {"C": [0.1, -1]}, X_train, y_train, X_val, y_val)
+
+
+def test_ncm_path_reuses_centroids_of_the_same_centering(data):
+    X_train, X_val, y_train, y_val = data
+    res = sweep(lambda p: make_head("ncm", **p), {"center": [True, False], "temperature": [0.05, 0.2]},
+                X_train, y_train, X_val, y_val)
+    assert [r["params"]["center"] for r in res.rows] == [True, True, False, False]
+    assert res.rows[0]["val_score"] == res.rows[1]["val_score"]  # temperature changes no prediction
+    cold = make_head("ncm", center=False).fit(X_train, y_train)
+    assert res.rows[2]["val_score"] == cold.score(X_val, y_val)
+
+
+def test_warm_start_from_another_fit_is_ignored_when_it_does_not_fit(data, blockwise):
+    X_train, _, y_train, _ = data
+    other = make_head("logreg").fit(X_train[:, :10], y_train)
+    head = make_head("logreg").fit(X_train, y_train, warm_start=other)  # other features: cold start
+    cold = make_head("logreg").fit(X_train, y_train)
+    np.testing.assert_allclose(head.coef_, cold.coef_)
