@@ -71,9 +71,10 @@ class RunningMoments:
         nb = len(block)
         if nb == 0:
             return
-        mb = block.mean(axis=0, dtype=np.float64)
-        centred = block - mb.astype(block.dtype)
-        m2b = np.einsum("ij,ij->j", centred, centred, dtype=np.float64)
+        centred = block.astype(np.float64)  # one block in float64, never the whole matrix
+        mb = centred.mean(axis=0)
+        centred -= mb
+        m2b = np.einsum("ij,ij->j", centred, centred)
         delta, total = mb - self.mean, self.count + nb
         self.mean = self.mean + delta * (nb / total)
         self.m2 = self.m2 + m2b + delta**2 * (self.count * nb / total)
