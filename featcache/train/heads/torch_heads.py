@@ -35,7 +35,7 @@ from featcache.train.heads._torch_train import (
     DataPlan,
     Net,
     cpu_threads,
-    resolve_device,
+    head_device,
     run_epochs,
     torch_module,
 )
@@ -95,7 +95,7 @@ class _TorchHead(HeadBase):
         torch = torch_module()
         self._check_params()
         hidden, dropout = self._hidden(), self._dropout()
-        device = resolve_device(self.device)
+        device = head_device(self.device)
         Xmem, y_enc = self._validate_any_fit(X, y)
         if is_lazy(Xmem):
             Xmem = None
