@@ -21,6 +21,8 @@ import weakref
 
 import numpy as np
 from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
@@ -139,8 +141,6 @@ class LogRegHead(_LinearModelHead):
 
     def make_reference(self):
         """The scikit-learn estimator of the same objective (for small matrices, benchmarks)."""
-        from sklearn.linear_model import LogisticRegression  # only for the sklearn solver
-
         return LogisticRegression(C=self.C, max_iter=self.max_iter)
 
     def _proba_from_decision(self, decision: np.ndarray) -> np.ndarray:
@@ -178,8 +178,6 @@ class SVMHead(_LinearModelHead):
 
     def make_reference(self):
         """The scikit-learn estimator of the same objective (for small matrices, benchmarks)."""
-        from sklearn.svm import LinearSVC  # only for the sklearn solver
-
         return LinearSVC(
             C=self.C, dual=True, max_iter=self.max_iter, random_state=self.random_state
         )
