@@ -42,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
+import make_tables  # noqa: E402
 
 # Published raw-pixel test accuracies of the same kind of classifier on Fashion-MNIST.
 PUBLISHED_SOURCE = (
@@ -437,22 +438,11 @@ def print_report(res: dict) -> None:
     print("extraction timings: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items() if v))
     print(f"cold extraction: {_bench.fmt(res.get('cold_extraction_s'), 1)} s ({res.get('cold_extraction_source')})")
     print()
-    print(_bench.table(res["heads"], HEAD_COLUMNS))
+    print(_bench.table(res["heads"], make_tables.HEAD_COLUMNS))
     if res.get("raw_pixels"):
         print(_bench.table([res["raw_pixels"]], [("head", "head"), ("features", "features"),
                                                  ("test_accuracy", "test acc", 4), ("fit_s", "fit s", 1)]))
     print(f"published: {res['published_source']}")
-
-
-HEAD_COLUMNS = [
-    ("head", "head"), ("test_accuracy", "test acc", 4), ("reference_test_accuracy", "sklearn acc", 4),
-    ("fit_s", "fit s", 2), ("fit_per_extraction", "fit / extract", 4), ("sweep_points", "sweep points"),
-    ("sweep_s", "sweep s", 2), ("sweep_per_extraction", "sweep / extract", 4),
-    ("sweep_test_accuracy", "sweep test acc", 4), ("predict_s", "predict s", 2),
-    ("predict_per_extraction", "predict / extract", 4), ("fit_peak_growth_mb", "fit peak +MB", 0),
-    ("train_matrix_mb", "train matrix MB", 0), ("reference_fit_s", "sklearn fit s", 1),
-    ("reference_predict_s", "sklearn predict s", 2), ("reference_peak_growth_mb", "sklearn fit peak +MB", 0),
-]
 
 
 def plot(res: dict, path: Path) -> None:
