@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from featcache.errors import DataError, UnknownNameError
-from featcache.extraction.images import IMAGE_EXTENSIONS, FileReader
+from featcache.extraction.imagefiles import IMAGE_EXTENSIONS, FileReader
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}

@@ -461,7 +461,7 @@ class TorchvisionReader:
         return ds
 
     def load(self, i: int):
-        from featcache.extraction.images import to_rgb
+        from featcache.extraction.imagefiles import to_rgb
 
         ds = self.dataset(self.sides[self.row_side[i]])
         return to_rgb(_to_pil(ds[int(self.row_index[i])][0]))

@@ -56,15 +56,12 @@ def default_cache_dir() -> Path:
 def versions() -> dict:
     import platform
 
-    from importlib.metadata import version
-    import torch
-    import torchvision
+    from featcache._version import __version__, installed_version
 
-    from featcache._version import __version__
-
-    return {"featcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "numpy": np.__version__,
-            "scikit-learn": version("scikit-learn"), "python": platform.python_version()}
+    return {"featcache": __version__, "torch": installed_version("torch"),
+            "torchvision": installed_version("torchvision"), "h5py": h5py.__version__,
+            "hdf5": h5py.version.hdf5_version, "numpy": np.__version__,
+            "scikit-learn": installed_version("scikit-learn"), "python": platform.python_version()}
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -11,10 +11,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from featcache.extraction.backbones.registry import get_backbone
 from featcache.extraction.decoders import DECODE_MODES, DECODER_VERSION, DECODERS
 from featcache.errors import FeatcacheError, UnknownNameError
-from featcache.extraction.layers import POOLS
 
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
@@ -83,6 +81,10 @@ def resolve_identity(
 
     ``extra`` holds further settings that change the numbers (e.g. the augmentation policy).
     """
+    # torch: only a full resolution needs the backbone registry (FeatureIdentity alone stays light)
+    from featcache.extraction.backbones.registry import get_backbone
+    from featcache.extraction.layers import POOLS
+
     entry = get_backbone(backbone)
     if pool not in POOLS:
         raise UnknownNameError("pooling", pool, POOLS)
