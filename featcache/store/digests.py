@@ -18,8 +18,9 @@ DIGEST_SIZE = 16  # bytes -> 32 hex characters
 SCHEMA = "digests-v2"
 
 
-def digest_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.blake2b(digest_size=DIGEST_SIZE)
+def digest_file(path: str, chunk: int = 1 << 20, *, sha256: bool = False) -> str:
+    """Hex BLAKE2b-128 of the file's bytes (row keys), or with ``sha256`` its SHA-256 (weights files)."""
+    h = hashlib.sha256() if sha256 else hashlib.blake2b(digest_size=DIGEST_SIZE)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)

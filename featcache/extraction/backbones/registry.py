@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import urllib.error
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from featcache.errors import UnknownNameError, WeightsError
+from featcache.store.digests import digest_file
 
 # --------------------------------------------------------------------------- preprocessing
 
@@ -118,12 +118,9 @@ class WeightsChoice:
 RANDOM_INIT_SEED = 0
 
 
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a weights file (the weights digest of its identity)."""
+    return digest_file(path, sha256=True)
 
 
 def _looks_like_path(spec: str) -> bool:
