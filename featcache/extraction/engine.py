@@ -10,22 +10,21 @@ computed.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import queue
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from featcache.extraction import distributed
-from featcache.extraction.sources import Manifest, load_manifest
+from featcache.extraction.report import ExtractResult, cache_hit_result
+from featcache.extraction.sources import Manifest, manifest_of
 from featcache.extraction.decoders import DECODERS
 from featcache.extraction.device_decode import decode_jpegs
-from featcache.errors import FeatcacheError, ImageDecodeError, UnknownNameError
+from featcache.errors import FeatcacheError, ImageDecodeError, Interrupted, UnknownNameError
 from featcache.faults import failpoint
 from featcache.extraction.images import ImageRows, collate
 from featcache.store.keys import FeatureIdentity, resolve_identity
@@ -33,60 +32,6 @@ from featcache.extraction.layers import FeatureExtractor
 from featcache.store.featureset import FeatureSet, FeatureStore
 
 ON_ERROR = ("fail", "skip")
-
-
-class Interrupted(FeatcacheError):
-    """Ctrl-C during extraction: what was computed is saved; the same command resumes."""
-
-
-@dataclass
-class ExtractResult:
-    view: str
-    feature_key: str
-    data: str
-    rows: int
-    dim: int
-    extracted: int
-    reused: int
-    cache_hit: bool
-    model_built: bool
-    skipped: list[dict] = field(default_factory=list)
-    ignored: int = 0
-    timings: dict = field(default_factory=dict)
-    identity: dict = field(default_factory=dict)
-    device: str = "cpu"
-    augmented: dict | None = None
-    workers: int = 0  # DataLoader decode workers of this run (0: decoding in the main process)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def summary(self) -> str:
-        t = self.timings
-        head = f"{self.data}: {self.rows} rows x {self.dim} [{self.feature_key}]"
-        if self.cache_hit:
-            return (f"cache hit: {head} in {t.get('total_s', 0):.2f} s, no model built -> {self.view}"
-                    + self._augmented_summary())
-        rate = self.extracted / t["extract_s"] if t.get("extract_s") else 0.0
-        s = (f"{head}: extracted {self.extracted}, reused {self.reused}, skipped {len(self.skipped)} "
-             f"in {t.get('total_s', 0):.1f} s ({rate:.1f} img/s on {self.device}; decode {t.get('decode_s', 0):.1f} s "
-             f"{f'in {self.workers} workers' if self.workers else 'in the main process'}{self._device_decode()}, "
-             f"waiting on data {t.get('wait_s', 0):.1f} s, "
-             f"forward {t.get('forward_s', 0):.1f} s, write {t.get('write_s', 0):.1f} s) -> {self.view}")
-        if self.ignored:
-            s += f"; {self.ignored} non-image files ignored"
-        return s + self._augmented_summary()
-
-    def _device_decode(self) -> str:
-        s = self.timings.get("device_decode_s")
-        return f" + {s:.1f} s of JPEG on {self.device}" if s is not None else ""
-
-    def _augmented_summary(self) -> str:
-        a = self.augmented
-        if not a:
-            return ""
-        return (f"\naugmented: {a['rows']} rows ({a['copies']} per training image) [{a['feature_key']}]: extracted "
-                f"{a['extracted']}, reused {a['reused']} -> {a['view']}")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -317,16 +262,12 @@ def extract(
             raise FeatcacheError(f"--augment {augment}: expected 0 or a positive number of copies per image")
         store = FeatureStore(cache_dir)
         # read the data and digest it once: the plain and the augmented extraction share the manifest
-        base = _manifest_of(data, store, path_column=path_column, label_column=label_column, root=root,
+        base = manifest_of(data, store.root, path_column=path_column, label_column=label_column, root=root,
                             split_column=split_column, labelled=labelled, tv_split=tv_split, download=download)
         base.compute_digests(store.digest_cache)
         plain = extract(base, **kw)
         aug = extract(augmented_manifest(base, augment, augment_seed), **{**kw, "_extra": identity_extra(augment_seed)})
-        plain.augmented = {"view": aug.view, "feature_key": aug.feature_key, "copies": augment,
-                           "rows": aug.rows, "extracted": aug.extracted, "reused": aug.reused,
-                           "cache_hit": aug.cache_hit}
-        plain.model_built = plain.model_built or aug.model_built
-        return plain
+        return plain.with_augmented(aug, augment)
     t_start = time.perf_counter()
     _check_choice("--on-error policy", on_error, ON_ERROR)
     if batch_size < 1:
@@ -339,7 +280,7 @@ def extract(
                                             image_size=image_size, precision=prec, dtype=dtype, extra=_extra,
                                             decode=decode)
     store = FeatureStore(cache_dir)
-    manifest = _manifest_of(data, store, path_column=path_column, label_column=label_column, root=root,
+    manifest = manifest_of(data, store.root, path_column=path_column, label_column=label_column, root=root,
                             split_column=split_column, labelled=labelled, tv_split=tv_split, download=download)
     timings = dict.fromkeys(("digest_s", "build_s", "wait_s", "decode_s", "forward_s", "write_s", "view_s",
                              "extract_s", "total_s"), 0.0)
@@ -356,7 +297,7 @@ def extract(
         # rank 0 decides (a cache hit, or which rows are missing) so that every rank agrees
         hit, todo, skipped = dist.broadcast(_plan(fs, manifest, view, on_error) if dist.is_main else None)
         if hit:
-            return _cache_hit(view, timings, t_start, common)
+            return cache_hit_result(view, timings, t_start, common)
 
         mine = todo[dist.rank::dist.world]
         n_workers = default_workers() if workers is None else workers
@@ -415,11 +356,6 @@ def extract(
 _EXTRACT_PARAMS = list(inspect.signature(extract).parameters)
 
 
-def _manifest_of(data: str | Manifest, store: FeatureStore, **data_options) -> Manifest:
-    """``data`` itself when it is a Manifest, else the manifest its source describes."""
-    return data if isinstance(data, Manifest) else load_manifest(data, cache_dir=store.root, **data_options)
-
-
 def _plan(fs: FeatureSet, manifest: Manifest, view, on_error: str):
     """(cache hit?, positions to extract, files skipped already) for this run."""
     if view.is_file():
@@ -437,18 +373,6 @@ def _plan(fs: FeatureSet, manifest: Manifest, view, on_error: str):
         if d is not None and d not in index and d not in first:
             first[d] = i
     return False, sorted(first.values()), skipped
-
-
-def _cache_hit(view, timings: dict, t_start: float, common: dict) -> ExtractResult:
-    from featcache.store.views import load_features
-
-    f = load_features(view, mmap=True)
-    rows, dim = f.features.shape
-    skipped = json.loads(f.attrs.get("skipped", "[]"))
-    f.features.file.close()
-    timings["total_s"] = time.perf_counter() - t_start
-    return ExtractResult(view=str(view), rows=rows, dim=dim, extracted=0, reused=rows, cache_hit=True,
-                         model_built=False, skipped=skipped, timings=timings, **common)
 
 
 def _rows_to_keep(manifest: Manifest, skipped: list[dict]) -> tuple[list[int], list[dict]]:

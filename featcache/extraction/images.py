@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from featcache.extraction.imagefiles import (  # noqa: F401  (re-exported)
+from featcache.extraction.imagefiles import (  # re-exported: the decoding of files lives there
     IMAGE_EXTENSIONS,
     JPEG_MAGIC,
     FileReader,
@@ -20,6 +20,9 @@ from featcache.extraction.imagefiles import (  # noqa: F401  (re-exported)
     jpeg_bytes,
     to_rgb,
 )
+
+__all__ = ["IMAGE_EXTENSIONS", "JPEG_MAGIC", "Batch", "FileReader", "ImageRows", "ImageTooLarge", "RawJpeg",
+           "check_pixels", "collate", "decode_image", "jpeg_bytes", "to_rgb"]
 
 
 class RawJpeg:

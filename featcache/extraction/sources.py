@@ -447,3 +447,8 @@ def load_manifest(data: str, *, cache_dir: str | os.PathLike, path_column: str =
         return from_csv(data, path_column=path_column, label_column=label_column, root=root,
                         split_column=split_column)
     return from_folder(data, labelled=labelled)
+
+
+def manifest_of(data: str | Manifest, cache_dir: str | os.PathLike, **data_options) -> Manifest:
+    """``data`` itself when it is a Manifest, else the manifest its source describes."""
+    return data if isinstance(data, Manifest) else load_manifest(data, cache_dir=cache_dir, **data_options)
