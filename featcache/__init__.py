@@ -25,10 +25,14 @@ _LAZY = {
 
 
 def __getattr__(name):  # lazy: `import featcache` stays cheap for the CLI
-    if name in ("extract", "ExtractResult"):
-        from featcache.extraction import engine as _m
+    if name == "extract":  # the resolution index first: a cache hit imports no torch
+        from featcache.extraction.entry import extract
 
-        return getattr(_m, name)
+        return extract
+    if name == "ExtractResult":
+        from featcache.extraction.report import ExtractResult
+
+        return ExtractResult
     if name in ("load_features", "Features"):
         from featcache.store import views as _m
 

@@ -14,7 +14,7 @@ import click
 
 from featcache._version import __version__
 from featcache.extraction.decoders import DECODE_MODES
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, Interrupted
 
 # what to do about an OSError, by errno (the message names the path and the OS's reason)
 _OS_FIXES = {
@@ -45,8 +45,6 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FeatcacheError as e:
-            from featcache.extraction.engine import Interrupted
-
             err = click.ClickException(str(e))
             if isinstance(e, Interrupted):
                 err.exit_code = 130
@@ -212,7 +210,7 @@ def _progress(as_json: bool, quiet: bool = False) -> bool:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def extract(data, cache_dir, as_json, quiet, **kw):
     """Stage one: extract features of DATA into the store (a second run is a cache hit)."""
-    from featcache.extraction.engine import extract as run
+    from featcache.extraction.entry import extract as run
 
     result = run(data, cache_dir=cache_dir, progress=_progress(as_json, quiet), **_extract_kwargs(kw))
     if os.environ.get("RANK", "0") != "0":
@@ -263,7 +261,6 @@ def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropou
              extra_params, use_default_grid, val_fraction, test_fraction, seed, output, plot, from_disk, n_jobs,
              cache_dir, as_json, quiet, **kw):
     """Stage two: fit a head on cached features (--features), or on --data extracted on the way."""
-    from featcache.errors import FeatcacheError
     from featcache.train.fitting import check_fit_arguments, parse_grid
     from featcache.train.fitting import fit_head as run
 
@@ -286,7 +283,7 @@ def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropou
                         test_fraction=test_fraction, n_jobs=n_jobs)
     augmented = None
     if data:
-        from featcache.extraction.engine import extract as run_extract
+        from featcache.extraction.entry import extract as run_extract
 
         extracted = run_extract(data, cache_dir=cache_dir, progress=_progress(as_json, quiet), **ekw)
         features_ref = extracted.view

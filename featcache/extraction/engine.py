@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from featcache.extraction import distributed
-from featcache.extraction.report import ExtractResult, cache_hit_result
+from featcache.extraction.report import ExtractResult, cache_hit_result, new_timings
 from featcache.extraction.sources import Manifest, manifest_of
 from featcache.extraction.decoders import DECODERS
 from featcache.extraction.device_decode import decode_jpegs
@@ -30,6 +30,7 @@ from featcache.extraction.images import ImageRows, collate
 from featcache.store.keys import FeatureIdentity, resolve_identity
 from featcache.extraction.layers import FeatureExtractor
 from featcache.store.featureset import FeatureSet, FeatureStore
+from featcache.store.resolutions import Resolution, ResolutionIndex, build_request
 
 ON_ERROR = ("fail", "skip")
 
@@ -209,6 +210,22 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
     return skipped
 
 
+def resolve(options: dict, dev: torch.device, index_root: str | os.PathLike | None = None):
+    """Full resolution of the identity ``options`` (resolution-index request options, see
+    featcache.store.resolutions.REQUEST_OPTIONS) on device ``dev``
+    -> (FeatureIdentity, BackboneEntry, WeightsChoice, precision); remembered in the
+    resolution index of store ``index_root`` when given."""
+    request = build_request(options) if index_root is not None else None  # a weights file's stat before its digest
+    prec = resolve_precision(options["precision"], dev)
+    ident, entry, choice = resolve_identity(
+        options["backbone"], weights=options["weights"], layer=options["layer"], pool=options["pool"],
+        image_size=options["image_size"], precision=prec, dtype=options["dtype"], extra=options["extra"],
+        decode=options["decode"])
+    if request is not None:
+        ResolutionIndex(index_root).remember(request, Resolution(ident.key, str(dev), choice.path, choice.digest))
+    return ident, entry, choice, prec
+
+
 def _check_choice(name: str, value: str, valid) -> None:
     if value not in valid:
         raise UnknownNameError(name, value, valid)
@@ -275,15 +292,13 @@ def extract(
     dev = resolve_device(device)
     dist = distributed.from_env(dev)
     dev = distributed.rank_device(dev, dist)
-    prec = resolve_precision(precision, dev)
-    ident, entry, choice = resolve_identity(backbone, weights=weights, layer=layer, pool=pool,
-                                            image_size=image_size, precision=prec, dtype=dtype, extra=_extra,
-                                            decode=decode)
     store = FeatureStore(cache_dir)
+    ident, entry, choice, prec = resolve(
+        dict(backbone=backbone, weights=weights, layer=layer, pool=pool, image_size=image_size, precision=precision,
+             dtype=dtype, decode=decode, device=device, extra=_extra), dev, store.root if dist.world == 1 else None)
     manifest = manifest_of(data, store.root, path_column=path_column, label_column=label_column, root=root,
                             split_column=split_column, labelled=labelled, tv_split=tv_split, download=download)
-    timings = dict.fromkeys(("digest_s", "build_s", "wait_s", "decode_s", "forward_s", "write_s", "view_s",
-                             "extract_s", "total_s"), 0.0)
+    timings = new_timings()
     t0 = time.perf_counter()
     manifest.compute_digests(store.digest_cache)
     timings["digest_s"] = time.perf_counter() - t0

@@ -12,6 +12,14 @@ from dataclasses import asdict, dataclass, field
 from featcache.store.views import load_features
 
 
+#: the phases of an extraction, in seconds (ExtractResult.timings)
+TIMINGS = ("digest_s", "build_s", "wait_s", "decode_s", "forward_s", "write_s", "view_s", "extract_s", "total_s")
+
+
+def new_timings() -> dict:
+    return dict.fromkeys(TIMINGS, 0.0)
+
+
 @dataclass
 class ExtractResult:
     view: str

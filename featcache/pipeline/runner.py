@@ -1,8 +1,9 @@
 """Pipelines: one TOML file declares an experiment; ``run_pipeline`` runs it with cache reuse.
 
 A pipeline names a data set, a split, a list of backbones and a list of heads.
-Running it extracts every backbone's features with :func:`featcache.extraction.engine.extract`
-(every row the store already holds is reused, so a second run extracts nothing),
+Running it extracts every backbone's features with :func:`featcache.extraction.entry.extract`
+(every row the store already holds is reused, so a second run extracts nothing, and a run
+whose rows are all cached imports no torch),
 fits every head on every backbone with :func:`featcache.train.fitting.fit_head`, and
 writes a summary next to the results. With ``[extract] augment = N`` each
 backbone also extracts (or reuses) N seeded augmented copies of every training
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, Interrupted
 from featcache.pipeline.spec import (
     BackboneSpec,
     DataSpec,
@@ -307,8 +308,7 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike, *, cache_dir: str | os.
     terminal). ``n_jobs`` is the parallelism of sweeps.
     """
     from featcache.extraction.sources import load_manifest
-    from featcache.extraction.engine import Interrupted, extract
-    from featcache.store.keys import resolve_identity
+    from featcache.extraction.entry import extract, resolve_key
     from featcache.store.featureset import FeatureStore, atomic_write_text
     from featcache.train.fitting import fit_head
     from featcache.store.views import load_features
@@ -330,9 +330,9 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike, *, cache_dir: str | os.
 
     for b in pipeline.backbones:  # every identity resolves before any work is done
         try:
-            resolve_identity(b.name, weights=b.weights, layer=b.layer, pool=b.pool, image_size=b.image_size,
-                             precision="float32" if b.precision == "auto" else b.precision, dtype=b.dtype,
-                             decode=b.decode)
+            resolve_key(dict(backbone=b.name, weights=b.weights, layer=b.layer, pool=b.pool, image_size=b.image_size,
+                             precision=b.precision, dtype=b.dtype, decode=b.decode, device=pipeline.extract.device,
+                             cache_dir=store.root))
         except FeatcacheError as e:
             raise context(f"backbone {b.label!r}", e) from e
     d = pipeline.data

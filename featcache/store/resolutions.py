@@ -137,17 +137,12 @@ class ResolutionIndex:
         if not self.path.is_file():
             return None
         try:
-            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
-            try:
-                row = con.execute(f"SELECT {_COLUMNS} FROM resolutions WHERE request = ?",
-                                  (request_id(request),)).fetchone()
-            finally:
-                con.close()
+            rows = self._query(f"SELECT {_COLUMNS} FROM resolutions WHERE request = ?", (request_id(request),))
         except sqlite3.Error:
             return None  # damaged or locked: a miss, and the full path rewrites it
-        if row is None:
+        if not rows:
             return None
-        key, device, path, size, mtime_ns, ino, digest = row
+        key, device, path, size, mtime_ns, ino, digest = rows[0]
         if path and file_stat(path) != (size, mtime_ns, ino):
             return None  # the weights file changed since: resolve again
         return Resolution(key, device, path, digest)
@@ -167,20 +162,40 @@ class ResolutionIndex:
             except OSError:
                 return
 
+    def options_for(self, key: str) -> list[dict]:
+        """The request options of every entry that resolves to ``key`` here and now (stale ones left out)."""
+        if not self.path.is_file():
+            return []
+        try:
+            rows = self._query("SELECT request_json FROM resolutions WHERE key = ?", (key,))
+        except sqlite3.Error:
+            return []
+        out = []
+        for (text,) in rows:
+            opts = json.loads(text)["options"]
+            res = self.lookup(build_request(opts))
+            if res is not None and res.key == key:
+                out.append(opts)
+        return out
+
     def entries(self) -> list[dict]:
         """Every entry (for ``cache verify``); raises sqlite3.DatabaseError on a damaged index."""
         if not self.path.is_file():
             return []
-        con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
-        try:
-            status = con.execute("PRAGMA integrity_check").fetchone()[0]
-            if status != "ok":
-                raise sqlite3.DatabaseError(status)
-            rows = con.execute(f"SELECT {_COLUMNS} FROM resolutions").fetchall()
-        finally:
-            con.close()
+        status = self._query("PRAGMA integrity_check")[0][0]
+        if status != "ok":
+            raise sqlite3.DatabaseError(status)
+        rows = self._query(f"SELECT {_COLUMNS} FROM resolutions")
         names = [c.strip() for c in _COLUMNS.split(",")]
         return [dict(zip(names, r)) for r in rows]
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of a read-only query (the file is never created here); raises sqlite3.Error."""
+        con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
 
     def _write(self, row: tuple) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featcache.extraction.engine import ExtractResult, extract, options_from_identity
 from featcache.errors import FeatcacheError, HeadError
-from featcache.store.keys import resolve_identity
-from featcache.train.persist import LoadedHead, check_feature_key, load_head
+from featcache.extraction.entry import extract, resolve_key
+from featcache.extraction.report import ExtractResult
+from featcache.store.featureset import FeatureStore
+from featcache.store.keys import FeatureIdentity
+from featcache.store.resolutions import ResolutionIndex
 from featcache.store.views import load_features
+from featcache.train.persist import LoadedHead, check_feature_key, load_head
 
 
 @dataclass
@@ -57,11 +60,12 @@ def predict(head_path: str | os.PathLike, data: str, *, cache_dir=None, batch_si
     if not identity or not isinstance(identity, dict):
         raise HeadError(f"head file {head_path} does not record the identity of its features; re-fit it with "
                         "`featcache fit-head`")
-    opts = _options_of(loaded, identity, head_path)  # checks that they give the head's feature key
+    # options that give the head's feature key (checked): from the resolution index, else resolved in full
+    opts = _indexed_options(loaded, identity, cache_dir, device) or _options_of(loaded, identity, head_path, cache_dir)
     opts.update(labelled=False, label_column=None)
     opts.update(data_options)
     if any(k in _IDENTITY_OPTIONS for k in data_options):  # options given to predict() that change the features
-        check_feature_key(loaded, feature_key_of(opts, device))
+        check_feature_key(loaded, feature_key_of(opts, device, cache_dir))
     r: ExtractResult = extract(data, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
                                on_error=on_error, progress=progress, **opts)
     check_feature_key(loaded, r.feature_key)
@@ -78,22 +82,40 @@ def predict(head_path: str | os.PathLike, data: str, *, cache_dir=None, batch_si
 _IDENTITY_OPTIONS = ("backbone", "weights", "layer", "pool", "image_size", "precision", "dtype", "decode")
 
 
-def feature_key_of(opts: dict, device: str = "auto") -> str:
-    """The feature key :func:`featcache.extract` would use with these options (nothing is built or read)."""
-    kw = {k: opts[k] for k in _IDENTITY_OPTIONS[1:] if k in opts}
-    if kw.get("precision", "auto") == "auto":
-        from featcache.extraction.engine import resolve_device, resolve_precision
-
-        kw["precision"] = resolve_precision("auto", resolve_device(device))
-    ident, _, _ = resolve_identity(opts["backbone"], **kw)
-    return ident.key
+def feature_key_of(opts: dict, device: str = "auto", cache_dir=None) -> str:
+    """The feature key :func:`featcache.extract` would use with these options (nothing is built or read;
+    the resolution index of the store ``cache_dir`` answers when it can)."""
+    return resolve_key({**{k: opts[k] for k in _IDENTITY_OPTIONS if k in opts}, "device": device,
+                        "cache_dir": cache_dir})
 
 
-def _options_of(loaded: LoadedHead, identity: dict, head_path) -> dict:
+def _indexed_options(loaded: LoadedHead, identity: dict, cache_dir, device: str) -> dict | None:
+    """extract() options giving the head's feature key, from the resolution index (no torch); None when
+    the index knows none, or the recorded identity does not give the key (the full path says why)."""
+    try:
+        if FeatureIdentity.from_dict(identity).key != loaded.feature_key:
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    known = [o for o in ResolutionIndex(FeatureStore(cache_dir).root).options_for(loaded.feature_key)
+             if not o.get("extra")]
+    if not known:
+        return None
+    same = [o for o in known if o["device"] == device]
+    opts = {k: (same or known)[0][k] for k in _IDENTITY_OPTIONS}
+    if not same:  # resolved on another device: its `auto` precision may differ there, the identity's may not
+        opts["precision"] = identity["precision"]
+    return opts
+
+
+def _options_of(loaded: LoadedHead, identity: dict, head_path, cache_dir=None) -> dict:
     """extract() options reproducing the head's identity; a HeadError when they do not give its key."""
+    # torch: recovering the options from an identity needs the backbone registry
+    from featcache.extraction.engine import options_from_identity
+
     try:
         opts = options_from_identity(identity, (loaded.metadata or {}).get("weights_path"))
-        key = feature_key_of(opts)
+        key = feature_key_of(opts, cache_dir=cache_dir)
     except FeatcacheError:
         raise
     except (KeyError, TypeError, ValueError) as e:
