@@ -118,3 +118,169 @@ def test_concurrent_writers_share_the_index(tmp_path):
     assert a.lookup(build_request({**BASE, "pool": "max"})).key == "k2"
     with sqlite3.connect(tmp_path / INDEX_FILE) as con:
         assert con.execute("SELECT COUNT(*) FROM resolutions").fetchone()[0] == 2
+
+
+# --------------------------------------------------------------------------- the index against full resolution
+
+def _full_key(options: dict) -> str:
+    """The key the full path gives (torch): device and precision resolved, then resolve_identity."""
+    from featcache.extraction.engine import resolve_device, resolve_precision
+    from featcache.store.keys import resolve_identity
+
+    o = {**DEFAULTS, **options}
+    prec = resolve_precision(o["precision"], resolve_device(o["device"]))
+    ident, _, _ = resolve_identity(o["backbone"], weights=o["weights"], layer=o["layer"], pool=o["pool"],
+                                   image_size=o["image_size"], precision=prec, dtype=o["dtype"], decode=o["decode"],
+                                   extra=o.get("_extra"))
+    return ident.key
+
+
+DEFAULTS = dict(backbone="resnet18", weights="none", layer="penultimate", pool="avg", image_size=32,
+                precision="auto", dtype="float32", decode="workers", device="auto")
+#: one change per option `featcache extract` accepts that enters the identity (WEIGHTS_FILE: a local file)
+VARIATIONS = [{}, {"backbone": "efficientnet_lite0", "weights": "DEFAULT", "image_size": None},
+              {"backbone": "efficientnet_lite0", "weights": "IMAGENET1K"}, {"weights": "WEIGHTS_FILE"},
+              {"layer": "layer4"}, {"pool": "max"}, {"pool": "none"}, {"image_size": 48}, {"image_size": None},
+              {"precision": "float32"}, {"precision": "bfloat16"}, {"precision": "float16"}, {"dtype": "float16"},
+              {"decode": "draft"}, {"decode": "device"}, {"device": "cpu"}, {"_extra": {"augment": "seed-3"}}]
+#: `featcache extract` options that do not enter the identity, or enter it as VARIATIONS' `_extra`
+NOT_IN_VARIATIONS = {"data", "cache_dir", "as_json", "quiet", "batch_size", "workers", "on_error", "path_column",
+                     "label_column", "split_column", "root", "tv_split", "download", "no_labels", "flush_every",
+                     "flush_rows", "augment", "augment_seed"}
+
+
+def test_every_identity_option_of_the_cli_is_covered():
+    from featcache.cli import extract
+
+    covered = {k for v in VARIATIONS for k in v} | set(DEFAULTS)
+    names = {p.name for p in extract.params}
+    assert names - covered - NOT_IN_VARIATIONS == set(), "classify the new option: identity (VARIATIONS) or not"
+
+
+def test_the_index_gives_the_key_of_the_full_resolution(tmp_path):
+    from featcache.extraction.entry import index_request, resolve_key
+
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"not really weights")
+    cases = [{k: str(weights) if v == "WEIGHTS_FILE" else v for k, v in v.items()} for v in VARIATIONS]
+    full = [_full_key(c) for c in cases]
+    cache = tmp_path / "cache"
+    for c, key in zip(cases, full):
+        assert resolve_key({**DEFAULTS, **c, "cache_dir": cache}) == key  # a miss: resolved and remembered
+    index = ResolutionIndex(cache)
+    for c, key in zip(cases, full):  # every entry answers with the full resolution's key
+        assert index.lookup(index_request({**DEFAULTS, **c})).key == key
+    assert len({index_request({**DEFAULTS, **c})["options"].__repr__() for c in cases}) == len(cases)
+    weights.write_bytes(b"other weights, other key")
+    assert index.lookup(index_request({**DEFAULTS, "weights": str(weights)})) is None
+    assert resolve_key({**DEFAULTS, "weights": str(weights), "cache_dir": cache}) != full[3]
+
+
+# --------------------------------------------------------------------------- commands without torch
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """A store holding a folder's features (extracted through the full path), a logreg head and a pipeline."""
+    from conftest import make_image
+
+    import featcache
+
+    tmp = tmp_path_factory.mktemp("warm")
+    data = tmp / "data"
+    for i in range(12):
+        make_image(data / ("a" if i % 2 else "b") / f"{i:02d}.png", seed=i, size=(24, 24))
+    cache = tmp / "cache"
+    r = featcache.extract(str(data), **CLI_KW, cache_dir=cache, workers=0)
+    head = tmp / "logreg.head.npz"
+    featcache.fit_head(r.view, "logreg", output=head, cache_dir=cache, val_fraction=0.25, test_fraction=0.25)
+    pipeline = tmp / "p.toml"
+    pipeline.write_text(f'name = "p"\n[data]\nsource = "{data}"\n[split]\nval_fraction = 0.25\ntest_fraction = 0.25\n'
+                        '[[backbones]]\nname = "resnet18"\nweights = "none"\nimage_size = 32\n'
+                        '[[heads]]\nname = "logreg"\n[[heads]]\nname = "ncm"\n')
+    return {"data": data, "cache": cache, "key": r.feature_key, "view": r.view, "head": head, "pipeline": pipeline,
+            "tmp": tmp}
+
+
+CLI_KW = dict(backbone="resnet18", weights="none", image_size=32)
+CLI_ARGS = ["--backbone", "resnet18", "--weights", "none", "--image-size", "32"]
+#: runs CLI commands in one fresh process; prints their output, then per command the torch modules loaded after it
+CHILD = """
+import json, sys
+from featcache.cli import cli
+loaded = []
+for args in json.loads(sys.argv[1]):
+    cli.main(args, prog_name="featcache", standalone_mode=False)
+    loaded.append([" ".join(args[:2]), sorted(m for m in ("torch", "torchvision") if m in sys.modules)])
+print(json.dumps(loaded))
+"""
+
+
+def run_child(*commands: list[str]) -> tuple[list[str], str]:
+    """(torch modules imported, with the first command that imported them; the commands' output)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([[str(a) for a in c] for c in commands])],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    *out, loaded = proc.stdout.strip().splitlines()
+    first = next(([cmd, *mods] for cmd, mods in json.loads(loaded) if mods), [])
+    return first[1:], "\n".join(out) + (f"\n(torch first imported by {first[0]!r})" if first else "")
+
+
+def test_a_warm_extract_imports_no_torch(warm):
+    c = ["--cache", warm["cache"]]
+    modules, out = run_child(["extract", "--data", warm["data"], *CLI_ARGS, "-q", *c])
+    assert modules == [], f"a cache hit imported {modules}: {out}"
+    assert out.startswith("cache hit:") and warm["key"] in out
+
+
+def test_stage_two_with_sklearn_heads_imports_no_torch(warm):
+    c = ["--cache", warm["cache"]]
+    modules, out = run_child(
+        ["fit-head", "--features", warm["view"], "--head", "logreg", "-o", warm["tmp"] / "a.head.npz", *c],
+        ["fit-head", "--data", warm["data"], *CLI_ARGS, "--head", "knn", "-o", warm["tmp"] / "b.head.npz", *c],
+        ["predict", "--head", warm["head"], "--data", warm["data"], "-o", warm["tmp"] / "pred.csv", *c],
+        ["results", *c], ["cache", "ls", *c], ["cache", "info", warm["key"], *c],
+        ["cache", "export", warm["view"], "-o", warm["tmp"] / "x.npz", *c], ["cache", "verify", *c])
+    assert modules == [], f"stage two on cached features imported {modules}: {out[-300:]}"
+    assert "12 predictions" in out
+
+
+def test_a_pipeline_of_cached_rows_imports_no_torch(warm):
+    modules, out = run_child(["run", warm["pipeline"], "-q", "--cache", warm["cache"]])
+    assert modules == [], f"a pipeline of cached rows imported {modules}: {out[-300:]}"
+    assert "best (*)" in out
+
+
+def test_torch_heads_import_torch_only(warm):
+    modules, _ = run_child(["fit-head", "--features", warm["view"], "--head", "linear", "--max-epochs", "2",
+                            "-o", warm["tmp"] / "lin.head.npz", "--cache", warm["cache"]])
+    assert modules == ["torch"]
+
+
+def test_a_changed_library_version_takes_the_full_path(warm, monkeypatch):
+    from featcache.extraction.entry import answer_from_cache
+
+    options = {**CLI_KW, "cache_dir": warm["cache"]}
+    assert answer_from_cache(str(warm["data"]), options)[0].cache_hit
+    real = resolutions.installed_versions
+    monkeypatch.setattr(resolutions, "installed_versions", lambda: {**real(), "torchvision": "0.0.1"})
+    assert answer_from_cache(str(warm["data"]), options) == (None, None)
+    import featcache
+
+    r = featcache.extract(str(warm["data"]), **options)  # the full path: the same key, remembered again
+    assert r.cache_hit and r.feature_key == warm["key"]
+    assert answer_from_cache(str(warm["data"]), options)[0].feature_key == warm["key"]
+
+
+def test_deleting_the_index_loses_nothing(warm):
+    import featcache
+    from featcache.extraction.entry import answer_from_cache
+
+    (warm["cache"] / INDEX_FILE).unlink()
+    options = {**CLI_KW, "cache_dir": warm["cache"]}
+    assert answer_from_cache(str(warm["data"]), options) == (None, None)
+    assert featcache.extract(str(warm["data"]), **options).feature_key == warm["key"]
+    assert answer_from_cache(str(warm["data"]), options)[0].feature_key == warm["key"]

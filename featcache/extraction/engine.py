@@ -16,10 +16,10 @@ import sys
 import threading
 import time
 
-import numpy as np
 import torch
 
 from featcache.extraction import distributed
+from featcache.extraction.planning import check_run_options, plan_rows, rows_to_keep, write_dataset_view
 from featcache.extraction.report import ExtractResult, cache_hit_result, new_timings
 from featcache.extraction.sources import Manifest, manifest_of
 from featcache.extraction.decoders import DECODERS
@@ -31,8 +31,6 @@ from featcache.store.keys import FeatureIdentity, resolve_identity
 from featcache.extraction.layers import FeatureExtractor
 from featcache.store.featureset import FeatureSet, FeatureStore
 from featcache.store.resolutions import Resolution, ResolutionIndex, build_request
-
-ON_ERROR = ("fail", "skip")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -226,11 +224,6 @@ def resolve(options: dict, dev: torch.device, index_root: str | os.PathLike | No
     return ident, entry, choice, prec
 
 
-def _check_choice(name: str, value: str, valid) -> None:
-    if value not in valid:
-        raise UnknownNameError(name, value, valid)
-
-
 def extract(
     data: str | Manifest,
     *,
@@ -270,13 +263,12 @@ def extract(
     ``decode="device"`` decodes JPEG files with torchvision.io on ``device`` (nvJPEG on
     CUDA) instead of PIL in the workers; it is part of the feature key.
     """
+    check_run_options(on_error=on_error, batch_size=batch_size, augment=augment)
     if augment:
         from featcache.extraction.augment import augmented_manifest, identity_extra
 
         args = locals()
         kw = {k: args[k] for k in _EXTRACT_PARAMS if k not in ("data", "augment", "augment_seed")}
-        if augment < 0:
-            raise FeatcacheError(f"--augment {augment}: expected 0 or a positive number of copies per image")
         store = FeatureStore(cache_dir)
         # read the data and digest it once: the plain and the augmented extraction share the manifest
         base = manifest_of(data, store.root, path_column=path_column, label_column=label_column, root=root,
@@ -286,9 +278,6 @@ def extract(
         aug = extract(augmented_manifest(base, augment, augment_seed), **{**kw, "_extra": identity_extra(augment_seed)})
         return plain.with_augmented(aug, augment)
     t_start = time.perf_counter()
-    _check_choice("--on-error policy", on_error, ON_ERROR)
-    if batch_size < 1:
-        raise FeatcacheError(f"--batch-size {batch_size}: expected a positive integer")
     dev = resolve_device(device)
     dist = distributed.from_env(dev)
     dev = distributed.rank_device(dev, dist)
@@ -310,7 +299,7 @@ def extract(
     # being added to it, as they are in no view yet
     with fs.lock(shared=True):
         # rank 0 decides (a cache hit, or which rows are missing) so that every rank agrees
-        hit, todo, skipped = dist.broadcast(_plan(fs, manifest, view, on_error) if dist.is_main else None)
+        hit, todo, skipped = dist.broadcast(plan_rows(fs, manifest, view, on_error) if dist.is_main else None)
         if hit:
             return cache_hit_result(view, timings, t_start, common)
 
@@ -349,15 +338,9 @@ def extract(
         built = any(r[1] for r in ranks)
         skipped = skipped + [b for r in ranks for b in r[2]]
         t0 = time.perf_counter()
-        keep, skipped = _rows_to_keep(manifest, skipped)
+        keep, skipped = rows_to_keep(manifest, skipped)
         if dist.is_main:
-            fs.write_view(
-                view, [manifest.digests[i] for i in keep], ids=[manifest.ids[i] for i in keep],
-                labels=manifest.labels[keep] if len(keep) else np.zeros(0, np.int64),
-                split=[manifest.split[i] for i in keep], class_names=manifest.class_names,
-                attrs={"weights_path": choice.path or "", "data_source": manifest.source, "data_root": manifest.root,
-                       "data_name": manifest.name, "fingerprint": manifest.fingerprint(), "skipped": skipped,
-                       "ignored_files": len(manifest.ignored), "world_size": dist.world})
+            write_dataset_view(fs, view, manifest, keep, skipped, weights_path=choice.path, world=dist.world)
     dist.barrier()  # every rank has let go of the set: rank 0 may merge its small shards
     if dist.is_main:
         fs.compact()
@@ -369,38 +352,6 @@ def extract(
 
 
 _EXTRACT_PARAMS = list(inspect.signature(extract).parameters)
-
-
-def _plan(fs: FeatureSet, manifest: Manifest, view, on_error: str):
-    """(cache hit?, positions to extract, files skipped already) for this run."""
-    if view.is_file():
-        return True, [], []
-    skipped = []
-    for i, d in enumerate(manifest.digests):
-        if d is None:
-            if on_error == "fail":
-                raise ImageDecodeError(f"cannot read {manifest.ids[i]!r}; check the file's permissions, or "
-                                       "pass --on-error skip to leave it out")
-            skipped.append({"id": manifest.ids[i], "error": "unreadable file"})
-    index = fs.row_index()
-    first: dict[str, int] = {}
-    for i, d in enumerate(manifest.digests):
-        if d is not None and d not in index and d not in first:
-            first[d] = i
-    return False, sorted(first.values()), skipped
-
-
-def _rows_to_keep(manifest: Manifest, skipped: list[dict]) -> tuple[list[int], list[dict]]:
-    """Positions that go into the view; content that failed to decode fails at every position holding it."""
-    position = {id_: i for i, id_ in enumerate(manifest.ids)}
-    bad_digests = {manifest.digests[position[s["id"]]] for s in skipped} - {None}
-    skipped = list(skipped)
-    skipped_ids = {s["id"] for s in skipped}
-    for id_, d in zip(manifest.ids, manifest.digests):
-        if d in bad_digests and id_ not in skipped_ids:
-            skipped.append({"id": id_, "error": "same content as a file that could not be decoded"})
-            skipped_ids.add(id_)
-    return [i for i, id_ in enumerate(manifest.ids) if id_ not in skipped_ids], skipped
 
 
 def ident_transform(ident: FeatureIdentity):
