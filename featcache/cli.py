@@ -491,7 +491,8 @@ def run_cmd(pipeline_path, n_jobs, cache_dir, as_json, quiet):
 
     # --cache or FEATCACHE_CACHE beat the file's `cache`; the file's beats the default
     given = click.get_current_context().get_parameter_source("cache_dir") is not ParameterSource.DEFAULT
-    result = run_pipeline(load_pipeline(pipeline_path), cache_dir=cache_dir if given else None,
+    store = cache_dir if given else None
+    result = run_pipeline(load_pipeline(pipeline_path, cache_dir=store), cache_dir=store,
                           progress=not (as_json or quiet), n_jobs=n_jobs)
     if as_json:
         _emit_json(result.to_dict())

@@ -41,6 +41,7 @@ from featcache.pipeline.spec import (
     SplitSpec,
     load_pipeline,
     parse_pipeline,
+    store_folder,
 )
 
 __all__ = [
@@ -69,13 +70,7 @@ MIN_RATE_ROWS = 100
 
 def resolve_cache_dir(pipeline: Pipeline, cache_dir: str | os.PathLike | None = None) -> Path:
     """The store: ``cache_dir`` if given, else ``$FEATCACHE_CACHE``, else the pipeline's ``cache``, else ``cache``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("FEATCACHE_CACHE"):
-        return Path(os.environ["FEATCACHE_CACHE"])
-    if pipeline.cache:
-        return Path(pipeline.cache)
-    return Path("cache")
+    return store_folder(pipeline.cache, cache_dir)
 
 
 # --------------------------------------------------------------------------- results

@@ -38,6 +38,8 @@ from typing import Any
 
 from featcache.extraction.decoders import DECODE_MODES
 from featcache.errors import FeatcacheError, UnknownNameError
+from featcache.extraction.backbones.weights_names import looks_like_path
+from featcache.store.resolutions import ResolutionIndex
 
 __all__ = [
     "BackboneSpec",
@@ -250,6 +252,15 @@ class _Ctx:
 
     def __init__(self, file: str):
         self.file = file
+        # backbones and (backbone, weights name) pairs resolved before in the store (no registry needed)
+        self.known_names: set[str] = set()
+        self.known_weights: set[tuple[str, str]] = set()
+
+    def know(self, store: Path) -> None:
+        """Take the backbones and weights names the resolution index of ``store`` resolves here and now."""
+        options = ResolutionIndex(store).options_for()
+        self.known_names = {o["backbone"] for o in options}
+        self.known_weights = {(o["backbone"], o["weights"]) for o in options}
 
     def error(self, msg: str) -> PipelineError:
         return PipelineError(f"{self.file}: {msg}")
@@ -307,8 +318,9 @@ def _tupled(v: Any) -> Any:
     return v
 
 
-def load_pipeline(path: str | os.PathLike) -> Pipeline:
-    """Read and validate a pipeline TOML file (never executes anything in it)."""
+def load_pipeline(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Pipeline:
+    """Read and validate a pipeline TOML file (never executes anything in it); ``cache_dir``: the store
+    it will run on, if not its own (see :func:`store_folder`)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise PipelineError(f"pipeline file {str(path)!r} does not exist; expected a TOML file such as "
@@ -321,12 +333,14 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
     except (OSError, UnicodeDecodeError) as e:
         raise PipelineError(f"cannot read pipeline file {str(p)!r} ({e})") from None
     stem = re.sub(r"[^A-Za-z0-9_.+-]+", "-", p.stem).strip("-.") or "pipeline"
-    return parse_pipeline(doc, base_dir=p.resolve().parent, source=str(p), default_name=stem)
+    return parse_pipeline(doc, base_dir=p.resolve().parent, source=str(p), default_name=stem, cache_dir=cache_dir)
 
 
 def parse_pipeline(doc: dict, *, base_dir: str | os.PathLike = ".", source: str = "<pipeline>",
-                   default_name: str = "pipeline") -> Pipeline:
-    """Validate a parsed TOML document; relative paths resolve against ``base_dir``."""
+                   default_name: str = "pipeline", cache_dir: str | os.PathLike | None = None) -> Pipeline:
+    """Validate a parsed TOML document; relative paths resolve against ``base_dir``. Backbone and
+    weights names resolved before in the store (``cache_dir``, else as :func:`store_folder` says)
+    are taken as valid without the registry, so parsing imports no torch then."""
     ctx = _Ctx(source)
     base = Path(base_dir).resolve()
     if not isinstance(doc, dict):
@@ -392,19 +406,43 @@ def parse_pipeline(doc: dict, *, base_dir: str | os.PathLike = ".", source: str 
         raise ctx.error(f"[extract] augment = {ext_spec.augment} is out of range; expected 0 (no augmented "
                         "copies) or a positive number of augmented copies per training image, e.g. augment = 2")
 
+    cache = _resolve_path(doc["cache"], base) if doc.get("cache") else None
+    ctx.know(store_folder(cache, cache_dir))
     backbones = _parse_backbones(doc.get("backbones"), ctx, base)
     heads = _parse_heads(doc.get("heads"), ctx, {b.label for b in backbones})
-    cache = doc.get("cache")
     return Pipeline(
         name=name, description=doc.get("description", ""), data=data_spec, split=split_spec,
-        extract=ext_spec, backbones=backbones, heads=heads,
-        cache=_resolve_path(cache, base) if cache else None, path=source,
+        extract=ext_spec, backbones=backbones, heads=heads, cache=cache, path=source,
     )
 
 
-def _parse_backbones(items, ctx: _Ctx, base: Path) -> tuple[BackboneSpec, ...]:
-    from featcache.extraction.backbones.registry import _looks_like_path, get_backbone, list_backbones
+def store_folder(pipeline_cache: str | None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The store: ``cache_dir`` if given, else ``$FEATCACHE_CACHE``, else the pipeline's ``cache``, else ``cache``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("FEATCACHE_CACHE"):
+        return Path(os.environ["FEATCACHE_CACHE"])
+    return Path(pipeline_cache or "cache")
 
+
+def _check_backbone(ctx: _Ctx, where: str, name: str, weights: str | None = None) -> None:
+    """``name`` is a backbone and ``weights`` (when given) one of its weights names: known from the
+    resolution index of the pipeline's store (no torch), else asked of the backbone registry."""
+    if name in ctx.known_names and (weights is None or (name, weights) in ctx.known_weights):
+        return
+    # torch: the registry is torchvision's
+    from featcache.extraction.backbones.registry import get_backbone, list_backbones
+
+    try:
+        entry = get_backbone(name)
+    except UnknownNameError:
+        raise UnknownNameError("backbone", name, list_backbones(),
+                               hint=f"{where} in {ctx.file}; `featcache backbones` lists them") from None
+    if weights is not None:
+        entry.resolve_weights(weights)  # a name: validated now, loaded at extraction
+
+
+def _parse_backbones(items, ctx: _Ctx, base: Path) -> tuple[BackboneSpec, ...]:
     if not items:
         raise ctx.error('declares no backbone; expected at least one\n[[backbones]]\nname = "resnet18"')
     out: list[BackboneSpec] = []
@@ -414,20 +452,16 @@ def _parse_backbones(items, ctx: _Ctx, base: Path) -> tuple[BackboneSpec, ...]:
         if "name" not in b:
             raise ctx.error(f"{where} has no name; expected e.g. name = \"resnet18\" (see `featcache backbones`)")
         name = b["name"]
-        try:
-            entry = get_backbone(name)
-        except UnknownNameError:
-            raise UnknownNameError("backbone", name, list_backbones(),
-                                   hint=f"{where} in {ctx.file}; `featcache backbones` lists them") from None
+        _check_backbone(ctx, where, name)
         weights = b.get("weights", "DEFAULT")
-        if weights.lower() not in ("none", "default") and _looks_like_path(weights):
+        if weights.lower() not in ("none", "default") and looks_like_path(weights):
             weights = _resolve_path(weights, base)
             if not Path(weights).is_file():
                 raise ctx.error(f"{where} weights = {b['weights']!r}: no such file ({weights}); expected a "
                                 "state-dict file (relative paths are relative to this TOML file), DEFAULT, "
                                 "a weights name or none")
         else:
-            entry.resolve_weights(weights)  # a name: validated now, loaded at extraction
+            _check_backbone(ctx, where, name, weights)
         size = b.get("image_size")
         if size is not None:
             ctx.positive(where, "image_size", size, 8)

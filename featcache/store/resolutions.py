@@ -100,16 +100,22 @@ def file_stat(path: str | os.PathLike) -> tuple[int, int, int] | None:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-def build_request(options: Mapping) -> dict:
-    """The request of ``options`` (missing ones are None): everything a resolution depends on."""
+def environment() -> dict:
+    """The part of every request that the installation and machine decide."""
+    return {"versions": installed_versions(), "builds": library_builds(), "code": code_fingerprint(),
+            "accelerator": accelerator()}
+
+
+def build_request(options: Mapping, env: dict | None = None) -> dict:
+    """The request of ``options`` (missing ones are None): everything a resolution depends on
+    (``env``: :func:`environment`, when already computed)."""
     opts = {k: options.get(k) for k in REQUEST_OPTIONS}
     opts["extra"] = dict(opts["extra"] or {})
     weights_file = None
     spec = os.path.expanduser(str(opts["weights"]))
     if os.path.isfile(spec):  # a superset of the specs the registry reads as a file: never a stale hit
         weights_file = [os.path.realpath(spec), *file_stat(spec)]
-    return {"schema": SCHEMA, "options": opts, "weights_file": weights_file, "versions": installed_versions(),
-            "builds": library_builds(), "code": code_fingerprint(), "accelerator": accelerator()}
+    return {"schema": SCHEMA, "options": opts, "weights_file": weights_file, **(env or environment())}
 
 
 def request_id(request: dict) -> str:
@@ -162,19 +168,19 @@ class ResolutionIndex:
             except OSError:
                 return
 
-    def options_for(self, key: str) -> list[dict]:
-        """The request options of every entry that resolves to ``key`` here and now (stale ones left out)."""
+    def options_for(self, key: str | None = None) -> list[dict]:
+        """The request options of every entry that resolves (to ``key``, when given) here and now."""
         if not self.path.is_file():
             return []
         try:
-            rows = self._query("SELECT request_json FROM resolutions WHERE key = ?", (key,))
+            rows = self._query("SELECT key, request_json FROM resolutions")
         except sqlite3.Error:
             return []
-        out = []
-        for (text,) in rows:
+        env, out = environment(), []
+        for k, text in rows:
             opts = json.loads(text)["options"]
-            res = self.lookup(build_request(opts))
-            if res is not None and res.key == key:
+            res = self.lookup(build_request(opts, env)) if key in (None, k) else None
+            if res is not None and res.key == k:
                 out.append(opts)
         return out
 

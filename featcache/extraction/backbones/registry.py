@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from featcache.errors import UnknownNameError, WeightsError
+from featcache.extraction.backbones.weights_names import looks_like_path
 from featcache.store.digests import digest_file
 
 # --------------------------------------------------------------------------- preprocessing
@@ -121,10 +122,6 @@ RANDOM_INIT_SEED = 0
 def file_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a weights file (the weights digest of its identity)."""
     return digest_file(path, sha256=True)
-
-
-def _looks_like_path(spec: str) -> bool:
-    return os.sep in spec or "/" in spec or spec.endswith((".pth", ".pt", ".bin", ".ckpt")) or os.path.exists(spec)
 
 
 def load_state_dict_file(path: str) -> dict:
@@ -234,7 +231,7 @@ class BackboneEntry:
                 preprocess=self.default_preprocess(),
                 kind="none",
             )
-        if spec.upper() != "DEFAULT" and _looks_like_path(spec):
+        if spec.upper() != "DEFAULT" and looks_like_path(spec):
             p = Path(spec).expanduser()
             if not p.is_file():
                 raise WeightsError(
