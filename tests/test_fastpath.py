@@ -92,9 +92,9 @@ def test_verify_finds_a_weights_file_changed_behind_its_stat(tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"abc")
     index = ResolutionIndex(tmp_path)
-    from featcache.store.digests import digest_file
+    from featcache.store.digests import hash_file
 
-    index.remember(build_request(BASE), Resolution("k", "cpu", str(weights), digest_file(weights, sha256=True)))
+    index.remember(build_request(BASE), Resolution("k", "cpu", str(weights), hash_file(weights, "sha256")))
     assert verify(tmp_path).ok
     st = weights.stat()
     weights.write_bytes(b"xyz")  # same size; put the old mtime back
@@ -122,58 +122,68 @@ def test_concurrent_writers_share_the_index(tmp_path):
 
 # --------------------------------------------------------------------------- the index against full resolution
 
-def _full_key(options: dict) -> str:
-    """The key the full path gives (torch): device and precision resolved, then resolve_identity."""
-    from featcache.extraction.engine import resolve_device, resolve_precision
-    from featcache.store.keys import resolve_identity
-
-    o = {**DEFAULTS, **options}
-    prec = resolve_precision(o["precision"], resolve_device(o["device"]))
-    ident, _, _ = resolve_identity(o["backbone"], weights=o["weights"], layer=o["layer"], pool=o["pool"],
-                                   image_size=o["image_size"], precision=prec, dtype=o["dtype"], decode=o["decode"],
-                                   extra=o.get("_extra"))
-    return ident.key
-
-
-DEFAULTS = dict(backbone="resnet18", weights="none", layer="penultimate", pool="avg", image_size=32,
-                precision="auto", dtype="float32", decode="workers", device="auto")
+DEFAULTS = dict(backbone="resnet18", weights="none", image_size=32)
 #: one change per option `featcache extract` accepts that enters the identity (WEIGHTS_FILE: a local file)
 VARIATIONS = [{}, {"backbone": "efficientnet_lite0", "weights": "DEFAULT", "image_size": None},
               {"backbone": "efficientnet_lite0", "weights": "IMAGENET1K"}, {"weights": "WEIGHTS_FILE"},
               {"layer": "layer4"}, {"pool": "max"}, {"pool": "none"}, {"image_size": 48}, {"image_size": None},
               {"precision": "float32"}, {"precision": "bfloat16"}, {"precision": "float16"}, {"dtype": "float16"},
-              {"decode": "draft"}, {"decode": "device"}, {"device": "cpu"}, {"_extra": {"augment": "seed-3"}}]
-#: `featcache extract` options that do not enter the identity, or enter it as VARIATIONS' `_extra`
-NOT_IN_VARIATIONS = {"data", "cache_dir", "as_json", "quiet", "batch_size", "workers", "on_error", "path_column",
-                     "label_column", "split_column", "root", "tv_split", "download", "no_labels", "flush_every",
-                     "flush_rows", "augment", "augment_seed"}
+              {"decode": "draft"}, {"decode": "device"}, {"device": "cpu"}, {"augment": 2}, {"augment_seed": 3}]
+#: `featcache extract` options that do not enter the identity (RunSpec, DataSpec, output)
+NOT_IDENTITY = {"data", "cache_dir", "as_json", "quiet", "batch_size", "workers", "on_error", "path_column",
+                "label_column", "split_column", "root", "tv_split", "download", "no_labels", "flush_every",
+                "flush_rows", "progress", "labelled"}
+
+
+def _specs(case: dict):
+    from featcache.specs import BackboneSpec, RunSpec
+
+    device = case.get("device", "auto")
+    spec = BackboneSpec(**{**DEFAULTS, **{k: v for k, v in case.items() if k != "device"}})
+    return spec, RunSpec(device=device)
+
+
+def _full_key(case: dict) -> str:
+    """The key the full path gives (torch): resolve_identity on the device."""
+    from featcache.extraction.identity import resolve_identity
+
+    spec, run = _specs(case)
+    return resolve_identity(spec, device=run.device).identity.key
 
 
 def test_every_identity_option_of_the_cli_is_covered():
-    from featcache.cli import extract
+    from dataclasses import fields
 
-    covered = {k for v in VARIATIONS for k in v} | set(DEFAULTS)
-    names = {p.name for p in extract.params}
-    assert names - covered - NOT_IN_VARIATIONS == set(), "classify the new option: identity (VARIATIONS) or not"
+    from featcache.specs import BackboneSpec, DataSpec, RunSpec
+
+    covered = {k for v in VARIATIONS for k in v}
+    assert {f.name for f in fields(BackboneSpec)} <= covered, "add a variation for the new identity option"
+    assert {f.name for f in fields(RunSpec)} - NOT_IDENTITY <= {"device"}
+    assert {f.name for f in fields(DataSpec)} - {"source"} <= NOT_IDENTITY
 
 
 def test_the_index_gives_the_key_of_the_full_resolution(tmp_path):
-    from featcache.extraction.entry import index_request, resolve_key
+    from dataclasses import replace
+
+    from featcache.extraction.entry import resolve_key
+    from featcache.store.resolutions import spec_request
 
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"not really weights")
     cases = [{k: str(weights) if v == "WEIGHTS_FILE" else v for k, v in v.items()} for v in VARIATIONS]
     full = [_full_key(c) for c in cases]
     cache = tmp_path / "cache"
-    for c, key in zip(cases, full):
-        assert resolve_key({**DEFAULTS, **c, "cache_dir": cache}) == key  # a miss: resolved and remembered
+    for c, key in zip(cases, full):  # a miss: resolved in full and remembered
+        spec, run = _specs(c)
+        assert resolve_key(spec, replace(run, cache_dir=cache)) == key
     index = ResolutionIndex(cache)
     for c, key in zip(cases, full):  # every entry answers with the full resolution's key
-        assert index.lookup(index_request({**DEFAULTS, **c})).key == key
-    assert len({index_request({**DEFAULTS, **c})["options"].__repr__() for c in cases}) == len(cases)
+        spec, run = _specs(c)
+        assert index.lookup(spec_request(spec, run.device)).key == key
+    spec, run = _specs({"weights": str(weights)})
     weights.write_bytes(b"other weights, other key")
-    assert index.lookup(index_request({**DEFAULTS, "weights": str(weights)})) is None
-    assert resolve_key({**DEFAULTS, "weights": str(weights), "cache_dir": cache}) != full[3]
+    assert index.lookup(spec_request(spec, run.device)) is None
+    assert resolve_key(spec, replace(run, cache_dir=cache)) != full[3]
 
 
 # --------------------------------------------------------------------------- commands without torch
@@ -190,7 +200,7 @@ def warm(tmp_path_factory):
     for i in range(12):
         make_image(data / ("a" if i % 2 else "b") / f"{i:02d}.png", seed=i, size=(24, 24))
     cache = tmp / "cache"
-    r = featcache.extract(str(data), **CLI_KW, cache_dir=cache, workers=0)
+    r = featcache.extract(str(data), **CLI_KW, cache_dir=cache, workers=0, augment=1)
     head = tmp / "logreg.head.npz"
     featcache.fit_head(r.view, "logreg", output=head, cache_dir=cache, val_fraction=0.25, test_fraction=0.25)
     pipeline = tmp / "p.toml"
@@ -231,9 +241,11 @@ def run_child(*commands: list[str]) -> tuple[list[str], str]:
 
 def test_a_warm_extract_imports_no_torch(warm):
     c = ["--cache", warm["cache"]]
-    modules, out = run_child(["extract", "--data", warm["data"], *CLI_ARGS, "-q", *c])
+    modules, out = run_child(["extract", "--data", warm["data"], *CLI_ARGS, "-q", *c],
+                             ["extract", "--data", warm["data"], *CLI_ARGS, "--augment", "1", "-q", *c])
     assert modules == [], f"a cache hit imported {modules}: {out}"
     assert out.startswith("cache hit:") and warm["key"] in out
+    assert "augmented: 12 rows (1 per training image)" in out
 
 
 def test_stage_two_with_sklearn_heads_imports_no_torch(warm):
@@ -260,27 +272,29 @@ def test_torch_heads_import_torch_only(warm):
     assert modules == ["torch"]
 
 
-def test_a_changed_library_version_takes_the_full_path(warm, monkeypatch):
+def _from_cache(warm):
     from featcache.extraction.entry import answer_from_cache
+    from featcache.specs import specs_from_keywords
 
-    options = {**CLI_KW, "cache_dir": warm["cache"]}
-    assert answer_from_cache(str(warm["data"]), options)[0].cache_hit
-    real = resolutions.installed_versions
-    monkeypatch.setattr(resolutions, "installed_versions", lambda: {**real(), "torchvision": "0.0.1"})
-    assert answer_from_cache(str(warm["data"]), options) == (None, None)
+    return answer_from_cache(*specs_from_keywords(str(warm["data"]), **CLI_KW, cache_dir=warm["cache"]))
+
+
+def test_a_changed_library_version_takes_the_full_path(warm, monkeypatch):
     import featcache
 
-    r = featcache.extract(str(warm["data"]), **options)  # the full path: the same key, remembered again
+    assert _from_cache(warm)[0].cache_hit
+    real = resolutions.installed_versions
+    monkeypatch.setattr(resolutions, "installed_versions", lambda: {**real(), "torchvision": "0.0.1"})
+    assert _from_cache(warm) == (None, None)
+    r = featcache.extract(str(warm["data"]), **CLI_KW, cache_dir=warm["cache"])  # the full path, remembered
     assert r.cache_hit and r.feature_key == warm["key"]
-    assert answer_from_cache(str(warm["data"]), options)[0].feature_key == warm["key"]
+    assert _from_cache(warm)[0].feature_key == warm["key"]
 
 
 def test_deleting_the_index_loses_nothing(warm):
     import featcache
-    from featcache.extraction.entry import answer_from_cache
 
     (warm["cache"] / INDEX_FILE).unlink()
-    options = {**CLI_KW, "cache_dir": warm["cache"]}
-    assert answer_from_cache(str(warm["data"]), options) == (None, None)
-    assert featcache.extract(str(warm["data"]), **options).feature_key == warm["key"]
-    assert answer_from_cache(str(warm["data"]), options)[0].feature_key == warm["key"]
+    assert _from_cache(warm) == (None, None)
+    assert featcache.extract(str(warm["data"]), **CLI_KW, cache_dir=warm["cache"]).feature_key == warm["key"]
+    assert _from_cache(warm)[0].feature_key == warm["key"]

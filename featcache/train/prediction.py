@@ -12,16 +12,17 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from featcache.errors import FeatcacheError, HeadError
 from featcache.extraction.entry import extract, resolve_key
 from featcache.extraction.report import ExtractResult
+from featcache.specs import OWNER, BackboneSpec, DataSpec, RunSpec, specs_from_keywords
 from featcache.store.featureset import FeatureStore
 from featcache.store.keys import FeatureIdentity
-from featcache.store.resolutions import ResolutionIndex
+from featcache.store.resolutions import ResolutionIndex, request_spec
 from featcache.store.views import load_features
 from featcache.train.persist import LoadedHead, check_feature_key, load_head
 
@@ -46,28 +47,23 @@ class Prediction:
                 "predictions": self.rows}
 
 
-def predict(head_path: str | os.PathLike, data: str, *, cache_dir=None, batch_size: int = 64,
-            workers: int | None = None, device: str = "auto", on_error: str = "fail", progress: bool = False,
-            **data_options) -> Prediction:
-    """Labels and probabilities of the images in ``data`` (folder, CSV, builtin:...).
+def predict(head_path: str | os.PathLike, data: str | DataSpec, run: RunSpec | None = None,
+            **options) -> Prediction:
+    """Labels and probabilities of the images in ``data`` (folder, CSV, builtin:..., or a DataSpec).
 
-    The head's feature key is checked against its recorded identity (and ``data_options``
+    The features are extracted under the head's own identity (a BackboneSpec rebuilt from
+    it) with ``run`` (a RunSpec); ``options`` are fields of the specs applied on top. The
+    head's feature key is checked against its recorded identity (and against ``options``
     that change the identity) before any image is read: a mismatch is a :class:`HeadError`
     and nothing is extracted.
     """
     loaded = load_head(head_path)
-    identity = (loaded.metadata or {}).get("identity")
-    if not identity or not isinstance(identity, dict):
-        raise HeadError(f"head file {head_path} does not record the identity of its features; re-fit it with "
-                        "`featcache fit-head`")
-    # options that give the head's feature key (checked): from the resolution index, else resolved in full
-    opts = _indexed_options(loaded, identity, cache_dir, device) or _options_of(loaded, identity, head_path, cache_dir)
-    opts.update(labelled=False, label_column=None)
-    opts.update(data_options)
-    if any(k in _IDENTITY_OPTIONS for k in data_options):  # options given to predict() that change the features
-        check_feature_key(loaded, feature_key_of(opts, device, cache_dir))
-    r: ExtractResult = extract(data, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
-                               on_error=on_error, progress=progress, **opts)
+    data, _, run = specs_from_keywords(data, None, run, **{"labelled": False, "label_column": None, **options})
+    spec = head_backbone_spec(loaded, head_path, run)  # checks that it gives the head's feature key
+    given = replace(spec, **{k: v for k, v in options.items() if OWNER.get(k) is BackboneSpec})
+    if given != spec:  # options given to predict() that change the features
+        check_feature_key(loaded, resolve_key(given, run))
+    r: ExtractResult = extract(data, given, run)
     check_feature_key(loaded, r.feature_key)
     f = load_features(r.view)
     proba = loaded.head.predict_proba(f.features) if len(f.features) else np.zeros((0, len(loaded.head.classes_)))
@@ -78,44 +74,23 @@ def predict(head_path: str | os.PathLike, data: str, *, cache_dir=None, batch_si
     return Prediction(rows=rows, head=loaded.name, feature_key=r.feature_key, extraction=r.to_dict())
 
 
-#: extract() options that are part of the feature identity (the others do not change the numbers)
-_IDENTITY_OPTIONS = ("backbone", "weights", "layer", "pool", "image_size", "precision", "dtype", "decode")
-
-
-def feature_key_of(opts: dict, device: str = "auto", cache_dir=None) -> str:
-    """The feature key :func:`featcache.extract` would use with these options (nothing is built or read;
-    the resolution index of the store ``cache_dir`` answers when it can)."""
-    return resolve_key({**{k: opts[k] for k in _IDENTITY_OPTIONS if k in opts}, "device": device,
-                        "cache_dir": cache_dir})
-
-
-def _indexed_options(loaded: LoadedHead, identity: dict, cache_dir, device: str) -> dict | None:
-    """extract() options giving the head's feature key, from the resolution index (no torch); None when
-    the index knows none, or the recorded identity does not give the key (the full path says why)."""
-    try:
-        if FeatureIdentity.from_dict(identity).key != loaded.feature_key:
-            return None
-    except (KeyError, TypeError, ValueError):
-        return None
-    known = [o for o in ResolutionIndex(FeatureStore(cache_dir).root).options_for(loaded.feature_key)
-             if not o.get("extra")]
-    if not known:
-        return None
-    same = [o for o in known if o["device"] == device]
-    opts = {k: (same or known)[0][k] for k in _IDENTITY_OPTIONS}
-    if not same:  # resolved on another device: its `auto` precision may differ there, the identity's may not
-        opts["precision"] = identity["precision"]
-    return opts
-
-
-def _options_of(loaded: LoadedHead, identity: dict, head_path, cache_dir=None) -> dict:
-    """extract() options reproducing the head's identity; a HeadError when they do not give its key."""
-    # torch: recovering the options from an identity needs the backbone registry
-    from featcache.extraction.engine import options_from_identity
+def head_backbone_spec(loaded: LoadedHead, head_path, run: RunSpec | None = None) -> BackboneSpec:
+    """The BackboneSpec of a head's features, from the resolution index of ``run``'s store when it
+    knows the head's key (no torch), else rebuilt from the head's recorded identity; a HeadError
+    when that does not give the head's feature key."""
+    identity = (loaded.metadata or {}).get("identity")
+    if not identity or not isinstance(identity, dict):
+        raise HeadError(f"head file {head_path} does not record the identity of its features; re-fit it with "
+                        "`featcache fit-head`")
+    known = indexed_spec(loaded, identity, run or RunSpec())
+    if known is not None:
+        return known
+    # torch: rebuilding a spec from an identity needs the backbone registry
+    from featcache.extraction.identity import resolve_identity, spec_from_identity
 
     try:
-        opts = options_from_identity(identity, (loaded.metadata or {}).get("weights_path"))
-        key = feature_key_of(opts, cache_dir=cache_dir)
+        spec = spec_from_identity(identity, (loaded.metadata or {}).get("weights_path"))
+        key = resolve_identity(spec).identity.key
     except FeatcacheError:
         raise
     except (KeyError, TypeError, ValueError) as e:
@@ -128,5 +103,22 @@ def _options_of(loaded: LoadedHead, identity: dict, head_path, cache_dir=None) -
             f"{key!r}; expected them to agree (the file was edited, or written by a featcache version that "
             "computes feature identities differently); nothing was extracted; re-fit the head with "
             "`featcache fit-head` on the features you want to use")
-    return opts
+    return spec
 
+
+def indexed_spec(loaded: LoadedHead, identity: dict, run: RunSpec) -> BackboneSpec | None:
+    """A BackboneSpec giving the head's feature key, from the store's resolution index (no torch);
+    None when the index knows none, or when the recorded identity does not give the key."""
+    try:
+        if FeatureIdentity.from_dict(identity).key != loaded.feature_key:
+            return None  # the full path says what is wrong
+    except (KeyError, TypeError, ValueError):
+        return None
+    index = ResolutionIndex(FeatureStore(run.cache_dir).root)
+    known = [o for o in index.options_for(loaded.feature_key) if not o.get("extra")]
+    if not known:
+        return None
+    same = [o for o in known if o["device"] == run.device]
+    spec = request_spec((same or known)[0])
+    # resolved for another device: its "auto" precision may resolve otherwise here, the identity's may not
+    return spec if same else replace(spec, precision=identity["precision"])

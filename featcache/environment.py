@@ -1,0 +1,26 @@
+"""Where featcache keeps its store by default, and the library versions an artifact records."""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from featcache._version import __version__, installed_version
+
+
+def default_cache_dir() -> Path:
+    """``$FEATCACHE_CACHE``, else ``./cache``."""
+    return Path(os.environ.get("FEATCACHE_CACHE", "cache"))
+
+
+def versions() -> dict:
+    """Versions of featcache and the libraries that shape its numbers (recorded in views and results)."""
+    import h5py  # only when an artifact is written: `import featcache` stays light
+
+    # torch's and torchvision's from their metadata: recording them imports neither
+    return {"featcache": __version__, "torch": installed_version("torch"),
+            "torchvision": installed_version("torchvision"), "h5py": h5py.__version__,
+            "hdf5": h5py.version.hdf5_version, "numpy": np.__version__,
+            "scikit-learn": installed_version("scikit-learn"), "python": platform.python_version()}
