@@ -6,14 +6,24 @@ file, library versions, featcache's identity code, any identity option) must be 
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import subprocess
+import sys
+from dataclasses import fields, replace
 
 import pytest
+from conftest import make_image
 
+import featcache
+from featcache.extraction.entry import answer_from_cache, resolve_key
+from featcache.extraction.identity import resolve_identity
+from featcache.specs import BackboneSpec, DataSpec, RunSpec, specs_from_keywords
 from featcache.store import resolutions
+from featcache.store.digests import hash_file
 from featcache.store.maintenance import verify
-from featcache.store.resolutions import INDEX_FILE, Resolution, ResolutionIndex, build_request
+from featcache.store.resolutions import INDEX_FILE, Resolution, ResolutionIndex, build_request, spec_request
 
 BASE = dict(backbone="resnet18", weights="none", layer="penultimate", pool="avg", image_size=32,
             precision="auto", dtype="float32", decode="workers", device="cpu", extra={})
@@ -92,7 +102,6 @@ def test_verify_finds_a_weights_file_changed_behind_its_stat(tmp_path):
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"abc")
     index = ResolutionIndex(tmp_path)
-    from featcache.store.digests import hash_file
 
     index.remember(build_request(BASE), Resolution("k", "cpu", str(weights), hash_file(weights, "sha256")))
     assert verify(tmp_path).ok
@@ -136,8 +145,6 @@ NOT_IDENTITY = {"data", "cache_dir", "as_json", "quiet", "batch_size", "workers"
 
 
 def _specs(case: dict):
-    from featcache.specs import BackboneSpec, RunSpec
-
     device = case.get("device", "auto")
     spec = BackboneSpec(**{**DEFAULTS, **{k: v for k, v in case.items() if k != "device"}})
     return spec, RunSpec(device=device)
@@ -145,16 +152,12 @@ def _specs(case: dict):
 
 def _full_key(case: dict) -> str:
     """The key the full path gives (torch): resolve_identity on the device."""
-    from featcache.extraction.identity import resolve_identity
-
     spec, run = _specs(case)
     return resolve_identity(spec, device=run.device).identity.key
 
 
 def test_every_identity_option_of_the_cli_is_covered():
-    from dataclasses import fields
 
-    from featcache.specs import BackboneSpec, DataSpec, RunSpec
 
     covered = {k for v in VARIATIONS for k in v}
     assert {f.name for f in fields(BackboneSpec)} <= covered, "add a variation for the new identity option"
@@ -163,10 +166,7 @@ def test_every_identity_option_of_the_cli_is_covered():
 
 
 def test_the_index_gives_the_key_of_the_full_resolution(tmp_path):
-    from dataclasses import replace
 
-    from featcache.extraction.entry import resolve_key
-    from featcache.store.resolutions import spec_request
 
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"not really weights")
@@ -191,9 +191,7 @@ def test_the_index_gives_the_key_of_the_full_resolution(tmp_path):
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
     """A store holding a folder's features (extracted through the full path), a logreg head and a pipeline."""
-    from conftest import make_image
 
-    import featcache
 
     tmp = tmp_path_factory.mktemp("warm")
     data = tmp / "data"
@@ -227,10 +225,6 @@ print(json.dumps(loaded))
 
 def run_child(*commands: list[str]) -> tuple[list[str], str]:
     """(torch modules imported, with the first command that imported them; the commands' output)."""
-    import json
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([[str(a) for a in c] for c in commands])],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -273,15 +267,10 @@ def test_torch_heads_import_torch_only(warm):
 
 
 def _from_cache(warm):
-    from featcache.extraction.entry import answer_from_cache
-    from featcache.specs import specs_from_keywords
-
     return answer_from_cache(*specs_from_keywords(str(warm["data"]), **CLI_KW, cache_dir=warm["cache"]))
 
 
 def test_a_changed_library_version_takes_the_full_path(warm, monkeypatch):
-    import featcache
-
     assert _from_cache(warm)[0].cache_hit
     real = resolutions.installed_versions
     monkeypatch.setattr(resolutions, "installed_versions", lambda: {**real(), "torchvision": "0.0.1"})
@@ -292,8 +281,6 @@ def test_a_changed_library_version_takes_the_full_path(warm, monkeypatch):
 
 
 def test_deleting_the_index_loses_nothing(warm):
-    import featcache
-
     (warm["cache"] / INDEX_FILE).unlink()
     assert _from_cache(warm) == (None, None)
     assert featcache.extract(str(warm["data"]), **CLI_KW, cache_dir=warm["cache"]).feature_key == warm["key"]
