@@ -1,13 +1,25 @@
 """Where featcache keeps its store by default, and the library versions an artifact records."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 from pathlib import Path
 
 import numpy as np
 
-from featcache._version import __version__, installed_version
+from featcache._version import __version__
+
+
+def installed_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (None when it is not installed).
+
+    Read with :mod:`importlib.metadata`, so asking for torch's version does not import torch.
+    """
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def default_cache_dir() -> Path:

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from featcache._version import __version__, installed_version
+from featcache._version import __version__
+from featcache.environment import installed_version
 from featcache.specs import BackboneSpec, field_names
 from featcache.store.digests import hash_file
 

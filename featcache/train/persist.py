@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from featcache._version import installed_version
+from featcache.environment import installed_version
 from featcache.atomic import atomic_path
 from featcache.errors import HeadError, UnknownNameError
 from featcache.train.heads import get_head_class
