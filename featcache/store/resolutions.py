@@ -132,8 +132,13 @@ def request_spec(options: Mapping) -> BackboneSpec:
     return BackboneSpec(**{f: options[f] for f in IDENTITY_FIELDS})
 
 
+def request_json(request: dict) -> str:
+    """The canonical text of a request (values JSON cannot hold, e.g. a Path, as their text)."""
+    return json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def request_id(request: dict) -> str:
-    return hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(request_json(request).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,7 @@ class ResolutionIndex:
     def remember(self, request: dict, resolution: Resolution) -> None:
         """Store ``resolution`` for ``request``; a damaged index is replaced, an unwritable one left alone."""
         stat = file_stat(resolution.weights_path) if resolution.weights_path else None
-        row = (request_id(request), json.dumps(request, sort_keys=True), resolution.key, resolution.device,
+        row = (request_id(request), request_json(request), resolution.key, resolution.device,
                resolution.weights_path, *(stat or (None, None, None)), resolution.weights_digest, time.time())
         for attempt in range(2):
             try:
