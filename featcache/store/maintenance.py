@@ -12,7 +12,6 @@ extraction recomputes what they held.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featcache.atomic import hostname
 from featcache.errors import StoreError
 from featcache.store.views import check_view
 from featcache.store.featureset import FeatureSet, FeatureStore
@@ -183,7 +183,7 @@ def _stale(p: Path) -> bool:
         host, pid = "-".join(parts[1:-2]), int(parts[-2])
     except (ValueError, IndexError):
         return time.time() - p.stat().st_mtime > TMP_GRACE_SECONDS
-    if host == socket.gethostname():
+    if host == hostname():
         return not _pid_alive(pid)
     return time.time() - p.stat().st_mtime > TMP_GRACE_SECONDS
 
