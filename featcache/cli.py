@@ -114,19 +114,27 @@ def cli():
 
 
 @cli.command()
+@click.option("--source", default=None, help="Only this source's backbones: torchvision, timm, ...")
+@click.option("--filter", "match", default=None, help="Only names containing this text (or matching a *? glob).")
+@click.option("--dims", is_flag=True,
+              help="Compute every listed timm dim (by default only when at most 64 listed rows lack one).")
 @cache_option
 @json_option
-def backbones(cache_dir, as_json):
+def backbones(source, match, dims, cache_dir, as_json):
     """List every backbone that can be extracted, with its feature dim and weights."""
     from featcache.extraction.backbones import describe_all  # lazy, as below: torch, h5py or sklearn only where used
 
-    rows = describe_all(cache_dir)
+    rows = describe_all(cache_dir, source=source, match=match, dims=dims)
     if as_json:
         _emit_json(rows)
         return
     for r in rows:
-        r["weights_list"] = ",".join(w + ("*" if w == r["default_weights"] else "") for w in r["weights"]) or "-"
+        r["weights_list"] = (",".join(w + ("*" if w == r["default_weights"] else "") for w in r["weights"]) or "-") + (
+            " (in cache)" if r.get("cached") else "")
+        r["dim"] = "?" if r["dim"] is None else r["dim"]
     click.echo(_table(rows, ["name", "dim", "source", "weights_list"]).replace("WEIGHTS_LIST", "WEIGHTS (*=DEFAULT)"))
+    if any(r["dim"] == "?" for r in rows):
+        click.echo("dim ?: not computed yet; narrow the list (--filter) or pass --dims", err=True)
 
 
 def _spec_options(cls, opts: list, arg: str, build: Callable[[dict], object]):

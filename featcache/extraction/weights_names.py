@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 #: suffixes that make a weights value a file path even without a folder in it
-WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 
 def looks_like_path(spec: str) -> bool:

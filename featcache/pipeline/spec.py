@@ -435,7 +435,7 @@ def _parse_backbones(items, ctx: _Ctx, base: Path, extract: ExtractSpec) -> tupl
                             **values)
         if not spec.layer:
             raise ctx.error(f'{where} layer is empty; expected "penultimate" or a module name such as "features"')
-        label = b.get("label", b["name"])
+        label = b.get("label", b["name"].replace(":", "-"))  # timm:x -> timm-x: labels name files
         _check_label(ctx, where, label, [o.label for o in out], "backbones")
         out.append(LabelledBackbone(label=label, spec=spec))
     return tuple(out)
