@@ -3,7 +3,8 @@
 verify checks every file: identity.json readable and of this format, each row
 shard opens with the expected datasets and the identity's dim and dtype, no
 NaN/inf, row digests unique, each view complete and equal to the rows it was
-built from. gc removes temporary files left by dead writers, merges shards
+built from, and the resolution index (``resolutions.sqlite``, see
+featcache.store.resolutions) readable and consistent with weights files and identities. gc removes temporary files left by dead writers, merges shards
 (dropping duplicate rows), optionally drops rows no view references
 (``prune_rows``), and with ``repair`` moves damaged files away so that the next
 extraction recomputes what they held.
@@ -11,7 +12,6 @@ extraction recomputes what they held.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,9 +19,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featcache.atomic import hostname
 from featcache.errors import StoreError
 from featcache.store.views import check_view
 from featcache.store.featureset import FeatureSet, FeatureStore
+from featcache.store.resolutions import check_index
 from featcache.store.shards import BLOCK_BYTES, shard_checksum
 
 TMP_GRACE_SECONDS = 24 * 3600  # a temp file of another host is only removed when this old
@@ -73,6 +75,7 @@ def _tmp_files(fs: FeatureSet) -> list[Path]:
 def verify(cache_dir=None, *, check_values: bool = True) -> VerifyReport:
     store = FeatureStore(cache_dir)
     rep = VerifyReport()
+    rep.problems += [Problem(*p) for p in check_index(store.root)]
     if not store.features_dir.is_dir():
         return rep
     for d in sorted(store.features_dir.iterdir()):
@@ -180,7 +183,7 @@ def _stale(p: Path) -> bool:
         host, pid = "-".join(parts[1:-2]), int(parts[-2])
     except (ValueError, IndexError):
         return time.time() - p.stat().st_mtime > TMP_GRACE_SECONDS
-    if host == socket.gethostname():
+    if host == hostname():
         return not _pid_alive(pid)
     return time.time() - p.stat().st_mtime > TMP_GRACE_SECONDS
 

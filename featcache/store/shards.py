@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import io
 import os
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featcache.atomic import atomic_path
+from featcache.atomic import atomic_path, hostname
 from featcache.errors import StoreError
 from featcache.faults import failpoint
 from featcache.store.keys import FORMAT_VERSION
@@ -113,7 +112,7 @@ class ShardWriter:
             f.attrs.update(key=self.key, format=FORMAT_VERSION, rows=n, created=time.time(),
                            checksum=shard_checksum(digests, [feats]))
 
-        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.h5"
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{hostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.h5"
         failpoint("shard-publish")
         final = write_hdf5_atomically(self.rows_dir / name, build)
         self._digests, self._blocks, self._n = [], [], 0
