@@ -489,6 +489,7 @@ class TreeMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="tree-memory")
         self.samples = 0
+        self.last_rss_mb = 0.0
         self.rescan = rescan
         self._pids: list[int] = [self.pid]
         self._scanned = 0.0
@@ -513,6 +514,7 @@ class TreeMemory:
         rss = sum((_status_kb(p, "VmRSS") or 0) for p in pids) / 1024
         pss = sum((_pss_kb(p) or 0) for p in pids) / 1024 if self.want_pss else 0.0
         self.samples += 1
+        self.last_rss_mb = rss
         for target in [self.peak] + ([self.phases[self._current]] if self._current in self.phases else []):
             target["rss_mb"] = max(target["rss_mb"], rss)
             target["pss_mb"] = max(target["pss_mb"], pss)

@@ -87,6 +87,11 @@ def scale(res: dict) -> str:
         ("store_view_bytes_per_row", "view B/row", 0), ("raw_feature_bytes_per_row", "float32 B/row", 0)],
         markdown=True))
     rows = list(res["heads"]) + ([res["raw_pixels"]] if res.get("raw_pixels") else [])
+    if "cold_extraction_s" in res:  # issue 16 format: fit, sweep, predict, memory, reference per head
+        lines += [f"Ratios are to a cold extraction of {_bench.fmt(res['cold_extraction_s'], 1)} s "
+                  f"({res.get('cold_extraction_source')}).", "",
+                  _bench.table(res["heads"], HEAD_COLUMNS, markdown=True)]
+        return "\n".join(lines)
     lines += ["", _bench.table(rows, [
         ("head", "head"), ("features", "features"), ("test_accuracy", "test acc", 4),
         ("balanced_accuracy", "balanced acc", 4), ("macro_f1", "macro-F1", 4), ("fit_s", "fit s", 1),
@@ -95,8 +100,30 @@ def scale(res: dict) -> str:
     return "\n".join(lines)
 
 
+HEAD_COLUMNS = [
+    ("head", "head"), ("test_accuracy", "test acc", 4), ("reference_test_accuracy", "sklearn acc", 4),
+    ("fit_s", "fit s", 2), ("fit_per_extraction", "fit / extract", 4), ("sweep_points", "sweep points"),
+    ("sweep_s", "sweep s", 2), ("sweep_per_extraction", "sweep / extract", 4),
+    ("sweep_test_accuracy", "sweep test acc", 4), ("predict_s", "predict s", 2),
+    ("predict_per_extraction", "predict / extract", 4), ("fit_peak_growth_mb", "fit peak +MB", 0),
+    ("train_matrix_mb", "train matrix MB", 0), ("reference_fit_s", "sklearn fit s", 1),
+    ("reference_predict_s", "sklearn predict s", 2), ("reference_peak_growth_mb", "sklearn fit peak +MB", 0),
+]
+
+
+def cli_latency(res: dict) -> str:
+    st = res["settings"]
+    lines = [header(res), "",
+             f"{st['data']} -> {st['backbone']} weights `{st.get('weights', 'DEFAULT')}`, all cached; fresh processes, "
+             f"median of {st['repeats']} (ratios taken within each repeat).", ""]
+    lines.append(_bench.table(res["rows"], [
+        ("command", "command"), ("wall_s", "wall s", 2), ("floor", "floor"), ("ratio", "x floor", 2),
+        ("goal", "goal", 1), ("verdict", "verdict")], markdown=True))
+    return "\n".join(lines)
+
+
 RENDER = {"compare_heads": compare_heads, "extract_throughput": extract_throughput, "cache_reuse": cache_reuse,
-          "scale": scale}
+          "scale": scale, "cli_latency": cli_latency}
 
 
 def main(argv=None) -> None:

@@ -1,29 +1,35 @@
 #!/usr/bin/env python3
-"""Scale (issue 8): all 70,000 Fashion-MNIST images through extract, then every head.
+"""Scale (issues 8 and 16): all 70,000 Fashion-MNIST images through extract, then every head.
 
 1. ``extract("torchvision:FashionMNIST")`` (60,000 train + 10,000 test rows, read from
-   the IDX files; nothing is written out as image files) into a fresh, empty cache:
-   images/s, the stage timings, peak memory of the process tree, store size on disk
-   per row (row shards and the view file).
-2. Every registered head on the official split, through ``fit_head``: the view's own
-   ``train``/``test`` columns; ``fit_head`` carves its validation rows (15 %, seeded,
-   stratified) out of the 60,000 training rows, so heads train on 51,000 rows and
-   are scored once on the official 10,000 test rows. Default parameters (one fit per
-   head); ``--sweep`` fits each head's default grid instead (chosen on validation).
+   the IDX files; nothing is written out as image files) into the ``--cache`` store (a
+   cache hit when it already holds the features): images/s, the stage timings, peak memory
+   of the process tree, store size on disk per row (row shards and the view file).
+2. Every registered head on the official split as ``fit_head`` makes it: the view's own
+   ``train``/``test`` columns, validation rows (15 %, seeded, stratified) carved out of the
+   60,000 training rows, so heads train on 51,000 rows and are scored once on the official
+   10,000 test rows. Per head, side by side in this process: one fit with default
+   parameters (fit s, predict s on the test rows, test accuracy, peak memory of the fit),
+   the head's whole default sweep (chosen on validation; warm-started paths where the head
+   has one), and the scikit-learn reference solver of the same model on the same split
+   (``LogisticRegression`` / ``LinearSVC(dual=True)`` / ``KNeighborsClassifier`` / ...).
+   Every time is also given as a ratio to the cold extraction time (``--cold-extraction``:
+   a JSON of an earlier run that extracted, when this one was a cache hit).
+   ``--from-disk`` fits every head on the view read lazily from the HDF5 file (blocks).
 3. The same ``logreg`` head on the raw 784 pixels (scaled to [0, 1]), same split,
    same run: the in-house baseline.
 4. Next to each head, the published Fashion-MNIST raw-pixel benchmark for the same
    kind of classifier (see ``PUBLISHED`` below for the source and its caveats).
 
 Peak memory: a background thread samples VmRSS of this process and all its
-descendants (DataLoader workers, joblib/loky workers) every 100 ms, per phase;
-plus this process's own VmHWM at the end.
+descendants every 100 ms, per phase; a fit's peak is reported as the growth over the
+memory held just before it, next to the size of the training matrix (the goal: the fit
+holds at most 2x the training matrix, i.e. grows by at most 1x).
 
-Fast default (2 CPU cores, about 15-25 minutes for all 70,000 images on a busy
-machine): efficientnet_lite0 with its packaged ImageNet weights at 32 px (the
-28x28 images are upscaled to 32x32), batch 128. ``--limit N`` keeps N rows (6/7
+Fast default (2 CPU cores): efficientnet_lite0 with its packaged ImageNet weights at 32 px
+(the 28x28 images are upscaled to 32x32), batch 128. ``--limit N`` keeps N rows (6/7
 from train, 1/7 from test, the first of each) for a quick run. ``--full`` (GPU
-machine): resnet50 at 224 px in bfloat16 with every head's default sweep.
+machine): resnet50 at 224 px in bfloat16.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
+import make_tables  # noqa: E402
 
 # Published raw-pixel test accuracies of the same kind of classifier on Fashion-MNIST.
 PUBLISHED_SOURCE = (
@@ -67,7 +74,13 @@ def parse(argv=None):
                    "weights), none (seeded random init) for other backbones unless given")
     p.add_argument("--image-size", type=int, default=None, help="default 32 px (--full: native)")
     p.add_argument("--heads", default=None, help="comma list (default: every registered head)")
-    p.add_argument("--sweep", action="store_true", help="fit each head's default grid (chosen on validation)")
+    p.add_argument("--no-sweep", action="store_true", help="skip each head's default sweep")
+    p.add_argument("--no-reference", action="store_true", help="skip the scikit-learn reference solvers")
+    p.add_argument("--reference-mlp", action="store_true", help="also fit scikit-learn's MLPClassifier "
+                   "(minutes on 2 cores)")
+    p.add_argument("--from-disk", action="store_true", help="fit every head on the view read lazily from disk")
+    p.add_argument("--cold-extraction", default=None, help="JSON of an earlier run of this script whose "
+                   "extraction was cold: its time is the denominator of the ratios when this run is a cache hit")
     p.add_argument("--no-raw", action="store_true", help="skip the raw-pixel logistic regression")
     p.add_argument("--batch-size", type=int, default=None, help="default 128")
     p.add_argument("--workers", type=int, default=None)
@@ -83,7 +96,6 @@ def parse(argv=None):
     a = p.parse_args(argv)
     if a.full:
         a.backbone = a.backbone or "resnet50"
-        a.sweep = True
     a.backbone = a.backbone or "efficientnet_lite0"
     a.weights = a.weights or ("DEFAULT" if a.backbone == "efficientnet_lite0" else "none")
     if a.image_size is None and not a.full:
@@ -91,6 +103,7 @@ def parse(argv=None):
     if a.quick:
         a.limit = a.limit or 140
         a.heads = a.heads or "ncm,knn,logreg"
+        a.no_sweep = True
     a.batch_size = a.batch_size or 128
     return a
 
@@ -124,142 +137,286 @@ def raw_pixels(manifest):
     return out
 
 
+def split_rows(view, seed: int) -> dict:
+    """Row indices of train / val / test as ``fit_head`` makes them (the view's own test split)."""
+    import numpy as np
+
+    from featcache.train.evaluate import make_splits
+
+    assigned = make_splits(view.labels, view.split, seed=seed)
+    return {s: np.flatnonzero(assigned == s) for s in ("train", "val", "test")}
+
+
+def head_arrays(view, idx: dict, from_disk: bool) -> dict:
+    """``X_*``/``y_*`` of each split: in-memory float32 rows, or lazy row subsets of the HDF5 view."""
+    from featcache.train.fitting import RowSubset
+
+    out = {}
+    for s, rows in idx.items():
+        out[f"X_{s}"] = RowSubset(view.features, rows) if from_disk else view.features[rows]
+        out[f"y_{s}"] = view.labels[rows]
+    return out
+
+
+def measured(mem, name: str, fn):
+    """``(result, seconds, peak growth MB)`` of ``fn()``: tree RSS over the phase minus before it."""
+    mem.sample(rescan=True)
+    before = mem.last_rss_mb
+    with mem.phase(name):
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
+    return result, seconds, max(0.0, mem.phases[name]["rss_mb"] - before)
+
+
+def test_accuracy(model, X, y) -> tuple[float, float]:
+    import numpy as np
+
+    t0 = time.perf_counter()
+    pred = np.asarray(model.predict(X))
+    return float(np.mean(pred == y)), time.perf_counter() - t0
+
+
+def run_head(h: str, d: dict, mem, a) -> dict:
+    """One default fit, the default sweep and the scikit-learn reference of head ``h``."""
+    from featcache.train.evaluate import sweep
+    from featcache.train.heads import default_grid, make_head
+
+    model, fit_s, grow = measured(mem, f"{h}-fit", lambda: make_head(h).fit(d["X_train"], d["y_train"]))
+    acc, predict_s = test_accuracy(model, d["X_test"], d["y_test"])
+    row = {"head": h, "fit_s": fit_s, "predict_s": predict_s, "test_accuracy": acc, "fit_peak_growth_mb": grow,
+           "n_iter": getattr(model, "n_iter_", None), "n_epochs": getattr(model, "n_epochs_", None)}
+    print(f"  {h:7s} fit {fit_s:.2f} s, predict {predict_s:.2f} s, test acc {acc:.4f}, fit peak +{grow:.0f} MB",
+          flush=True)
+    if not a.no_sweep:
+        grid = default_grid(h)
+        res, sweep_s, sgrow = measured(mem, f"{h}-sweep", lambda: sweep(
+            lambda p: make_head(h, **p), grid, d["X_train"], d["y_train"], d["X_val"], d["y_val"], n_jobs=a.n_jobs))
+        sacc, _ = test_accuracy(res.best_estimator, d["X_test"], d["y_test"])
+        row.update(sweep_s=sweep_s, sweep_points=len(res.rows), sweep_best=res.best_params, sweep_test_accuracy=sacc,
+                   sweep_peak_growth_mb=sgrow, sweep_workers=res.workers,
+                   sweep_sum_of_fits_s=sum(r["fit_seconds"] for r in res.rows))
+        print(f"  {h:7s} sweep of {len(res.rows)} in {sweep_s:.2f} s -> {res.best_params}, test acc {sacc:.4f}",
+              flush=True)
+    if not a.no_reference and not a.from_disk:
+        row.update(reference(h, d, mem, a))
+    return row
+
+
+def reference_model(h: str, a):
+    """scikit-learn's estimator of the same model as head ``h`` with default parameters, or None."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.svm import LinearSVC
+
+    return {
+        "logreg": ("LogisticRegression(C=1, lbfgs), float64, standardised", lambda: LogisticRegression(max_iter=1000)),
+        "linear": ("LogisticRegression(C=1, lbfgs) (same model class), float64, standardised",
+                   lambda: LogisticRegression(max_iter=1000)),
+        "svm": ("LinearSVC(C=0.01, dual=False) (liblinear's primal Newton, same objective), float64, standardised",
+                lambda: LinearSVC(C=0.01, dual=False, max_iter=1000, random_state=0)),
+        "knn": ("KNeighborsClassifier(10, distance, brute), float64, L2-normalised",
+                lambda: KNeighborsClassifier(n_neighbors=10, weights="distance", algorithm="brute")),
+        "ncm": ("NearestCentroid, float64, centred + L2-normalised (centroids not re-normalised)",
+                lambda: NearestCentroid()),
+        "mlp": ("MLPClassifier((512,), early_stopping), float64, standardised",
+                lambda: MLPClassifier((512,), early_stopping=True, random_state=0) if a.reference_mlp else None),
+    }.get(h, (None, lambda: None))
+
+
+def reference_features(h: str, X, center):
+    """The float64 features scikit-learn's reference of ``h`` is fitted on."""
+    import numpy as np
+
+    X = np.asarray(X, dtype=np.float64)
+    if h in ("knn", "ncm"):
+        X = X - center if h == "ncm" else X
+        return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    return X
+
+
+def reference(h: str, d: dict, mem, a) -> dict:
+    """Fit, predict and score scikit-learn's reference of head ``h`` (float64, in memory)."""
+    import warnings
+
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    kind, make = reference_model(h, a)
+    est = make()
+    if est is None:
+        return {}
+    if h not in ("knn", "ncm"):
+        est = make_pipeline(StandardScaler(), est)
+    center = np.asarray(d["X_train"]).mean(axis=0, dtype=np.float64)
+
+    def fit():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            est.fit(reference_features(h, d["X_train"], center), d["y_train"])
+        return any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+    not_converged, fit_s, grow = measured(mem, f"{h}-reference", fit)
+    acc, predict_s = test_accuracy(est, reference_features(h, d["X_test"], center), d["y_test"])
+    print(f"  {h:7s} scikit-learn reference: fit {fit_s:.2f} s, predict {predict_s:.2f} s, test acc {acc:.4f}"
+          f"{' (did not converge)' if not_converged else ''}", flush=True)
+    return {"reference": kind, "reference_fit_s": fit_s, "reference_predict_s": predict_s,
+            "reference_test_accuracy": acc, "reference_converged": not not_converged,
+            "reference_peak_growth_mb": grow}
+
+
+def cold_extraction_s(a, extraction: dict) -> tuple[float | None, str]:
+    """Seconds of a cold extraction of these features and where the number comes from."""
+    import json
+
+    if not extraction["cache_hit"]:
+        return extraction["wall_s"], "this run"
+    if a.cold_extraction:
+        earlier = json.loads(Path(a.cold_extraction).read_text())["extraction"]
+        if earlier["feature_key"] == extraction["feature_key"] and not earlier["cache_hit"]:
+            return earlier["wall_s"], f"{a.cold_extraction} ({earlier['rows']:,} rows, cold)"
+    return None, "unknown (cache hit; pass --cold-extraction)"
+
+
+def add_ratios(rows: list[dict], cold_s: float | None) -> None:
+    for row in rows:
+        for key in ("fit_s", "sweep_s", "predict_s", "reference_fit_s", "reference_predict_s"):
+            if cold_s and row.get(key) is not None:
+                row[key.replace("_s", "_per_extraction")] = row[key] / cold_s
+
+
+def extraction_phase(a, m, cache: str, mem) -> tuple[dict, object]:
+    """Extract (or find in the store) the features of manifest ``m``; the record and the result."""
+    from featcache.extraction.engine import extract
+
+    with mem.phase("extract"):
+        t0 = time.perf_counter()
+        r = extract(m, backbone=a.backbone, weights=a.weights, image_size=a.image_size, cache_dir=cache,
+                    batch_size=a.batch_size, workers=a.workers, device=a.device, progress=sys.stderr.isatty())
+        ext_s = time.perf_counter() - t0
+    fdir = Path(cache) / "features" / r.feature_key
+    rows_bytes = _bench.folder_bytes(fdir / "rows")
+    view_bytes = Path(r.view).stat().st_size
+    extraction = {
+        "rows": r.rows, "dim": r.dim, "feature_key": r.feature_key, "cache_hit": r.cache_hit,
+        "extracted": r.extracted, "wall_s": ext_s, "img_per_s": r.rows / ext_s if ext_s else None,
+        "timings": r.timings, "device": r.device,
+        "peak_tree_rss_mb": mem.phases["extract"]["rss_mb"],
+        "max_processes": mem.phases["extract"]["processes"],
+        "store_rows_bytes": rows_bytes, "store_view_bytes": view_bytes,
+        "store_rows_bytes_per_row": rows_bytes / r.rows, "store_view_bytes_per_row": view_bytes / r.rows,
+        "store_total_bytes_per_row": _bench.folder_bytes(fdir) / r.rows,
+        "raw_feature_bytes_per_row": r.dim * 4,
+    }
+    print(f"  extraction: {r.rows:,} rows x {r.dim} in {ext_s:.1f} s ({extraction['img_per_s']:.0f} img/s"
+          f"{', cache hit' if r.cache_hit else ''}), peak tree RSS {extraction['peak_tree_rss_mb']:.0f} MB; store "
+          f"{rows_bytes / r.rows:.0f} B/row in row shards + {view_bytes / r.rows:.0f} B/row in the view", flush=True)
+    return extraction, r
+
+
+def heads_phase(a, heads: list[str], r, mem, on_row) -> list[dict]:
+    """Every head on the official split (see the module docstring); ``on_row`` after each head."""
+    import contextlib
+
+    from threadpoolctl import threadpool_limits
+
+    from featcache.store.views import load_features
+
+    view = load_features(r.view, mmap=a.from_disk)
+    d = head_arrays(view, split_rows(view, a.seed), a.from_disk)
+    n_train, dim = d["X_train"].shape
+    rows: list[dict] = []
+    cap = threadpool_limits(limits=a.blas_threads) if a.blas_threads else contextlib.nullcontext()
+    with cap:
+        for h in heads:
+            row = run_head(h, d, mem, a)
+            kind, pub = PUBLISHED.get(h, ("", None))
+            row.update(features=f"{a.backbone} {dim}-d", n_train=int(n_train), n_test=int(len(d["y_test"])),
+                       train_matrix_mb=n_train * dim * 4 / 2**20, published_kind=kind,
+                       published_raw_pixel_accuracy=pub, from_disk=a.from_disk)
+            rows.append(row)
+            on_row(rows)
+    return rows
+
+
+def raw_phase(a, m, mem) -> dict:
+    """The logreg head on the raw 784 pixels, same split: the in-house baseline."""
+    import numpy as np
+
+    from featcache.train.evaluate import make_splits
+    from featcache.train.heads import make_head
+
+    with mem.phase("raw-logreg"):
+        X = raw_pixels(m)
+        assigned = make_splits(m.labels, np.asarray(m.split, dtype=object), seed=a.seed)
+        idx = {s: np.flatnonzero(assigned == s) for s in ("train", "val", "test")}
+        t0 = time.perf_counter()
+        head = make_head("logreg").fit(X[idx["train"]], m.labels[idx["train"]])
+        fit_s = time.perf_counter() - t0
+        acc, predict_s = test_accuracy(head, X[idx["test"]], m.labels[idx["test"]])
+    print(f"  raw-pixel logreg test acc {acc:.4f} fit {fit_s:.1f} s", flush=True)
+    return {"head": "logreg", "features": "raw pixels 784-d", "params": {}, "test_accuracy": acc, "fit_s": fit_s,
+            "predict_s": predict_s, "peak_tree_rss_mb": mem.phases["raw-logreg"]["rss_mb"],
+            "published_kind": PUBLISHED["logreg"][0], "published_raw_pixel_accuracy": PUBLISHED["logreg"][1],
+            "n_train": int(len(idx["train"])), "n_test": int(len(idx["test"]))}
+
+
 def main(argv=None) -> dict:
     a = parse(argv)
     import_s = _bench.warm_imports()
-    import numpy as np
-
     from featcache.extraction.sources import load_manifest
-    from featcache.extraction.engine import extract
-    from featcache.train.evaluate import compute_metrics, make_splits, sweep
-    from featcache.train.heads import default_grid, list_heads, make_head
-    from featcache.train.fitting import fit_head
+    from featcache.train.heads import list_heads
 
     heads = a.heads.split(",") if a.heads else list_heads()
     info = _bench.machine_info(a.device)
     own_cache = a.cache is None
     cache = a.cache or tempfile.mkdtemp(prefix="featcache-bench-scale-")
     mem = _bench.TreeMemory(interval=0.1)
-    result: dict = {}
     out = Path(a.out)
-    extraction, head_rows, raw = None, [], None
+    state: dict = {"rows": 0, "extraction": None, "heads": [], "raw": None, "cold": (None, "")}
 
     def snapshot(complete: bool) -> dict:
         """The result so far; written after every phase, so a long run that is stopped keeps what it measured."""
         return {
-            "benchmark": "scale",
-            "complete": complete,
-            "command": _bench.command_line(),
-            "settings": {"data": a.data, "root": a.root, "limit": a.limit, "rows": n, "backbone": a.backbone,
-                         "weights": a.weights, "image_size": a.image_size or "native", "batch_size": a.batch_size,
-                         "workers": a.workers, "device": a.device, "sweep": a.sweep, "heads": heads, "seed": a.seed,
-                         "full": a.full, "quick": a.quick, "import_s": import_s,
-                         "blas_threads": a.blas_threads},
+            "benchmark": "scale", "complete": complete, "command": _bench.command_line(),
+            "settings": {"data": a.data, "root": a.root, "limit": a.limit, "rows": state["rows"],
+                         "backbone": a.backbone, "weights": a.weights, "image_size": a.image_size or "native",
+                         "batch_size": a.batch_size, "workers": a.workers, "device": a.device,
+                         "sweep": not a.no_sweep, "reference": not a.no_reference, "from_disk": a.from_disk,
+                         "heads": heads, "seed": a.seed, "full": a.full, "quick": a.quick, "import_s": import_s,
+                         "blas_threads": a.blas_threads, "n_jobs": a.n_jobs},
             "machine": _bench.finish_info(dict(info)),
             "memory_method": ("peak_tree_rss_mb: max over 100 ms samples of the sum of VmRSS over this process and "
-                              "all its descendants (DataLoader and joblib workers), per phase; shared pages count "
-                              "once per process (upper bound)."),
-            "extraction": extraction,
-            "heads": head_rows,
-            "raw_pixels": raw,
-            "published_source": PUBLISHED_SOURCE,
-            "process_vmhwm_mb": _bench.vm_hwm_mb("self"),
+                              "all its descendants, per phase; *_peak_growth_mb: that peak minus the tree's RSS "
+                              "just before the phase (what the fit added on top of the data already loaded)."),
+            "extraction": state["extraction"], "cold_extraction_s": state["cold"][0],
+            "cold_extraction_source": state["cold"][1], "heads": state["heads"], "raw_pixels": state["raw"],
+            "published_source": PUBLISHED_SOURCE, "process_vmhwm_mb": _bench.vm_hwm_mb("self"),
             "peak_tree_rss_mb": mem.peak["rss_mb"],
         }
 
-    n = 0
+    def on_row(rows):
+        add_ratios(rows, state["cold"][0])
+        state["heads"] = rows
+        _bench.atomic_write_json(out / f"{a.name}.json", snapshot(False))
+
     try:
         with mem:
             m = load_manifest(a.data, cache_dir=cache, root=a.root)
             if a.limit and a.limit < len(m):
                 m = limited(m, a.limit)
-            n = len(m)
-            print(f"scale: {a.data} ({n:,} rows: {sum(s == 'train' for s in m.split):,} train, "
-                  f"{sum(s == 'test' for s in m.split):,} test) -> {a.backbone} (weights {a.weights}) at "
-                  f"{a.image_size or 'native'} px, batch {a.batch_size}; heads {heads}"
-                  f"{' with default sweeps' if a.sweep else ' with default parameters'}", flush=True)
+            state["rows"] = len(m)
+            print(f"scale: {a.data} ({len(m):,} rows) -> {a.backbone} (weights {a.weights}) at "
+                  f"{a.image_size or 'native'} px, batch {a.batch_size}; heads {heads}", flush=True)
             print(f"machine: {_bench.describe_machine(info)}", flush=True)
-
-            with mem.phase("extract"):
-                t0 = time.perf_counter()
-                r = extract(m, backbone=a.backbone, weights=a.weights, image_size=a.image_size, cache_dir=cache,
-                            batch_size=a.batch_size, workers=a.workers, device=a.device,
-                            progress=sys.stderr.isatty())
-                ext_s = time.perf_counter() - t0
-            fdir = Path(cache) / "features" / r.feature_key
-            rows_bytes = _bench.folder_bytes(fdir / "rows")
-            view_bytes = Path(r.view).stat().st_size
-            extraction = {
-                "rows": r.rows, "dim": r.dim, "feature_key": r.feature_key, "cache_hit": r.cache_hit,
-                "extracted": r.extracted, "wall_s": ext_s, "img_per_s": r.rows / ext_s if ext_s else None,
-                "timings": r.timings, "device": r.device,
-                "peak_tree_rss_mb": mem.phases["extract"]["rss_mb"],
-                "max_processes": mem.phases["extract"]["processes"],
-                "store_rows_bytes": rows_bytes, "store_view_bytes": view_bytes,
-                "store_rows_bytes_per_row": rows_bytes / r.rows, "store_view_bytes_per_row": view_bytes / r.rows,
-                "store_total_bytes_per_row": _bench.folder_bytes(fdir) / r.rows,
-                "raw_feature_bytes_per_row": r.dim * 4,
-            }
-            print(f"  extraction: {r.rows:,} rows x {r.dim} in {ext_s:.1f} s ({extraction['img_per_s']:.0f} img/s), "
-                  f"peak tree RSS {extraction['peak_tree_rss_mb']:.0f} MB; store {rows_bytes / r.rows:.0f} B/row "
-                  f"in row shards + {view_bytes / r.rows:.0f} B/row in the view", flush=True)
+            state["extraction"], r = extraction_phase(a, m, cache, mem)
+            state["cold"] = cold_extraction_s(a, state["extraction"])
             _bench.atomic_write_json(out / f"{a.name}.json", snapshot(False))
-
-            import contextlib
-
-            from threadpoolctl import threadpool_limits
-
-            cap = (threadpool_limits(limits=a.blas_threads) if a.blas_threads else contextlib.nullcontext())
-            cap.__enter__()
-            for h in heads:
-                with mem.phase(h):
-                    t0 = time.perf_counter()
-                    fr = fit_head(r.view, h, use_default_grid=a.sweep, seed=a.seed, cache_dir=cache,
-                                  n_jobs=a.n_jobs, log=False)
-                    wall = time.perf_counter() - t0
-                test = fr.metrics.get("test", {})
-                kind, pub = PUBLISHED.get(h, ("", None))
-                head_rows.append({
-                    "head": h, "features": f"{a.backbone} {r.dim}-d", "params": fr.params,
-                    "n_combos": len(fr.sweep) or 1, "test_accuracy": test.get("accuracy"),
-                    "balanced_accuracy": test.get("balanced_accuracy"), "macro_f1": test.get("macro_f1"),
-                    "val_accuracy": fr.metrics.get("val", {}).get("accuracy"),
-                    "fit_s": fr.timings["fit_s"], "predict_s": fr.timings["predict_s"], "wall_s": wall,
-                    "peak_tree_rss_mb": mem.phases[h]["rss_mb"], "published_kind": kind,
-                    "published_raw_pixel_accuracy": pub, "split": fr.split})
-                print(f"  {h:7s} test acc {test.get('accuracy', float('nan')):.4f} fit {fr.timings['fit_s']:.1f} s "
-                      f"predict {fr.timings['predict_s']:.2f} s peak RSS {mem.phases[h]['rss_mb']:.0f} MB", flush=True)
-                _bench.atomic_write_json(out / f"{a.name}.json", snapshot(False))
-
-            raw = None
-            if not a.no_raw:
-                with mem.phase("raw-logreg"):
-                    X = raw_pixels(m)
-                    assigned = make_splits(m.labels, np.asarray(m.split, dtype=object), seed=a.seed)
-                    idx = {s: np.flatnonzero(assigned == s) for s in ("train", "val", "test")}
-                    t0 = time.perf_counter()
-                    if a.sweep:
-                        res = sweep(lambda p: make_head("logreg", **p), default_grid("logreg"), X[idx["train"]],
-                                    m.labels[idx["train"]], X[idx["val"]], m.labels[idx["val"]], n_jobs=a.n_jobs)
-                        head, params = res.best_estimator, res.best_params
-                    else:
-                        head, params = make_head("logreg").fit(X[idx["train"]], m.labels[idx["train"]]), {}
-                    fit_s = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    proba = head.predict_proba(X[idx["test"]])
-                    predict_s = time.perf_counter() - t0
-                    pred = head.classes_[np.argmax(proba, axis=1)]
-                    met = compute_metrics(m.labels[idx["test"]], pred, class_names=m.class_names)
-                raw = {"head": "logreg", "features": "raw pixels 784-d", "params": params,
-                       "n_combos": len(default_grid("logreg")["C"]) if a.sweep else 1,
-                       "test_accuracy": met["accuracy"], "balanced_accuracy": met["balanced_accuracy"],
-                       "macro_f1": met["macro_f1"], "fit_s": fit_s, "predict_s": predict_s,
-                       "peak_tree_rss_mb": mem.phases["raw-logreg"]["rss_mb"],
-                       "published_kind": PUBLISHED["logreg"][0],
-                       "published_raw_pixel_accuracy": PUBLISHED["logreg"][1],
-                       "n_train": int(len(idx["train"])), "n_test": int(len(idx["test"]))}
-                print(f"  raw-pixel logreg test acc {met['accuracy']:.4f} fit {fit_s:.1f} s", flush=True)
-            cap.__exit__(None, None, None)
+            heads_phase(a, heads, r, mem, on_row)
+            state["raw"] = None if a.no_raw else raw_phase(a, m, mem)
         result = snapshot(True)
     finally:
         if own_cache:
@@ -279,13 +436,12 @@ def print_report(res: dict) -> None:
                               ("raw_feature_bytes_per_row", "float32 B/row", 0)]))
     t = ex["timings"]
     print("extraction timings: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items() if v))
-    rows = list(res["heads"]) + ([res["raw_pixels"]] if res.get("raw_pixels") else [])
+    print(f"cold extraction: {_bench.fmt(res.get('cold_extraction_s'), 1)} s ({res.get('cold_extraction_source')})")
     print()
-    print(_bench.table(rows, [("head", "head"), ("features", "features"), ("test_accuracy", "test acc", 4),
-                              ("balanced_accuracy", "bal acc", 4), ("macro_f1", "macro-F1", 4),
-                              ("fit_s", "fit s", 1), ("predict_s", "predict s", 2),
-                              ("peak_tree_rss_mb", "peak RSS MB", 0),
-                              ("published_raw_pixel_accuracy", "published raw-pixel acc", 2)]))
+    print(_bench.table(res["heads"], make_tables.HEAD_COLUMNS))
+    if res.get("raw_pixels"):
+        print(_bench.table([res["raw_pixels"]], [("head", "head"), ("features", "features"),
+                                                 ("test_accuracy", "test acc", 4), ("fit_s", "fit s", 1)]))
     print(f"published: {res['published_source']}")
 
 

@@ -94,6 +94,16 @@ def test_scale(tmp_path):
     assert "arXiv:1708.07747" in res["published_source"]
 
 
+def test_cli_latency(tmp_path):
+    res = run_script("cli_latency", tmp_path)
+    rows = {r["command"]: r for r in res["rows"]}
+    assert {"floor bare", "floor sklearn", "help", "results", "extract (warm)", "fit-head logreg", "fit-head linear",
+            "predict (cached)", "run (all cached)"} == set(rows)
+    assert all(r["wall_s"] > 0 for r in rows.values()) and len(res["runs"]) == 1
+    for name in ("help", "results", "extract (warm)", "fit-head logreg", "run (all cached)"):
+        assert rows[name]["verdict"] in ("PASS", "MISS") and rows[name]["ratio"] > 0
+
+
 CLIPART_SOURCE = Path("/usr/share/openclipart/png")
 
 

@@ -32,8 +32,8 @@ import numpy as np
 from sklearn.base import clone
 
 from featcache.errors import DataError, EvaluationError, FeatcacheError, HeadError
-from featcache.extraction.engine import extract
-from featcache.extraction.sources import Manifest
+from featcache.extraction.entry import extract
+from featcache.extraction.manifest import Manifest
 from featcache.specs import BackboneSpec, DataSpec, RunSpec
 from featcache.store.views import Features, load_features
 from featcache.train.heads import default_grid, make_head

@@ -15,7 +15,6 @@ head's default is a tuple.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
 import json
 import os
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from featcache.environment import installed_version
 from featcache.atomic import atomic_path
 from featcache.errors import HeadError, UnknownNameError
 from featcache.train.heads import get_head_class
@@ -57,10 +57,7 @@ class LoadedHead:
 
 
 def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return installed_version(dist) or "unknown"
 
 
 def library_versions() -> dict[str, str]:
@@ -110,23 +107,8 @@ def _with_suffix(path: str | os.PathLike) -> Path:
     return path if path.name.endswith(".npz") else path.with_name(path.name + HEAD_SUFFIX)
 
 
-def save_head(
-    head: Any,
-    path: str | os.PathLike,
-    *,
-    name: str,
-    feature_key: str,
-    class_names: list[str] | None,
-    metadata: dict | None = None,
-) -> Path:
-    """Write a fitted ``head`` to ONE file that executes no code on load; returns its path.
-
-    ``path`` gets the suffix ``.head.npz`` unless it already ends in ``.npz``. ``name`` is
-    the registered head name, ``feature_key`` the identity of the features the head was
-    fitted on (checked by :func:`check_feature_key`), ``class_names`` the names of the
-    classes, ``metadata`` any JSON-serialisable dict. The file is written to a temporary
-    file in the same directory and moved into place atomically (``os.replace``).
-    """
+def _check_save_arguments(head: Any, name: str, feature_key: str, class_names) -> type:
+    """The registered class of ``name``; :class:`HeadError` for arguments that cannot be saved."""
     cls = get_head_class(name)
     if type(head) is not cls:
         raise HeadError(
@@ -145,6 +127,11 @@ def save_head(
             f"class_names={class_names!r} is not valid; expected a list of strings or None; "
             "pass the class names as strings"
         )
+    return cls
+
+
+def _state_arrays(head: Any, name: str) -> dict[str, np.ndarray]:
+    """``head.get_state()`` as plain arrays; :class:`HeadError` for an unfitted head."""
     try:
         state = head.get_state()
     except Exception as exc:  # NotFittedError and friends
@@ -160,6 +147,28 @@ def save_head(
                 f"{value.dtype}); expected numeric or string arrays; this is a bug in the head"
             )
         arrays[key] = value
+    return arrays
+
+
+def save_head(
+    head: Any,
+    path: str | os.PathLike,
+    *,
+    name: str,
+    feature_key: str,
+    class_names: list[str] | None,
+    metadata: dict | None = None,
+) -> Path:
+    """Write a fitted ``head`` to ONE file that executes no code on load; returns its path.
+
+    ``path`` gets the suffix ``.head.npz`` unless it already ends in ``.npz``. ``name`` is
+    the registered head name, ``feature_key`` the identity of the features the head was
+    fitted on (checked by :func:`check_feature_key`), ``class_names`` the names of the
+    classes, ``metadata`` any JSON-serialisable dict. The file is written to a temporary
+    file in the same directory and moved into place atomically (``os.replace``).
+    """
+    cls = _check_save_arguments(head, name, feature_key, class_names)
+    arrays = _state_arrays(head, name)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -235,15 +244,8 @@ def _writer_version(meta: dict) -> str:
     return str(versions.get("featcache", "unknown")) if isinstance(versions, dict) else "unknown"
 
 
-def load_head(path: str | os.PathLike) -> LoadedHead:
-    """Read a head written by :func:`save_head`; never unpickles.
-
-    Raises :class:`~featcache.errors.HeadError` naming the file for a missing, truncated or
-    corrupted file, a file that is not a featcache head, an unknown format version or an
-    unknown head name.
-    """
-    path = Path(path)
-    arrays = _read_arrays(path)
+def _read_meta(path: Path, arrays: dict[str, np.ndarray]) -> dict:
+    """The JSON document of a head file (removed from ``arrays``), its format checked."""
     raw = arrays.pop(META_KEY, None)
     if raw is None:
         raise _fail(path, f"is an .npz archive without a {META_KEY!r} entry, so not a "
@@ -266,6 +268,11 @@ def load_head(path: str | os.PathLike) -> LoadedHead:
             f"(<= {FORMAT_VERSION}; written by featcache {_writer_version(meta)})",
             "upgrade featcache, or re-fit the head with this version",
         )
+    return meta
+
+
+def _head_class(path: Path, meta: dict) -> type:
+    """The registered class of the file's head, its saved parameters checked."""
     name = meta.get("head")
     try:
         cls = get_head_class(name)
@@ -273,16 +280,21 @@ def load_head(path: str | os.PathLike) -> LoadedHead:
         raise _fail(path, f"holds an {exc}", "upgrade featcache or re-fit the head with one of "
                     f"{', '.join(sorted(HEADS))}") from None
     params = meta.get("params")
-    feature_key = meta.get("feature_key")
-    if not isinstance(params, dict) or not isinstance(feature_key, str):
+    if not isinstance(params, dict) or not isinstance(meta.get("feature_key"), str):
         raise _fail(path, "has incomplete metadata (params / feature_key missing)", _RESAVE)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise _fail(path, f"sets parameter(s) {', '.join(unknown)} that head {name!r} of this "
                     "featcache version does not have", "upgrade featcache or re-fit the head")
+    return cls
+
+
+def _rebuild(path: Path, cls: type, meta: dict, arrays: dict[str, np.ndarray]):
+    """The fitted head, checked by predicting one row of zeros."""
+    name = meta["head"]
     try:
-        head = cls.from_state(_restore_params(cls, params), arrays)
+        head = cls.from_state(_restore_params(cls, meta["params"]), arrays)
         # smoke test: a state whose arrays do not fit together fails here, not later
         head.predict_proba(np.zeros((1, int(head.n_features_in_))))
     except HeadError as exc:
@@ -290,15 +302,30 @@ def load_head(path: str | os.PathLike) -> LoadedHead:
     except Exception as exc:  # a state that does not fit the parameters, ...
         raise _fail(path, f"holds an inconsistent {name!r} head ({type(exc).__name__}: {exc})",
                     _RESAVE) from None
+    return head
+
+
+def load_head(path: str | os.PathLike) -> LoadedHead:
+    """Read a head written by :func:`save_head`; never unpickles.
+
+    Raises :class:`~featcache.errors.HeadError` naming the file for a missing, truncated or
+    corrupted file, a file that is not a featcache head, an unknown format version or an
+    unknown head name.
+    """
+    path = Path(path)
+    arrays = _read_arrays(path)
+    meta = _read_meta(path, arrays)
+    cls = _head_class(path, meta)
+    head = _rebuild(path, cls, meta, arrays)
     return LoadedHead(
         head=head,
-        name=name,
-        feature_key=feature_key,
+        name=meta["head"],
+        feature_key=meta["feature_key"],
         class_names=meta.get("class_names"),
         metadata=meta.get("metadata") if isinstance(meta.get("metadata"), dict) else {},
         versions=meta.get("versions") if isinstance(meta.get("versions"), dict) else {},
         path=path,
-        format_version=version,
+        format_version=meta["format_version"],
     )
 
 

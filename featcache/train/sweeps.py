@@ -4,6 +4,14 @@
 parallel with joblib/loky when that pays off), scores each on the validation split
 only and returns a :class:`SweepResult`. It is never given the test split.
 
+Warm-started paths: when the estimator names a ``path_param`` that the grid sweeps (the
+``logreg``/``svm`` heads: ``C``; ``knn``: ``n_neighbors``; ``ncm``: ``temperature``, see
+:class:`featcache.train.heads.base.HeadBase`), every fit runs in this process along the
+path, strongest regularisation first (``C`` ascending; ``n_neighbors`` descending), each
+started from the previous fit (``fit(X, y, warm_start=previous)``), as glmnet and
+``LogisticRegressionCV`` do. Rows are still reported in grid order and ties still go to the
+first combination in grid order.
+
 With ``n_jobs=-1`` (the default) the first combination is fitted in this process
 and timed; worker processes are started only when the remaining fits are expected
 to take clearly longer than starting them (:data:`WORKER_START_S`). Features read
@@ -111,8 +119,11 @@ def _check_xy(name_x: str, X: Any, name_y: str, y: Any) -> None:
         )
 
 
-def _fit_and_score(make_estimator, params, X_train, y_train, X_val, y_val, after_make=None) -> dict:
-    """Fit one combination and score it on val. Never raises: errors are returned."""
+def _fit_and_score(make_estimator, params, X_train, y_train, X_val, y_val, after_make=None,
+                   warm_start=None) -> dict:
+    """Fit one combination and score it on val. Never raises: errors are returned.
+
+    ``warm_start`` (a previous fit of the path) is passed to ``fit`` when given."""
     try:
         est = make_estimator(dict(params))
         if after_make is not None:
@@ -123,7 +134,10 @@ def _fit_and_score(make_estimator, params, X_train, y_train, X_val, y_val, after
                 "with fit(X, y) and predict(X); return an estimator instance"
             )
         t0 = time.perf_counter()
-        est.fit(X_train, y_train)
+        if warm_start is None:
+            est.fit(X_train, y_train)
+        else:
+            est.fit(X_train, y_train, warm_start=warm_start)
         fit_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         pred = np.asarray(est.predict(X_val)).reshape(-1)
@@ -194,6 +208,137 @@ def _worker_task(make_estimator, params, data_dir: str, token: str, n_threads: i
     return res
 
 
+def _check_inputs(make_estimator, X_train, y_train, X_val, y_val) -> None:
+    _check_xy("X_train", X_train, "y_train", y_train)
+    _check_xy("X_val", X_val, "y_val", y_val)
+    if not callable(make_estimator):
+        raise EvaluationError(
+            f"make_estimator is a {type(make_estimator).__name__}; expected a callable "
+            "params -> estimator, e.g. lambda p: LogisticRegression(**p)"
+        )
+
+
+class _Board:
+    """Collects fit results: rows in grid order, the best (ties to the first in grid order)."""
+
+    def __init__(self, combos: list[dict]):
+        self.combos = combos
+        self.results: dict[int, dict] = {}
+        self.best: dict[str, Any] = {"index": -1, "score": -math.inf, "estimator": None}
+
+    def consume(self, i: int, res: dict) -> None:
+        params = self.combos[i]
+        if not res["ok"]:
+            _raise_fit_error(params, res)
+        self.results[i] = {
+            "params": dict(params),
+            "val_score": res["val_score"],
+            "fit_seconds": res["fit_seconds"],
+            "predict_seconds": res["predict_seconds"],
+        }
+        better = res["val_score"] > self.best["score"]
+        tie_earlier = res["val_score"] == self.best["score"] and i < self.best["index"]
+        if better or tie_earlier:  # ties keep the earlier combination in grid order
+            self.best.update(index=i, score=res["val_score"], estimator=res["estimator"])
+
+    def result(self, workers: int, in_process: int) -> SweepResult:
+        return SweepResult(
+            best_params=dict(self.combos[self.best["index"]]),
+            best_score=float(self.best["score"]),
+            best_index=int(self.best["index"]),
+            best_estimator=self.best["estimator"],
+            rows=[self.results[i] for i in sorted(self.results)],
+            workers=workers,
+            in_process=in_process,
+        )
+
+
+def _raise_fit_error(params: dict, res: dict) -> None:
+    exc = res.get("exception")
+    if isinstance(exc, FeatcacheError):
+        raise exc  # already says what is wrong and how to fix it
+    if res.get("featcache_error"):  # from a worker: the type did not travel back
+        raise HeadError(f"with params {params!r}: {res['message']}")
+    msg = (
+        f"fitting the head with params {params!r} failed: {res['error']}; "
+        "fix or remove that value in the parameter grid"
+    )
+    if exc is not None:
+        raise HeadError(msg) from exc
+    raise HeadError(msg + f"\nworker traceback:\n{res['traceback']}")
+
+
+def path_order(make_estimator, combos: list[dict]) -> list[int] | None:
+    """Indices of ``combos`` in warm-start order, or None when the estimator has no path.
+
+    The estimator of the first combination names its ``path_param`` (and ``path_descending``);
+    combinations are grouped by their other parameters (grid order) and each group runs along
+    the path parameter: ascending (``C``: strongest regularisation first) or descending.
+    """
+    try:
+        probe = make_estimator(dict(combos[0]))
+    except Exception:  # noqa: BLE001 - reported by the fit of that combination
+        return None
+    name = getattr(probe, "path_param", None)
+    values = [c.get(name) for c in combos]
+    if len(combos) < 2 or name not in combos[0] or not all(_is_number(v) for v in values):
+        return None
+    sign = -1.0 if getattr(probe, "path_descending", False) else 1.0
+    others = [tuple(repr(v) for k, v in c.items() if k != name) for c in combos]
+    group = {key: g for g, key in enumerate(dict.fromkeys(others))}
+    return sorted(range(len(combos)), key=lambda i: (group[others[i]], sign * float(values[i])))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+
+
+def _run_path(board: _Board, order: list[int], make_estimator, data: tuple) -> None:
+    """Fit along ``order`` in this process, each fit warm-started from the previous one."""
+    previous = None
+    for i in order:
+        res = _fit_and_score(make_estimator, board.combos[i], *data, warm_start=previous)
+        board.consume(i, res)
+        previous = res["estimator"]
+
+
+def _run_in_process(board: _Board, make_estimator, data: tuple, *, auto: bool, workers: int) -> int:
+    """Fit combinations here, in grid order, until workers pay off (auto); returns how many."""
+    start, combos = 0, board.combos
+    while start < len(combos):
+        t0 = time.perf_counter()
+        board.consume(start, _fit_and_score(make_estimator, combos[start], *data))
+        start += 1
+        left = len(combos) - start
+        if auto and _parallel_pays_off(time.perf_counter() - t0, left, min(workers, left)):
+            break
+    return start
+
+
+def _run_in_workers(board: _Board, start: int, workers: int, make_estimator, data: tuple) -> None:
+    """Fit ``combos[start:]`` in ``workers`` loky processes (the arrays go through a folder)."""
+    from joblib import Parallel, delayed  # only when a sweep goes parallel
+
+    rest = board.combos[start:]
+    n_threads = max(1, (os.cpu_count() or 1) // workers)
+    with tempfile.TemporaryDirectory(prefix="featcache-sweep-") as data_dir:
+        for name, arr in zip(("X_train", "y_train", "X_val", "y_val"), data):
+            np.save(os.path.join(data_dir, f"{name}.npy"), np.asarray(arr), allow_pickle=False)
+        token = uuid.uuid4().hex
+        results = Parallel(n_jobs=workers, backend="loky", return_as="generator")(
+            delayed(_worker_task)(make_estimator, params, data_dir, token, n_threads)
+            for params in rest
+        )
+        with warnings.catch_warnings():
+            # when a fit fails we stop early; joblib would warn about the cancelled tasks
+            warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
+            try:
+                for i, res in enumerate(results, start=start):
+                    board.consume(i, res)
+            finally:
+                results.close()  # cancels pending tasks on error, inside this filter
+
+
 def sweep(
     make_estimator: Callable[[dict], Any],
     grid: Mapping[str, list],
@@ -212,110 +357,48 @@ def sweep(
     first combination in that order. Only train and val are seen: there is no test
     argument.
 
-    ``n_jobs=-1`` or ``None`` (auto, the default) fits the first combination in this
-    process and times it; the remaining ones go to up to ``cpu_count`` worker processes
-    only when that is expected to save time despite the workers' start-up
-    (:data:`WORKER_START_S`), otherwise the next one is fitted here and the decision is
-    taken again. Any other ``n_jobs`` (``2``, ``-2``, ...) runs every fit in that many
-    workers; ``n_jobs=1`` (or a single combination) fits everything in this process.
-    Lazy arrays (``h5py`` datasets, memmaps, row subsets of them: features read from
-    disk) are always fitted in this process, one combination after another, so that the
-    data is not copied into every worker.
+    Estimators with a ``path_param`` swept by the grid (the featcache heads ``logreg``,
+    ``svm``, ``knn``, ``ncm``) are fitted in this process along a warm-started path (see
+    the module docstring). For the others, ``n_jobs=-1`` or ``None`` (auto, the default)
+    fits the first combination in this process and times it; the remaining ones go to up
+    to ``cpu_count`` worker processes only when that is expected to save time despite the
+    workers' start-up (:data:`WORKER_START_S`), otherwise the next one is fitted here and
+    the decision is taken again. Any other ``n_jobs`` (``2``, ``-2``, ...) runs every fit
+    in that many workers; ``n_jobs=1`` (or a single combination) fits everything in this
+    process. Lazy arrays (``h5py`` datasets, memmaps, row subsets of them: features read
+    from disk) are always fitted in this process, so that the data is not copied into
+    every worker.
 
-    Workers use joblib's ``loky`` backend (separate processes, so ``make_estimator``
-    must be picklable by cloudpickle: functions, lambdas, ``functools.partial`` all
-    work). The arrays are written once to a temporary folder and loaded once per worker
-    rather than sent with every task; each worker's torch thread count is set to
-    ``cpu_count // workers``. Results stream back in grid order and only the current
-    best fitted estimator is kept. ``workers`` and ``in_process`` of the result say
-    where the fits ran.
+    Workers use joblib's ``loky`` backend (``make_estimator`` must be picklable by
+    cloudpickle: functions, lambdas, ``functools.partial`` all work). The arrays are
+    written once to a temporary folder and loaded once per worker; each worker's torch
+    thread count is set to ``cpu_count // workers``. ``workers`` and ``in_process`` of
+    the result say where the fits ran.
 
     The returned ``best_estimator`` is the one fitted on the training split (not
     refitted on train+val). Raises :class:`EvaluationError` for a bad grid or
     mismatched arrays, :class:`HeadError` when a fit fails (naming its params).
     """
-    from joblib import Parallel, delayed, effective_n_jobs
+    from joblib import effective_n_jobs  # joblib is imported by sweeps only
+
+    from featcache.train.heads.base import is_lazy  # heads.base imports scikit-learn
 
     combos = _grid_combinations(grid)
-    _check_xy("X_train", X_train, "y_train", y_train)
-    _check_xy("X_val", X_val, "y_val", y_val)
-    if not callable(make_estimator):
-        raise EvaluationError(
-            f"make_estimator is a {type(make_estimator).__name__}; expected a callable "
-            "params -> estimator, e.g. lambda p: LogisticRegression(**p)"
-        )
+    _check_inputs(make_estimator, X_train, y_train, X_val, y_val)
     n_jobs = check_n_jobs(n_jobs)
     auto = n_jobs is None or n_jobs == -1
-    from featcache.train.heads.base import is_lazy
-
+    data = (X_train, y_train, X_val, y_val)
+    board = _Board(combos)
+    order = path_order(make_estimator, combos)
+    if order is not None:
+        _run_path(board, order, make_estimator, data)
+        return board.result(workers=1, in_process=len(combos))
     lazy = is_lazy(X_train) or is_lazy(X_val)
     workers = 1 if lazy else min(effective_n_jobs(-1 if auto else n_jobs), len(combos))
-
-    best: dict[str, Any] = {"index": -1, "score": -math.inf, "estimator": None}
-    rows: list[dict] = []
-
-    def consume(i: int, params: dict, res: dict) -> None:
-        if not res["ok"]:
-            exc = res.get("exception")
-            if isinstance(exc, FeatcacheError):
-                raise exc  # already says what is wrong and how to fix it
-            if res.get("featcache_error"):  # from a worker: the type did not travel back
-                raise HeadError(f"with params {params!r}: {res['message']}")
-            msg = (
-                f"fitting the head with params {params!r} failed: {res['error']}; "
-                "fix or remove that value in the parameter grid"
-            )
-            if exc is not None:
-                raise HeadError(msg) from exc
-            raise HeadError(msg + f"\nworker traceback:\n{res['traceback']}")
-        rows.append({
-            "params": dict(params),
-            "val_score": res["val_score"],
-            "fit_seconds": res["fit_seconds"],
-            "predict_seconds": res["predict_seconds"],
-        })
-        if res["val_score"] > best["score"]:  # strict: ties keep the earlier combination
-            best.update(index=i, score=res["val_score"], estimator=res["estimator"])
-
-    start = 0  # combinations [0, start) are fitted here
+    start = 0
     if auto or workers <= 1:
-        while start < len(combos):
-            t0 = time.perf_counter()
-            consume(start, combos[start],
-                    _fit_and_score(make_estimator, combos[start], X_train, y_train, X_val, y_val))
-            start += 1
-            left = len(combos) - start
-            if _parallel_pays_off(time.perf_counter() - t0, left, min(workers, left)):
-                break
-    rest = combos[start:]
-    workers = min(workers, len(rest))
+        start = _run_in_process(board, make_estimator, data, auto=auto, workers=workers)
+    workers = min(workers, len(combos) - start)
     if workers > 1:
-        n_threads = max(1, (os.cpu_count() or 1) // workers)
-        with tempfile.TemporaryDirectory(prefix="featcache-sweep-") as data_dir:
-            for name, arr in (("X_train", X_train), ("y_train", y_train),
-                              ("X_val", X_val), ("y_val", y_val)):
-                np.save(os.path.join(data_dir, f"{name}.npy"), np.asarray(arr), allow_pickle=False)
-            token = uuid.uuid4().hex
-            results = Parallel(n_jobs=workers, backend="loky", return_as="generator")(
-                delayed(_worker_task)(make_estimator, params, data_dir, token, n_threads)
-                for params in rest
-            )
-            with warnings.catch_warnings():
-                # when a fit fails we stop early; joblib would warn about the cancelled tasks
-                warnings.filterwarnings("ignore", message=".*tasks which were still being processed")
-                try:
-                    for i, (params, res) in enumerate(zip(rest, results), start=start):
-                        consume(i, params, res)
-                finally:
-                    results.close()  # cancels pending tasks on error, inside this filter
-
-    return SweepResult(
-        best_params=dict(combos[best["index"]]),
-        best_score=float(best["score"]),
-        best_index=int(best["index"]),
-        best_estimator=best["estimator"],
-        rows=rows,
-        workers=max(workers, 1) if rest else 1,
-        in_process=start,
-    )
-
+        _run_in_workers(board, start, workers, make_estimator, data)
+    return board.result(workers=max(workers, 1) if start < len(combos) else 1, in_process=start)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from featcache.errors import UnknownNameError, WeightsError
+from featcache.extraction.weights_names import looks_like_path
 from featcache.store.digests import hash_file
 
 # --------------------------------------------------------------------------- preprocessing
@@ -122,11 +123,6 @@ RANDOM_INIT_SEED = 0
 def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a weights file (hex)."""
     return hash_file(path, "sha256")
-
-
-def looks_like_path(spec: str) -> bool:
-    return (os.sep in spec or "/" in spec or spec.endswith((".pth", ".pt", ".bin", ".ckpt", ".safetensors"))
-            or os.path.exists(spec))
 
 
 def read_safetensors(path: str) -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 
 from featcache.errors import HeadError
 from featcache.train.heads.base import HeadInputError, block_rows, read_block
+from featcache.train.heads.blocks import FeatureBlocks, RunningMoments, column_stats
 
 #: Validation rows of a lazy training array are cached in memory up to this many bytes.
 VAL_CACHE_BYTES = 256 * 2**20
@@ -57,7 +58,7 @@ class DataPlan:
     """Standardised training data, in memory (one block) or read blockwise from a lazy array.
 
     ``Xmem`` is the validated in-memory matrix, or None when ``X`` is lazy: then a first pass
-    computes the mean/variance (Chan et al.'s pairwise update, float64) and collects the
+    computes the mean/variance (:class:`~featcache.train.heads.blocks.RunningMoments`) and collects the
     validation rows if they fit in :data:`VAL_CACHE_BYTES`; each epoch reads blocks of
     contiguous rows in shuffled order and shuffles the training rows within each block.
     """
@@ -77,14 +78,11 @@ class DataPlan:
             rows = block_rows(n_features, batch_size)
             self.blocks = [(a, min(n, a + rows)) for a in range(0, n, rows)]
             self.cache_val = self.has_val and len(val_idx) * n_features * 4 <= VAL_CACHE_BYTES
-            mean, var = self._streaming_stats(val_parts if self.cache_val else None)
+            mean, scale = self._streaming_stats(val_parts if self.cache_val else None)
         else:
             self.blocks = [(0, n)]
             self.cache_val = self.has_val
-            mean = Xmem.mean(axis=0, dtype=np.float64)
-            var = Xmem.var(axis=0, dtype=np.float64)
-        scale = np.sqrt(var)
-        scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)] = 1.0
+            mean, scale = column_stats(FeatureBlocks(Xmem, n_features))  # no float64 copy
         self.mean, self.scale = mean, scale
         self._mean32, self._scale32 = mean.astype(np.float32), scale.astype(np.float32)
         self.X_all = None if Xmem is None else self.standardize(Xmem)
@@ -99,26 +97,21 @@ class DataPlan:
             self.y_val = self.y_all[idx]
 
     def standardize(self, block: np.ndarray):
-        out = (np.asarray(block, dtype=np.float32) - self._mean32) / self._scale32
-        return self.torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(self.device)
+        out = np.asarray(block, dtype=np.float32) - self._mean32  # one float32 copy, scaled in place
+        out /= self._scale32
+        return self.torch.from_numpy(np.ascontiguousarray(out)).to(self.device)
 
     def _read(self, a: int, b: int) -> np.ndarray:
         return read_block(self.X, a, b, n_features=self.d)
 
     def _streaming_stats(self, val_parts: list | None):
-        count, mean, m2 = 0, np.zeros(self.d), np.zeros(self.d)
+        moments = RunningMoments(self.d)
         for a, b in self.blocks:
             block = self._read(a, b)
             if val_parts is not None and self.val_mask[a:b].any():
                 val_parts.append(block[self.val_mask[a:b]])
-            block = block.astype(np.float64)
-            nb, mb = len(block), block.mean(axis=0)
-            m2b = ((block - mb) ** 2).sum(axis=0)
-            delta, total = mb - mean, count + nb
-            mean = mean + delta * (nb / total)
-            m2 = m2 + m2b + delta**2 * (count * nb / total)
-            count = total
-        return mean, m2 / count
+            moments.add(block)
+        return moments.mean_scale()
 
     def train_batches(self, gen, batch_size: int):
         """One epoch of shuffled ``(x, y)`` mini-batches of training rows."""

@@ -113,12 +113,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z
 
 
-def l2_normalize(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (all-zero rows stay zero)."""
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.maximum(norms, 1e-12)
-
-
 class HeadBase(ClassifierMixin, BaseEstimator):
     """Base of every head. Subclasses implement ``_fit_encoded`` and ``_decision``.
 
@@ -141,6 +135,35 @@ class HeadBase(ClassifierMixin, BaseEstimator):
         check_finite(X, what="X")
         y_enc = self._encode_labels(y)
         return X, y_enc
+
+    def _validate_lazy_fit(self, X: Any, y: Any) -> np.ndarray:
+        """Checks of ``fit`` for a lazy ``X`` (``validate_data`` would read it whole).
+
+        Sets ``classes_`` and ``n_features_in_``; returns the encoded labels. NaN/inf are
+        found by the first pass over the blocks (:func:`read_block` checks each block).
+        """
+        n, d = (int(s) for s in X.shape)
+        if n < 1 or d < 1:
+            raise HeadInputError(
+                f"X has shape {(n, d)}; expected at least 1 sample and 1 feature; "
+                "pass a non-empty feature matrix"
+            )
+        y_enc = self._encode_labels(y)
+        if len(y_enc) != n:
+            raise HeadInputError(
+                f"X has {n} rows but y has {len(y_enc)} labels; expected one label per row; "
+                "pass matching features and labels"
+            )
+        self.n_features_in_ = d
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        return y_enc
+
+    def _validate_any_fit(self, X: Any, y: Any) -> tuple[Any, np.ndarray]:
+        """``(X, encoded y)`` for ``fit``: a lazy ``X`` stays lazy, any other is validated."""
+        if is_lazy(X):
+            return X, self._validate_lazy_fit(X, y)
+        return self._validate_fit(X, y)
 
     def _encode_labels(self, y: Any) -> np.ndarray:
         if y is None:

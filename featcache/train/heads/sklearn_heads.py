@@ -1,44 +1,51 @@
-"""Heads built on scikit-learn / numpy: ``logreg``, ``svm``, ``knn``, ``ncm``.
+"""Heads built on numpy / scipy / scikit-learn: ``logreg``, ``svm``, ``knn``, ``ncm``.
 
-Training uses scikit-learn; the fitted arrays are then copied into the head's own
-attributes and predictions are computed from those arrays, so a head rebuilt with
+``logreg`` and ``svm`` minimise scikit-learn's objectives (``LogisticRegression``,
+``LinearSVC``) on standardised features. A rule on the shape picks the solver
+(:func:`uses_sklearn_solver`): the float32 blockwise L-BFGS of
+:mod:`featcache.train.heads.solvers` for large or lazy matrices, scikit-learn's own solver
+for small in-memory ones (:data:`SKLEARN_MAX_MACS`; measurements in ``benchmarks/README.md``). ``knn`` and ``ncm`` compute in
+blocks (:mod:`featcache.train.heads.neighbors`; ``knn``'s neighbour search imports torch
+when it predicts). The learned arrays are the head's
+own attributes and predictions are computed from them, so a head rebuilt with
 ``from_state`` predicts exactly like the original.
 
-These heads need the training matrix in memory (a lazy ``X`` is read whole in ``fit``);
-prediction works blockwise on lazy arrays like every head.
+Every head here trains on a lazy ``X`` (``h5py.Dataset``, ``np.memmap``, the rows of a view
+read from disk) by streaming blocks of rows, pass after pass; none of them makes a float64
+copy of the training matrix. They warm-start along a sweep (``fit(X, y, warm_start=head)``,
+see :attr:`featcache.train.heads.base.HeadBase.path_param`).
 """
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import LinearSVC
+from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
+
+from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, softmax
+from featcache.train.heads.blocks import FeatureBlocks, column_stats
+from featcache.train.heads.neighbors import class_means, normalize_rows, normalized_copy, top_k_cosine, vote
+from featcache.train.heads.registry import register_head
+from featcache.train.heads.solvers import LinearObjective, fit_linear
 
 #: Below this many multiply-adds per pass (rows x features x classes), fit on one BLAS thread:
 #: threaded BLAS on small matrices mostly waits on a busy machine (benchmarks/blas_threads.py:
 #: logreg on 1,257 x 512 fits 2.3x faster on one thread).
 SINGLE_THREAD_MACS = 32 * 2**20
+#: In-memory matrices up to this many multiply-adds per pass (rows x features x classes) are
+#: fitted by scikit-learn's solver (float64), larger ones by the float32 blockwise L-BFGS.
+SKLEARN_MAX_MACS = 8 * 2**20
 
-from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, l2_normalize, softmax
-from featcache.train.heads.registry import register_head
 
-
-def _materialize(X):
-    """A lazy array read whole (sklearn-based heads train in memory)."""
+def uses_sklearn_solver(X, n_classes: int) -> bool:
+    """True when ``logreg``/``svm`` fit ``X`` with scikit-learn's solver (small, in memory)."""
     if is_lazy(X):
-        if hasattr(X, "detach"):
-            return X.detach().cpu().numpy()
-        return X[0 : X.shape[0]]
-    return X
-
-
-def _standardize_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean = X.mean(axis=0, dtype=np.float64)
-    scale = X.std(axis=0, dtype=np.float64)
-    scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)] = 1.0
-    return mean, scale
+        return False
+    return X.shape[0] * X.shape[1] * max(n_classes, 2) <= SKLEARN_MAX_MACS
 
 
 def _check_positive(head, name: str, value, *, integer: bool = False) -> None:
@@ -52,30 +59,60 @@ def _check_positive(head, name: str, value, *, integer: bool = False) -> None:
         )
 
 
+def _compatible(head, warm_start, y_enc: np.ndarray) -> bool:
+    """True when ``warm_start`` is a fitted head of the same class and the same labels."""
+    return (
+        type(warm_start) is type(head)
+        and getattr(warm_start, "n_features_in_", None) == head.n_features_in_
+        and np.array_equal(getattr(warm_start, "classes_", None), head.classes_)
+        and getattr(warm_start, "n_samples_fit_", None) == len(y_enc)
+    )
+
+
 class _LinearModelHead(HeadBase):
-    """Standardise, then a linear model ``coef_``/``intercept_`` learned by scikit-learn."""
+    """Standardise, then a linear model ``coef_``/``intercept_`` (scikit-learn's objective)."""
 
     _state_keys = (
         "classes_", "n_features_in_", "mean_", "scale_", "coef_", "intercept_", "n_iter_",
     )
+    _loss = "logistic"
+    path_param = "C"
 
-    def _make_estimator(self):  # pragma: no cover - abstract
+    def make_reference(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def fit(self, X, y):
-        """Fit on features ``X`` (n_samples, n_features) and labels ``y``; returns ``self``."""
-        X, y_enc = self._validate_fit(_materialize(X), y)
+    def fit(self, X, y, warm_start=None):
+        """Fit on features ``X`` (array or lazy array) and labels ``y``; returns ``self``.
+
+        ``warm_start``: a head of this class fitted on the same ``X`` and ``y`` (a sweep's
+        previous point); its solution and statistics are the starting point.
+        """
+        X, y_enc = self._validate_any_fit(X, y)
         _check_positive(self, "C", self.C)
         _check_positive(self, "max_iter", self.max_iter, integer=True)
-        X = np.asarray(X, dtype=np.float64)
-        self.mean_, self.scale_ = _standardize_stats(X)
+        blocks = FeatureBlocks(X, self.n_features_in_)
+        warm = warm_start if _compatible(self, warm_start, y_enc) else None
+        self.mean_, self.scale_ = (warm.mean_, warm.scale_) if warm else column_stats(blocks)
+        self.n_samples_fit_ = len(y_enc)
+        if uses_sklearn_solver(X, len(self.classes_)):
+            self._fit_sklearn(blocks.X, y_enc)
+            return self
+        objective = LinearObjective(blocks, y_enc, len(self.classes_), loss=self._loss, C=self.C,
+                                    mean=self.mean_, scale=self.scale_)
+        init = (warm.coef_, warm.intercept_) if warm else None
+        res = fit_linear(objective, max_iter=self.max_iter, tol=1e-4, init=init, who=type(self).__name__)
+        self.coef_, self.intercept_, self.n_iter_ = res.coef, res.intercept, res.n_iter
+        return self
+
+    def _fit_sklearn(self, X: np.ndarray, y_enc: np.ndarray) -> None:
+        """scikit-learn's own solver, in float64 (small matrices: see :data:`SKLEARN_MAX_MACS`)."""
         small = X.shape[0] * X.shape[1] * max(len(self.classes_), 2) < SINGLE_THREAD_MACS
+        Xs = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
         with threadpool_limits(limits=1 if small else None, user_api="blas"):
-            model = self._make_estimator().fit((X - self.mean_) / self.scale_, y_enc)
+            model = self.make_reference().fit(Xs, y_enc)
         self.coef_ = np.ascontiguousarray(model.coef_, dtype=np.float64)
         self.intercept_ = np.ascontiguousarray(np.atleast_1d(model.intercept_), dtype=np.float64)
         self.n_iter_ = int(np.max(model.n_iter_))
-        return self
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
         Xs = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
@@ -89,8 +126,11 @@ class _LinearModelHead(HeadBase):
 class LogRegHead(_LinearModelHead):
     """Logistic regression on standardised features (``StandardScaler`` + ``LogisticRegression``).
 
-    Parameters: ``C`` inverse L2 regularisation strength, ``max_iter`` of the lbfgs solver.
-    Multinomial for more than two classes; probabilities are calibrated by the model itself.
+    Parameters: ``C`` inverse L2 regularisation strength, ``max_iter`` of the L-BFGS solver.
+    Large or lazy matrices are fitted by the float32 blockwise L-BFGS (lazy arrays streamed),
+    small in-memory ones by ``LogisticRegression(solver="lbfgs")`` in float64
+    (:func:`uses_sklearn_solver`); both minimise the same objective with the same stopping
+    rule. Multinomial for more than two classes; probabilities are calibrated by the model.
     """
 
     _default_grid = {"C": [0.01, 0.1, 1.0, 10.0]}
@@ -99,7 +139,8 @@ class LogRegHead(_LinearModelHead):
         self.C = C
         self.max_iter = max_iter
 
-    def _make_estimator(self):
+    def make_reference(self):
+        """The scikit-learn estimator of the same objective (for small matrices, benchmarks)."""
         return LogisticRegression(C=self.C, max_iter=self.max_iter)
 
     def _proba_from_decision(self, decision: np.ndarray) -> np.ndarray:
@@ -111,12 +152,14 @@ class LogRegHead(_LinearModelHead):
 
 @register_head("svm")
 class SVMHead(_LinearModelHead):
-    """Linear SVM (``LinearSVC``: squared hinge, one-vs-rest) on standardised features.
+    """Linear SVM (``LinearSVC``: squared hinge, one-vs-rest, L2) on standardised features.
 
-    Solved in the dual (``dual=True``), which on standardised, dense features of a few
-    hundred to a few thousand dimensions converges much faster than liblinear's primal
-    solver; strong regularisation (small ``C``) is both faster and usually more accurate
-    there, hence the default ``C=0.01``.
+    Large or lazy matrices: LinearSVC's primal objective (the intercept penalised like a
+    feature of value 1, as ``intercept_scaling=1`` does) minimised by float32 L-BFGS over
+    blocks of rows; small in-memory ones: ``LinearSVC(dual=True)`` (liblinear, float64;
+    :func:`uses_sklearn_solver`). Strong
+    regularisation (small ``C``) is both faster and usually more accurate on standardised
+    CNN features, hence the default ``C=0.01``.
 
     ``predict_proba`` is the softmax of the decision function (binary: the sigmoid of the
     margin, i.e. softmax of ``[0, margin]``). It is monotone in the margins, so its argmax
@@ -126,13 +169,15 @@ class SVMHead(_LinearModelHead):
     """
 
     _default_grid = {"C": [0.0001, 0.001, 0.01, 0.1]}
+    _loss = "squared_hinge"
 
     def __init__(self, C: float = 0.01, max_iter: int = 2000, random_state=0):
         self.C = C
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def _make_estimator(self):
+    def make_reference(self):
+        """The scikit-learn estimator of the same objective (for small matrices, benchmarks)."""
         return LinearSVC(
             C=self.C, dual=True, max_iter=self.max_iter, random_state=self.random_state
         )
@@ -140,45 +185,78 @@ class SVMHead(_LinearModelHead):
 
 @register_head("knn")
 class KNNHead(HeadBase):
-    """Cosine k-nearest neighbours: L2-normalise rows, then ``KNeighborsClassifier``.
+    """Cosine k-nearest neighbours: L2-normalised rows, votes as ``KNeighborsClassifier``.
 
     On unit vectors the Euclidean distance is ``sqrt(2 - 2 cos)``, so neighbours are the
-    most cosine-similar training rows. ``weights`` is ``"uniform"`` or ``"distance"``.
-    ``n_neighbors`` larger than the training set is clipped (``n_neighbors_``).
-    Learned state: the normalised training matrix ``fit_X_`` and encoded labels ``fit_y_``.
+    most cosine-similar training rows; they are found by blockwise float32 matrix products
+    (:func:`featcache.train.heads.neighbors.top_k_cosine`). ``weights`` is ``"uniform"`` or
+    ``"distance"``. ``n_neighbors`` larger than the training set is clipped
+    (``n_neighbors_``). Learned state: the normalised training matrix ``fit_X_`` (float32;
+    files written before it was float32 hold float64 and are used as they are) and the
+    encoded labels ``fit_y_``. Along a sweep (``fit(X, y, warm_start=head)``) the normalised
+    matrix is shared, and the neighbours of the last predicted matrix are reused by every
+    head of the path with fewer neighbours (the path runs from the largest ``n_neighbors``).
     """
 
     _state_keys = ("classes_", "n_features_in_", "fit_X_", "fit_y_", "n_neighbors_")
     _default_grid = {"n_neighbors": [1, 5, 10, 20], "weights": ["uniform", "distance"]}
+    path_param = "n_neighbors"
+    path_descending = True
 
     def __init__(self, n_neighbors: int = 10, weights: str = "distance"):
         self.n_neighbors = n_neighbors
         self.weights = weights
 
-    def fit(self, X, y):
-        """Fit on features ``X`` (n_samples, n_features) and labels ``y``; returns ``self``."""
-        X, y_enc = self._validate_fit(_materialize(X), y)
+    def fit(self, X, y, warm_start=None):
+        """Fit on features ``X`` (array or lazy array) and labels ``y``; returns ``self``."""
+        X, y_enc = self._validate_any_fit(X, y)
         _check_positive(self, "n_neighbors", self.n_neighbors, integer=True)
         if self.weights not in ("uniform", "distance"):
             raise HeadInputError(
                 f"KNNHead: weights={self.weights!r} is not valid; expected 'uniform' or "
                 "'distance'; fix the weights parameter"
             )
-        self.fit_X_ = l2_normalize(np.asarray(X, dtype=np.float64))
+        if _compatible(self, warm_start, y_enc):
+            self.fit_X_, self._last_query_ = warm_start.fit_X_, warm_start._last_query_
+        else:
+            self.fit_X_ = normalized_copy(FeatureBlocks(X, self.n_features_in_))
+            self._last_query_ = {}
         self.fit_y_ = y_enc
+        self.n_samples_fit_ = len(y_enc)
         self.n_neighbors_ = int(min(self.n_neighbors, len(y_enc)))
-        self._after_state_loaded()
         return self
 
-    def _after_state_loaded(self) -> None:
-        self.knn_ = KNeighborsClassifier(
-            n_neighbors=int(self.n_neighbors_), weights=self.weights, algorithm="brute"
-        ).fit(np.asarray(self.fit_X_, dtype=np.float64), np.asarray(self.fit_y_))
+    def _neighbors(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbour indices and similarities of every row of ``X`` (reusing the last query)."""
+        k, last = self.n_neighbors_, getattr(self, "_last_query_", {})
+        ref = last.get("ref")
+        if ref is not None and ref() is X and last["idx"].shape[1] >= k:
+            return last["idx"][:, :k], last["sims"][:, :k]
+        parts = [top_k_cosine(normalize_rows(block.astype(self.fit_X_.dtype)), self.fit_X_, k)
+                 for block in self._query_blocks(X)]
+        idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), dtype=np.int64)
+        sims = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k))
+        try:
+            last.update(ref=weakref.ref(X), idx=idx, sims=sims)
+        except TypeError:  # an object without weak references: no reuse
+            pass
+        return idx, sims
 
-    def _decision(self, X: np.ndarray) -> np.ndarray:
-        proba = self.knn_.predict_proba(l2_normalize(np.asarray(X, dtype=np.float64)))
-        # the neighbour model only knows the encoded labels 0..n_classes-1, all present
-        return proba
+    def _query_blocks(self, X):
+        if is_lazy(X):
+            self._check_lazy_features(X)
+            return [block for _, _, block in FeatureBlocks(X, self.n_features_in_)]
+        return [self._validate_predict(X)]
+
+    def _decision_any(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        idx, sims = self._neighbors(X)
+        return vote(np.asarray(self.fit_y_)[idx], sims, len(self.classes_), self.weights)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_last_query_"] = {}  # weak references do not pickle; the cache is rebuilt
+        return state
 
     def _proba_from_decision(self, decision: np.ndarray) -> np.ndarray:
         return decision
@@ -193,30 +271,36 @@ class NCMHead(HeadBase):
     its normalised rows (``centroids_``). A row goes to the closest centroid;
     ``predict_proba`` is ``softmax(-||x - c||^2 / temperature)`` over classes (squared
     distances of unit vectors, ``2 - 2 cos``). ``temperature`` only changes probabilities,
-    not predictions.
+    not predictions. Fitted in float32 blocks with float64 sums (lazy arrays streamed).
     """
 
     _state_keys = ("classes_", "n_features_in_", "mean_", "centroids_")
     _default_grid = {"center": [True, False], "temperature": [0.05, 0.1, 0.2]}
+    path_param = "temperature"
 
     def __init__(self, temperature: float = 0.1, center: bool = True):
         self.temperature = temperature
         self.center = center
 
-    def fit(self, X, y):
-        """Fit on features ``X`` (n_samples, n_features) and labels ``y``; returns ``self``."""
-        X, y_enc = self._validate_fit(_materialize(X), y)
+    def fit(self, X, y, warm_start=None):
+        """Fit on features ``X`` (array or lazy array) and labels ``y``; returns ``self``.
+
+        ``warm_start``: an ncm head with the same ``center`` fitted on the same data; its
+        centroids are reused (``temperature`` does not change them).
+        """
+        X, y_enc = self._validate_any_fit(X, y)
         _check_positive(self, "temperature", self.temperature)
-        X = np.asarray(X, dtype=np.float64)
-        self.mean_ = X.mean(axis=0) if self.center else np.zeros(X.shape[1])
-        Xn = l2_normalize(X - self.mean_)
-        sums = np.zeros((len(self.classes_), X.shape[1]))
-        np.add.at(sums, y_enc, Xn)
-        self.centroids_ = l2_normalize(sums / np.bincount(y_enc)[:, None])
+        self.n_samples_fit_ = len(y_enc)
+        if _compatible(self, warm_start, y_enc) and warm_start.center == self.center:
+            self.mean_, self.centroids_ = warm_start.mean_, warm_start.centroids_
+            return self
+        blocks = FeatureBlocks(X, self.n_features_in_)
+        self.mean_ = column_stats(blocks)[0] if self.center else np.zeros(self.n_features_in_)
+        self.centroids_ = class_means(blocks, y_enc, len(self.classes_), self.mean_)
         return self
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
-        Xn = l2_normalize(np.asarray(X, dtype=np.float64) - self.mean_)
+        Xn = normalize_rows(np.asarray(X, dtype=np.float64), self.mean_)
         sq_dist = (
             (Xn**2).sum(axis=1, keepdims=True)
             - 2.0 * Xn @ self.centroids_.T

@@ -96,10 +96,9 @@ class _TorchHead(HeadBase):
         self._check_params()
         hidden, dropout = self._hidden(), self._dropout()
         device = head_device(self.device)
-        if is_lazy(X):
-            Xmem, y_enc = None, self._validate_lazy_fit(X, y)
-        else:
-            Xmem, y_enc = self._validate_fit(X, y)
+        Xmem, y_enc = self._validate_any_fit(X, y)
+        if is_lazy(Xmem):
+            Xmem = None
         n_features, n_classes = self.n_features_in_, len(self.classes_)
         seed = seed_from(self.random_state)
         plan = DataPlan(
@@ -117,25 +116,6 @@ class _TorchHead(HeadBase):
         for key, value in history.items():
             setattr(self, key, value)
         return self
-
-    def _validate_lazy_fit(self, X, y) -> np.ndarray:
-        """Checks of ``fit`` for a lazy ``X`` (``validate_data`` would read it whole)."""
-        n, d = (int(s) for s in X.shape)
-        if n < 1 or d < 1:
-            raise HeadInputError(
-                f"X has shape {(n, d)}; expected at least 1 sample and 1 feature; "
-                "pass a non-empty feature matrix"
-            )
-        y_enc = self._encode_labels(y)
-        if len(y_enc) != n:
-            raise HeadInputError(
-                f"X has {n} rows but y has {len(y_enc)} labels; expected one label per row; "
-                "pass matching features and labels"
-            )
-        self.n_features_in_ = d
-        if hasattr(self, "feature_names_in_"):
-            del self.feature_names_in_
-        return y_enc
 
     def _validation_split(self, y_enc: np.ndarray, n_classes: int, seed: int):
         """Sorted validation row indices (stratified), or None without early stopping."""

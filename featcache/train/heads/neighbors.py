@@ -1,0 +1,114 @@
+"""Blockwise cosine nearest neighbours and class means.
+
+:func:`top_k_cosine` multiplies chunks of queries by the unit-norm training matrix (one
+bfloat16 product per chunk, torch) and keeps the best candidates of each row, re-scored
+exactly in float64; a chunk's similarity matrix is sized from the available memory
+(:func:`featcache.train.heads.blocks.chunk_rows`), so the full (queries x training rows)
+matrix never exists. torch is imported by that function only. :func:`vote` turns neighbours into
+class probabilities exactly as scikit-learn's ``KNeighborsClassifier`` (``uniform`` or
+``distance`` weights, exact matches taking all the weight).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from featcache.train.heads.blocks import FeatureBlocks, chunk_rows
+
+
+def normalize_rows(block: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
+    """``block`` (minus ``center``) with rows scaled to unit L2 norm, in ``block``'s dtype."""
+    out = block - center.astype(block.dtype) if center is not None else block.copy()
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+    out /= np.maximum(norms, 1e-12)[:, None]
+    return out
+
+
+def normalized_copy(blocks: FeatureBlocks) -> np.ndarray:
+    """The unit-norm rows of ``blocks`` as one float32 matrix (the kNN head's training data)."""
+    out = np.empty((blocks.n, blocks.n_features), dtype=np.float32)
+    for start, stop, block in blocks:
+        out[start:stop] = normalize_rows(block)
+    return out
+
+
+#: Candidates kept beyond ``k`` by the bfloat16 search before the exact float64 re-ranking:
+#: bfloat16 dot products of unit vectors are off by up to a few 1e-3, so every training row
+#: within that band of the k-th neighbour must stay a candidate.
+RERANK_MARGIN = 32
+_RERANK_ROWS = 128
+
+
+def top_k_cosine(queries: np.ndarray, train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (m, k) and cosine similarities (m, k) of the ``k`` most similar rows of
+    ``train`` (unit rows) for each unit row of ``queries``, most similar first.
+
+    The search is one bfloat16 matrix product per chunk of queries (torch; AMX / AVX-512
+    BF16 on recent CPUs) and torch's top-k; its ``k + RERANK_MARGIN`` best candidates are
+    then re-scored exactly in float64 row by row, so that the answer equals an exact search
+    (unless more than ``RERANK_MARGIN`` rows tie with the k-th within bfloat16 rounding),
+    does not depend on which other rows share a chunk, and ties go to the lower index.
+    """
+    import torch  # top-k and bfloat16 products: 3-5x faster than numpy here (benchmarks/README.md)
+
+    m, n = len(queries), len(train)
+    c = min(n, k + RERANK_MARGIN)
+    idx = np.empty((m, k), dtype=np.int64)
+    sims = np.empty((m, k), dtype=np.float64)
+    train_bf16 = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)).bfloat16()
+    step = chunk_rows(n * 2 * 3, least=_RERANK_ROWS)
+    for a in range(0, m, step):
+        q = queries[a : a + step]
+        q_bf16 = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).bfloat16()
+        cand = torch.topk(q_bf16 @ train_bf16.T, c, dim=1, sorted=False).indices.numpy()
+        for r in range(0, len(q), _RERANK_ROWS):
+            rows = slice(r, r + _RERANK_ROWS)
+            i_k, s_k = _rerank(q[rows], train, cand[rows], k)
+            idx[a + r : a + r + len(i_k)], sims[a + r : a + r + len(i_k)] = i_k, s_k
+    return idx, sims
+
+
+def _rerank(q: np.ndarray, train: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of the candidates by float64 similarity (ties: lower index first)."""
+    exact = np.einsum("id,icd->ic", q.astype(np.float64), train[cand].astype(np.float64))
+    order = _order(exact, cand)[:, :k]
+    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(exact, order, axis=1)
+
+
+def _order(exact: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Per row: columns by decreasing similarity, ties by increasing training index."""
+    by_index = np.argsort(cand, axis=1, kind="stable")
+    by_sim = np.argsort(-np.take_along_axis(exact, by_index, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(by_index, by_sim, axis=1)
+
+
+def vote(labels: np.ndarray, sims: np.ndarray, n_classes: int, weights: str) -> np.ndarray:
+    """Class probabilities (m, n_classes) from neighbour labels and cosine similarities.
+
+    ``distance`` weights are ``1 / ||x - t||`` of unit vectors (``sqrt(2 - 2 cos)``); a row
+    with exact matches (distance 0) gives them all the weight, as scikit-learn does.
+    """
+    m, k = labels.shape
+    if weights == "uniform":
+        w = np.ones((m, k))
+    else:
+        dist = np.sqrt(np.maximum(2.0 - 2.0 * sims.astype(np.float64), 0.0))
+        with np.errstate(divide="ignore"):
+            w = 1.0 / dist
+        exact = np.isinf(w).any(axis=1)
+        w[exact] = np.isinf(w[exact]).astype(np.float64)
+    cells = (np.arange(m)[:, None] * n_classes + labels).ravel()
+    proba = np.bincount(cells, weights=w.ravel(), minlength=m * n_classes).reshape(m, n_classes)
+    proba /= proba.sum(axis=1, keepdims=True)
+    return proba
+
+
+def class_means(blocks: FeatureBlocks, y: np.ndarray, n_classes: int, center: np.ndarray) -> np.ndarray:
+    """Unit-norm mean of the unit-norm centred rows of each class (float64, (n_classes, d))."""
+    sums = np.zeros((n_classes, blocks.n_features))
+    for start, stop, block in blocks:
+        yb = y[start:stop]
+        onehot = np.zeros((n_classes, len(yb)), dtype=np.float32)
+        onehot[yb, np.arange(len(yb))] = 1.0
+        sums += onehot @ normalize_rows(block, center)
+    means = sums / np.bincount(y, minlength=n_classes)[:, None]
+    return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)

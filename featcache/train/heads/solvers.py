@@ -1,0 +1,196 @@
+"""Float32 blockwise L-BFGS for the objectives of ``LogisticRegression`` and ``LinearSVC``.
+
+The objective is scikit-learn's, on standardised features ``(x - mean) / scale``::
+
+    C * sum_i loss(x_i W + b, y_i) + 0.5 * ||W||^2   (+ 0.5 * ||b||^2 for the SVM)
+
+with ``loss`` the multinomial (or, for two classes, binary) logistic loss, or the one-vs-rest
+squared hinge of ``LinearSVC``. It is minimised, divided by ``C * n``, with scipy's L-BFGS-B
+and scikit-learn's stopping rule (``gtol=tol``). The standardisation is folded into the
+weights (``x W / scale - mean W / scale``), so the raw float32 matrix is used as it is: every
+pass is two float32 matrix products per block of rows (forward, gradient), no standardised
+or float64 copy of the matrix is made, and a lazy matrix is streamed from disk.
+The parameter vector (``d * k`` numbers) and the gradient sums are float64.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import cholesky, solve_triangular
+from scipy.optimize import minimize
+from scipy.special import expit, log_expit
+from sklearn.exceptions import ConvergenceWarning
+
+from featcache.train.heads.blocks import FeatureBlocks
+
+LOSSES = ("logistic", "squared_hinge")
+
+
+def multinomial_loss(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Summed softmax cross-entropy of logits ``Z`` (m, k) and its gradient ``dZ``."""
+    rows = np.arange(len(y))
+    Z = Z - Z.max(axis=1, keepdims=True)
+    P = np.exp(Z)
+    total = P.sum(axis=1, keepdims=True)
+    loss = float(np.sum(np.log(total[:, 0], dtype=np.float64)) - np.sum(Z[rows, y], dtype=np.float64))
+    P /= total
+    P[rows, y] -= 1.0
+    return loss, P
+
+
+def binary_logistic_loss(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Summed logistic loss of one score column ``Z`` (m, 1), ``y`` in {0, 1}."""
+    s = (2.0 * y - 1.0).astype(Z.dtype)[:, None]
+    margin = s * Z
+    loss = -float(np.sum(log_expit(margin), dtype=np.float64))
+    return loss, -s * expit(-margin)
+
+
+def squared_hinge_loss(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """One-vs-rest squared hinge of scores ``Z`` (m, k); with k = 1, ``y`` in {0, 1}."""
+    if Z.shape[1] == 1:
+        S = (2.0 * y - 1.0).astype(Z.dtype)[:, None]
+    else:
+        S = np.full(Z.shape, -1.0, dtype=Z.dtype)
+        S[np.arange(len(y)), y] = 1.0
+    slack = np.maximum(1.0 - S * Z, 0.0)
+    return float(np.sum(slack * slack, dtype=np.float64)), -2.0 * S * slack
+
+
+@dataclass
+class LinearFit:
+    """Solution in standardised space: ``coef`` (k, d), ``intercept`` (k,), iterations."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    n_iter: int
+    converged: bool
+
+
+class LinearObjective:
+    """Value and gradient of the scaled objective over the blocks of a feature matrix."""
+
+    def __init__(self, blocks: FeatureBlocks, y: np.ndarray, n_classes: int, *, loss: str,
+                 C: float, mean: np.ndarray, scale: np.ndarray):
+        self.blocks, self.y = blocks, np.asarray(y, dtype=np.int64)
+        self.k = 1 if n_classes == 2 else n_classes
+        self.d = blocks.n_features
+        self.loss_fn = {
+            "logistic": multinomial_loss if self.k > 1 else binary_logistic_loss,
+            "squared_hinge": squared_hinge_loss,
+        }[loss]
+        self.penalize_intercept = loss == "squared_hinge"  # LinearSVC: intercept_scaling=1
+        self.mean, self.scale = mean, scale
+        self.alpha = 1.0 / (float(C) * len(self.y))  # penalty weight of the mean loss
+        self.calls = 0
+
+    def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        W = theta[: self.d * self.k].reshape(self.d, self.k)
+        return W, theta[self.d * self.k :]
+
+    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        self.calls += 1
+        W, b = self.unpack(theta)
+        W_raw = (W / self.scale[:, None]).astype(np.float32)
+        b_raw = (b - self.mean @ (W / self.scale[:, None])).astype(np.float32)
+        loss, gW, gb = 0.0, np.zeros((self.d, self.k)), np.zeros(self.k)
+        for start, stop, block in self.blocks:
+            block_loss, G = self.loss_fn(block @ W_raw + b_raw, self.y[start:stop])
+            loss += block_loss
+            gW += block.T @ G.astype(np.float32, copy=False)
+            gb += G.sum(axis=0, dtype=np.float64)
+        n = len(self.y)
+        gW = (gW - np.outer(self.mean, gb)) / self.scale[:, None]
+        penalty = float(W.ravel() @ W.ravel()) + (float(b @ b) if self.penalize_intercept else 0.0)
+        grad_b = gb / n + (self.alpha * b if self.penalize_intercept else 0.0)
+        value = loss / n + 0.5 * self.alpha * penalty
+        return value, np.concatenate([(gW / n + self.alpha * W).ravel(), grad_b])
+
+
+#: Rows sampled (evenly, from every block) for the preconditioner's covariance.
+PRECONDITION_ROWS = 4096
+#: Ridge added to that covariance, relative to its trace (keeps the factor well conditioned).
+PRECONDITION_RIDGE = 1e-3
+
+
+def covariance_factor(objective: LinearObjective) -> np.ndarray | None:
+    """Lower Cholesky factor ``L`` of the standardised features' covariance (sampled) plus a
+    ridge, or None when the matrix has too few rows for it to pay (n < 4 d)."""
+    blocks, d = objective.blocks, objective.d
+    if blocks.n < 4 * d:
+        return None
+    stride = max(1, blocks.n // PRECONDITION_ROWS)
+    sample = np.concatenate([block[(-start) % stride :: stride] for start, _, block in blocks])
+    sample = (sample - objective.mean.astype(np.float32)) / objective.scale.astype(np.float32)
+    cov = (sample.T @ sample).astype(np.float64) / len(sample)
+    cov[np.diag_indices(d)] += PRECONDITION_RIDGE * np.trace(cov)
+    return cholesky(cov, lower=True)
+
+
+class Preconditioned:
+    """The objective in coordinates ``V = L^T W`` (whitened features, Hessian ~ identity).
+
+    Records the gradient in the original coordinates, whose largest entry is the stopping
+    rule (scikit-learn's ``gtol``), so the answer meets the same criterion as without it.
+    """
+
+    def __init__(self, objective: LinearObjective, factor: np.ndarray):
+        self.objective, self.L = objective, factor
+        self.dk = objective.d * objective.k
+        self.theta, self.max_grad = None, np.inf
+
+    def to_theta(self, v: np.ndarray) -> np.ndarray:
+        V = v[: self.dk].reshape(self.objective.d, self.objective.k)
+        W = solve_triangular(self.L, V, lower=True, trans="T")
+        return np.concatenate([W.ravel(), v[self.dk :]])
+
+    def from_theta(self, theta: np.ndarray) -> np.ndarray:
+        W = theta[: self.dk].reshape(self.objective.d, self.objective.k)
+        return np.concatenate([(self.L.T @ W).ravel(), theta[self.dk :]])
+
+    def __call__(self, v: np.ndarray) -> tuple[float, np.ndarray]:
+        self.theta = self.to_theta(v)
+        value, g = self.objective(self.theta)
+        self.max_grad = float(np.max(np.abs(g)))
+        gW = g[: self.dk].reshape(self.objective.d, self.objective.k)
+        gV = solve_triangular(self.L, gW, lower=True)
+        return value, np.concatenate([gV.ravel(), g[self.dk :]])
+
+
+def fit_linear(objective: LinearObjective, *, max_iter: int, tol: float,
+               init: tuple[np.ndarray, np.ndarray] | None = None, who: str = "head") -> LinearFit:
+    """Minimise ``objective`` with L-BFGS-B from ``init`` (coef (k, d), intercept (k,)) or 0.
+
+    With many more rows than features the problem is solved in whitened coordinates
+    (:class:`Preconditioned`: 2-4x fewer passes over the data on CNN features), stopping
+    when the largest entry of the original gradient is at most ``tol``. Warns with
+    ``ConvergenceWarning`` when ``max_iter`` iterations were not enough.
+    """
+    d, k = objective.d, objective.k
+    theta = np.zeros(d * k + k)
+    if init is not None and np.shape(init[0]) == (k, d) and np.shape(init[1]) == (k,):
+        theta[: d * k] = np.asarray(init[0], dtype=np.float64).T.ravel()
+        theta[d * k :] = init[1]
+    factor = covariance_factor(objective)
+    fun = objective if factor is None else Preconditioned(objective, factor)
+    x0 = theta if factor is None else fun.from_theta(theta)
+    options = {"maxiter": int(max_iter), "maxls": 50, "gtol": float(tol), "ftol": 64 * np.finfo(float).eps}
+    callback = None
+    if factor is not None:
+        options["gtol"] = 0.0  # the rule is on the original gradient, checked below
+
+        def callback(intermediate_result):
+            if fun.max_grad <= tol:
+                raise StopIteration
+
+    res = minimize(fun, x0, jac=True, method="L-BFGS-B", callback=callback, options=options)
+    converged = res.status == 0 or (factor is not None and fun.max_grad <= tol)
+    if not converged and res.nit >= int(max_iter):
+        warnings.warn(
+            f"{who}: L-BFGS did not converge in max_iter={max_iter} iterations; increase "
+            "max_iter, or raise the regularisation (smaller C)", ConvergenceWarning, stacklevel=3)
+    W, b = objective.unpack(res.x if factor is None else fun.to_theta(res.x))
+    return LinearFit(np.ascontiguousarray(W.T), np.asarray(b, dtype=np.float64).copy(),
+                     int(res.nit), bool(converged))

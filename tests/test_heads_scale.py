@@ -1,0 +1,234 @@
+"""Heads at scale: blockwise float32 solvers, streamed (lazy) training, warm-started paths."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+
+import featcache.train.heads.base as heads_base
+import featcache.train.heads.blocks as blocks_mod
+import featcache.train.heads.sklearn_heads as sklearn_heads
+from featcache.errors import HeadError
+from featcache.train.heads import make_head
+from featcache.train.heads.blocks import FeatureBlocks, chunk_rows, column_stats
+from featcache.train.heads.neighbors import top_k_cosine, vote
+from featcache.train.persist import load_head
+from featcache.train.sweeps import path_order, sweep
+
+OLD_FILES = Path(__file__).parent / "data" / "heads_before_blockwise"
+
+
+@pytest.fixture(scope="module")
+def data():
+    """5 overlapping classes in 40 dims, float32: 900 training rows, 600 test rows."""
+    X, y = make_blobs(n_samples=1500, n_features=40, centers=5, cluster_std=9.0, random_state=3)
+    X = (X + 5.0).astype(np.float32)  # not centred: the folded standardisation must cope
+    return train_test_split(X, y, test_size=0.4, random_state=0, stratify=y)
+
+
+class RowLimitedArray:
+    """An h5py dataset that refuses to be read whole (reads of at most ``max_rows`` rows)."""
+
+    def __init__(self, dataset, max_rows: int):
+        self.dataset, self.max_rows, self.reads = dataset, max_rows, 0
+        self.shape, self.dtype, self.ndim = dataset.shape, dataset.dtype, 2
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        assert isinstance(key, slice), key
+        assert len(range(*key.indices(self.shape[0]))) <= self.max_rows
+        self.reads += 1
+        return self.dataset[key]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("np.asarray() on the whole dataset")
+
+
+# ----------------------------------------------------------------- same answer as scikit-learn
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_blockwise_solver_matches_scikit_learn(name, n_classes, data):
+    X_train, X_test, y_train, y_test = data
+    keep, keep_test = y_train < n_classes, y_test < n_classes
+    heads = {}
+    for solver, limit in (("sklearn", 10**12), ("blockwise", 0)):
+        with warnings.catch_warnings(), pytest.MonkeyPatch.context() as mp:
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            mp.setattr(sklearn_heads, "SKLEARN_MAX_MACS", limit)
+            heads[solver] = make_head(name, C=0.1).fit(X_train[keep], y_train[keep])
+    ref, ours = heads["sklearn"], heads["blockwise"]
+    assert ours.coef_.shape == ref.coef_.shape and ours.intercept_.shape == ref.intercept_.shape
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-2 * np.abs(ref.coef_).max())
+    agree = np.mean(ours.predict(X_test[keep_test]) == ref.predict(X_test[keep_test]))
+    assert agree >= 0.99
+    assert ours.mean_.dtype == np.float64 and ours.coef_.dtype == np.float64
+
+
+def test_solver_rule(data, tmp_path, monkeypatch):
+    X_train = data[0]
+    assert sklearn_heads.uses_sklearn_solver(X_train, 5)  # 900 x 40 x 5: scikit-learn
+    monkeypatch.setattr(sklearn_heads, "SKLEARN_MAX_MACS", 1000)
+    assert not sklearn_heads.uses_sklearn_solver(X_train, 5)
+    monkeypatch.setattr(sklearn_heads, "SKLEARN_MAX_MACS", 10**12)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["x"] = X_train
+        assert not sklearn_heads.uses_sklearn_solver(f["x"], 5)  # lazy: always streamed
+
+
+@pytest.fixture
+def blockwise(monkeypatch):
+    """logreg and svm use the blockwise solver whatever the shape."""
+    monkeypatch.setattr(sklearn_heads, "SKLEARN_MAX_MACS", 0)
+
+
+def test_blockwise_fit_makes_no_copy_of_a_float32_matrix(data):
+    X_train = data[0]
+    blocks = FeatureBlocks(X_train, X_train.shape[1])
+    assert blocks.X is X_train
+    assert all(np.shares_memory(block, X_train) for _, _, block in blocks)
+    mean, scale = column_stats(FeatureBlocks(X_train.astype(np.float64), X_train.shape[1], rows=7))
+    np.testing.assert_allclose(mean, X_train.mean(axis=0, dtype=np.float64), rtol=1e-6)
+    np.testing.assert_allclose(scale, X_train.std(axis=0, dtype=np.float64), rtol=1e-5)
+
+
+# ----------------------------------------------------------------- streamed from disk
+@pytest.mark.parametrize("name", ["logreg", "svm", "knn", "ncm"])
+def test_every_sklearn_style_head_trains_from_disk_in_blocks(name, data, tmp_path, monkeypatch, blockwise):
+    X_train, X_test, y_train, y_test = data
+    monkeypatch.setattr(heads_base, "BLOCK_BYTES", 100 * 40 * 4)  # blocks of 100 rows
+    params = {}
+    in_memory = make_head(name, **params).fit(X_train, y_train)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["x"] = X_train
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        lazy = RowLimitedArray(f["x"], max_rows=100)
+        head = make_head(name, **params).fit(lazy, y_train)
+        assert lazy.reads >= 9
+    np.testing.assert_allclose(head.predict_proba(X_test), in_memory.predict_proba(X_test),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_lazy_training_matrix_with_nan_is_refused(data, tmp_path):
+    X_train, _, y_train, _ = data
+    bad = X_train.copy()
+    bad[700, 3] = np.inf
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        f["x"] = bad
+    with h5py.File(tmp_path / "bad.h5", "r") as f:
+        for name in ("logreg", "knn", "ncm"):
+            with pytest.raises(HeadError, match=r"inf values.*row 700"):
+                make_head(name).fit(f["x"], y_train)
+
+
+# ----------------------------------------------------------------- neighbours
+def test_top_k_cosine_is_exact_and_independent_of_chunks(data, monkeypatch):
+    X_train, X_test, _, _ = data
+    train = X_train / np.linalg.norm(X_train, axis=1, keepdims=True)
+    queries = X_test / np.linalg.norm(X_test, axis=1, keepdims=True)
+    idx, sims = top_k_cosine(queries, train, 7)
+    brute = queries.astype(np.float64) @ train.T.astype(np.float64)
+    np.testing.assert_array_equal(idx, np.argsort(-brute, axis=1, kind="stable")[:, :7])
+    np.testing.assert_allclose(sims, np.take_along_axis(brute, idx, axis=1), rtol=1e-12)
+    monkeypatch.setattr(blocks_mod, "MAX_CHUNK_BYTES", 1)  # one chunk of the least rows
+    assert chunk_rows(10**6, least=3) == 3
+    idx_small, _ = top_k_cosine(queries, train, 7)
+    np.testing.assert_array_equal(idx_small, idx)
+    np.testing.assert_array_equal(top_k_cosine(queries[5:6], train, 7)[0], idx[5:6])
+
+
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_knn_votes_like_scikit_learn(weights, data):
+    X_train, X_test, y_train, _ = data
+    ours = make_head("knn", n_neighbors=9, weights=weights).fit(X_train, y_train)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    ref = KNeighborsClassifier(n_neighbors=9, weights=weights, algorithm="brute")
+    ref.fit(unit(X_train.astype(np.float64)), y_train)
+    expected = ref.predict_proba(unit(X_test.astype(np.float64)))
+    np.testing.assert_allclose(ours.predict_proba(X_test), expected, atol=1e-6)
+    exact = vote(np.array([[0, 1, 1]]), np.array([[1.0, 0.5, 0.5]]), 2, "distance")
+    np.testing.assert_array_equal(exact, [[1.0, 0.0]])  # an exact match takes all the weight
+
+
+# ----------------------------------------------------------------- head files from before
+@pytest.mark.parametrize("name", ["logreg", "svm", "knn", "ncm"])
+def test_head_files_written_before_the_blockwise_solvers_predict_the_same(name):
+    expected = np.load(OLD_FILES / "expected.npz")
+    loaded = load_head(OLD_FILES / f"{name}.head.npz")
+    proba = loaded.head.predict_proba(expected["X_query"])
+    np.testing.assert_allclose(proba, expected[name], rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(proba.argmax(axis=1), expected[name].argmax(axis=1))
+
+
+# ----------------------------------------------------------------- warm-started sweeps
+def test_path_order_runs_strongest_regularisation_first():
+    combos = [{"C": c, "max_iter": t} for t in (100, 200) for c in (10.0, 0.1, 1.0)]
+    order = path_order(lambda p: make_head("logreg", C=p["C"]), combos)
+    assert [combos[i]["C"] for i in order] == [0.1, 1.0, 10.0, 0.1, 1.0, 10.0]
+    knn = [{"n_neighbors": k} for k in (1, 20, 5)]
+    assert [knn[i]["n_neighbors"] for i in path_order(lambda p: make_head("knn", **p), knn)] == [20, 5, 1]
+    assert path_order(lambda p: make_head("linear", **p), [{"lr": 1.0}, {"lr": 2.0}]) is None
+
+
+def test_warm_started_logreg_path_matches_cold_fits(data, blockwise):
+    X_train, X_val, y_train, y_val = data
+    grid = {"C": [1.0, 0.01, 0.1]}
+    res = sweep(lambda p: make_head("logreg", **p), grid,
+                X_train, y_train, X_val, y_val, n_jobs=1)
+    assert [r["params"] for r in res.rows] == [{"C": 1.0}, {"C": 0.01}, {"C": 0.1}]  # grid order
+    assert (res.workers, res.in_process) == (1, 3)
+    for row in res.rows:
+        cold = make_head("logreg", **row["params"]).fit(X_train, y_train)
+        assert row["val_score"] == pytest.approx(cold.score(X_val, y_val), abs=2 / len(y_val))
+    best = make_head("logreg", **res.best_params).fit(X_train, y_train)
+    np.testing.assert_allclose(res.best_estimator.coef_, best.coef_, atol=1e-2 * np.abs(best.coef_).max())
+
+
+def test_knn_path_searches_neighbours_once(data, monkeypatch):
+    X_train, X_val, y_train, y_val = data
+    calls = []
+    real = sklearn_heads.top_k_cosine
+
+    def counting(queries, train, k):
+        calls.append(k)
+        return real(queries, train, k)
+
+    monkeypatch.setattr(sklearn_heads, "top_k_cosine", counting)
+    grid = {"n_neighbors": [1, 5, 10], "weights": ["uniform", "distance"]}
+    res = sweep(lambda p: make_head("knn", **p), grid, X_train, y_train, X_val, y_val)
+    assert calls == [10]  # the largest k once; every other point reuses it
+    for row in res.rows:
+        cold = make_head("knn", **row["params"]).fit(X_train, y_train)
+        assert row["val_score"] == cold.score(X_val, y_val)
+
+
+def test_a_failing_point_of_a_path_is_named(data):
+    X_train, X_val, y_train, y_val = data
+    with pytest.raises(HeadError, match=r"C=-1 is not valid; expected a positive number"):
+        sweep(lambda p: make_head("svm", **p), {"C": [0.1, -1]}, X_train, y_train, X_val, y_val)
+
+
+def test_ncm_path_reuses_centroids_of_the_same_centering(data):
+    X_train, X_val, y_train, y_val = data
+    res = sweep(lambda p: make_head("ncm", **p), {"center": [True, False], "temperature": [0.05, 0.2]},
+                X_train, y_train, X_val, y_val)
+    assert [r["params"]["center"] for r in res.rows] == [True, True, False, False]
+    assert res.rows[0]["val_score"] == res.rows[1]["val_score"]  # temperature changes no prediction
+    cold = make_head("ncm", center=False).fit(X_train, y_train)
+    assert res.rows[2]["val_score"] == cold.score(X_val, y_val)
+
+
+def test_warm_start_from_another_fit_is_ignored_when_it_does_not_fit(data, blockwise):
+    X_train, _, y_train, _ = data
+    other = make_head("logreg").fit(X_train[:, :10], y_train)
+    head = make_head("logreg").fit(X_train, y_train, warm_start=other)  # other features: cold start
+    cold = make_head("logreg").fit(X_train, y_train)
+    np.testing.assert_allclose(head.coef_, cold.coef_)
