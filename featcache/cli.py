@@ -13,6 +13,7 @@ import sys
 import click
 
 from featcache._version import __version__
+from featcache.extraction.compute import COMPUTE_MODES
 from featcache.extraction.decoders import DECODE_MODES
 from featcache.errors import FeatcacheError
 
@@ -176,6 +177,10 @@ def _extract_options(required: bool):
                           "reduced DCT scale no smaller than the resize target (large photos, small inputs); "
                           "device = torchvision.io on the extraction device (nvJPEG on CUDA). Part of the "
                           "feature key."),
+        click.option("--compute", type=click.Choice(list(COMPUTE_MODES)), default="auto", show_default=True,
+                     help="auto = CPU inference levers (channels_last; a frozen oneDNN graph when the run is large "
+                          "enough), chosen by rule and recorded with the feature set; plain = the plain eager "
+                          "forward. Not part of the feature key (float rounding only)."),
     ]
 
     def decorate(f):
@@ -198,6 +203,7 @@ def _extract_kwargs(kw: dict) -> dict:
     out["augment"] = kw.pop("augment")
     out["augment_seed"] = kw.pop("augment_seed")
     out["decode"] = kw.pop("decode")
+    out["compute"] = kw.pop("compute")
     return out
 
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from featcache.extraction import distributed
+from featcache.extraction import distributed, levers
 from featcache.extraction.sources import Manifest, load_manifest
 from featcache.extraction.decoders import DECODERS
 from featcache.extraction.device_decode import decode_jpegs
@@ -57,6 +57,7 @@ class ExtractResult:
     device: str = "cpu"
     augmented: dict | None = None
     workers: int = 0  # DataLoader decode workers of this run (0: decoding in the main process)
+    levers: str = "plain"  # inference levers the rows were computed with (featcache.extraction.levers)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,13 +70,17 @@ class ExtractResult:
                     + self._augmented_summary())
         rate = self.extracted / t["extract_s"] if t.get("extract_s") else 0.0
         s = (f"{head}: extracted {self.extracted}, reused {self.reused}, skipped {len(self.skipped)} "
-             f"in {t.get('total_s', 0):.1f} s ({rate:.1f} img/s on {self.device}; decode {t.get('decode_s', 0):.1f} s "
+             f"in {t.get('total_s', 0):.1f} s ({rate:.1f} img/s on {self.device}, {self._levers()}; decode {t.get('decode_s', 0):.1f} s "
              f"{f'in {self.workers} workers' if self.workers else 'in the main process'}{self._device_decode()}, "
              f"waiting on data {t.get('wait_s', 0):.1f} s, "
              f"forward {t.get('forward_s', 0):.1f} s, write {t.get('write_s', 0):.1f} s) -> {self.view}")
         if self.ignored:
             s += f"; {self.ignored} non-image files ignored"
         return s + self._augmented_summary()
+
+    def _levers(self) -> str:
+        setup = self.timings.get("levers_s")
+        return f"levers {self.levers}" + (f" set up in {setup:.1f} s" if setup else "")
 
     def _device_decode(self) -> str:
         s = self.timings.get("device_decode_s")
@@ -210,7 +215,8 @@ def _merge(pos, images, bad, jpeg_pos, jpeg_images, jpeg_bad, device: torch.devi
 def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], digests: list[str],
                  transform, writer: _Writer, *, device: torch.device, precision: str, batch_size: int,
                  workers: int, on_error: str, ids: list[str], progress: bool, timings: dict,
-                 decode: str = "workers", resize: int | None = None) -> list[dict]:
+                 decode: str = "workers", resize: int | None = None,
+                 compute: levers.Levers = levers.PLAIN) -> list[dict]:
     """Decode -> forward -> writer for the given rows; returns the skipped files."""
     from tqdm import tqdm
 
@@ -221,7 +227,7 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
     )
     digest_at = dict(zip(positions, digests))
     skipped: list[dict] = []
-    channels_last = device.type == "cuda"
+    channels_last = device.type == "cuda" or compute.channels_last
     bar = tqdm(total=len(positions), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
                desc="extract", smoothing=0.1)
     it = iter(loader)
@@ -297,6 +303,7 @@ def extract(
     augment: int = 0,
     augment_seed: int = 0,
     decode: str = "workers",
+    compute: str = "auto",
     _extra: dict | None = None,
 ) -> ExtractResult:
     """Extract (or reuse) the features of ``data``; returns where the view is and what it cost.
@@ -307,6 +314,9 @@ def extract(
 
     ``decode="device"`` decodes JPEG files with torchvision.io on ``device`` (nvJPEG on
     CUDA) instead of PIL in the workers; it is part of the feature key.
+
+    ``compute="auto"`` applies the CPU inference levers the rule chooses (or the ones the
+    feature set recorded); ``"plain"`` runs the plain eager forward (featcache.extraction.levers).
     """
     if augment:
         from featcache.extraction.augment import augmented_manifest, identity_extra
@@ -329,6 +339,7 @@ def extract(
         return plain
     t_start = time.perf_counter()
     _check_choice("--on-error policy", on_error, ON_ERROR)
+    levers.check_compute(compute)
     if batch_size < 1:
         raise FeatcacheError(f"--batch-size {batch_size}: expected a positive integer")
     dev = resolve_device(device)
@@ -358,6 +369,10 @@ def extract(
         if hit:
             return _cache_hit(view, timings, t_start, common)
 
+        crop = int(ident.preprocess["crop"])
+        chosen = dist.broadcast(levers.settle(fs, levers.choose(
+            ident.backbone, dev, compute=compute, precision=prec, images=len(todo), pixels=crop * crop),
+            compute) if dist.is_main else None)
         mine = todo[dist.rank::dist.world]
         n_workers = default_workers() if workers is None else workers
         extracted, built, bad = 0, False, []
@@ -366,8 +381,10 @@ def extract(
             extractor = FeatureExtractor(entry.build(choice), layer=layer, pool=pool).to(dev)
             if dev.type == "cuda":
                 extractor = extractor.to(memory_format=torch.channels_last)
-            built = True
             timings["build_s"] = time.perf_counter() - t0
+            extractor, timings["levers_s"] = levers.prepare_timed(
+                extractor, chosen, torch.zeros(min(batch_size, EXACT_ROWS), 3, crop, crop))
+            built = True
             writer = _Writer(fs, flush_rows, flush_seconds)
             writer.start()
             t0 = time.perf_counter()
@@ -377,7 +394,7 @@ def extract(
                     ident_transform(ident), writer, device=dev, precision=prec, batch_size=batch_size,
                     workers=n_workers, on_error=on_error, ids=manifest.ids,
                     progress=progress and dist.is_main, timings=timings, decode=decode,
-                    resize=int(ident.preprocess["resize"]))
+                    resize=int(ident.preprocess["resize"]), compute=chosen)
             except KeyboardInterrupt:
                 saved = writer.finish()
                 raise Interrupted(f"interrupted: {saved} new rows saved in {fs.key}; run the same command again "
@@ -409,7 +426,7 @@ def extract(
     timings["total_s"] = time.perf_counter() - t_start
     return ExtractResult(view=str(view), rows=len(keep), dim=fs.dim() or 0, extracted=extracted,
                          reused=len(keep) - extracted, cache_hit=False, model_built=built, skipped=skipped,
-                         timings=timings, workers=n_workers, **common)
+                         timings=timings, workers=n_workers, levers=chosen.describe(), **common)
 
 
 _EXTRACT_PARAMS = list(inspect.signature(extract).parameters)
