@@ -52,14 +52,16 @@ GOAL_EFF_CPU, GOAL_EFF_GPU, GOAL_RSS_GROWTH_MB = 0.80, 0.90, 100.0
 def _model_and_transform(a):
     import torch
 
-    from featcache.extraction.engine import ident_transform, resolve_device, resolve_precision
-    from featcache.store.keys import resolve_identity
+    from featcache.devices import resolve_device
+    from featcache.extraction.engine import ident_transform
+    from featcache.extraction.identity import resolve_identity
     from featcache.extraction.layers import FeatureExtractor
+    from featcache.specs import BackboneSpec
 
     dev = resolve_device(a.device)
-    prec = resolve_precision(a.precision, dev)
-    ident, entry, choice = resolve_identity(a.backbone, weights=a.weights, layer="penultimate", pool="avg",
-                                            image_size=a.image_size, precision=prec, dtype="float32")
+    ident, entry, choice = resolve_identity(BackboneSpec(a.backbone, weights=a.weights, image_size=a.image_size,
+                                                         precision=a.precision), device=dev)
+    prec = ident.precision
     model = FeatureExtractor(entry.build(choice)).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -69,12 +71,12 @@ def _model_and_transform(a):
 def _forward(model, x, dev, prec):
     import torch
 
-    from featcache.extraction.engine import _autocast
+    from featcache.extraction.engine import autocast
 
     x = x.to(dev, non_blocking=True)
     if dev.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    with _autocast(dev, prec):
+    with autocast(dev, prec):
         return model(x).float().cpu().numpy()
 
 

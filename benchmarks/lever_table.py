@@ -41,9 +41,6 @@ import _bench  # noqa: E402
 
 VARIANTS = ("plain", "cl", "freeze", "cl_freeze")
 ROWS, OTHER_ROWS, TOLERANCE = 16, 24, 1e-5
-# Measured last: the largest networks (minutes per forward on 2 cores).
-LAST = ("vit_h_14", "regnet_y_128gf", "vit_l_16", "vit_l_32", "regnet_y_32gf", "efficientnet_b7", "efficientnet_b6",
-        "convnext_large", "swin_v2_b", "swin_b", "efficientnet_v2_l", "regnet_x_32gf", "efficientnet_b5", "vit_b_16")
 
 
 # --------------------------------------------------------------------------- child
@@ -55,7 +52,7 @@ def _extractor(name: str, size: int):
 
     from featcache.errors import FeatcacheError
     from featcache.extraction.layers import FeatureExtractor
-    from featcache.store.keys import resolve_identity
+    from featcache.extraction.identity import resolve_identity
 
     try:
         ident, entry, choice = resolve_identity(name, weights="none", image_size=size)
@@ -153,7 +150,17 @@ def backbones(only: str | None) -> list[str]:
     from featcache.extraction.backbones.registry import list_backbones
 
     names = only.split(",") if only else list_backbones()
-    return sorted(names, key=lambda n: (LAST.index(n) if n in LAST else -1, n))
+    return sorted(names, key=lambda n: (_gflops(n), n))  # cheapest first: a cut-short run covers the most
+
+
+def _gflops(name: str) -> float:
+    """GFLOPs per image of the default weights at their own size (torchvision's metadata; 0.4 if unknown)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        return float(get_model_weights(name).DEFAULT.meta.get("_ops", 0.4))
+    except (ValueError, KeyError, AttributeError):
+        return 0.4
 
 
 def measure_all(a) -> list[dict]:

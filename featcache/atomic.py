@@ -38,3 +38,9 @@ def atomic_path(path: str | os.PathLike, *, before_replace: Callable[[], None] |
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Publish ``text`` (UTF-8) at ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

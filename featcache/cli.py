@@ -6,16 +6,20 @@ line, here and only here.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
 
 import click
 
 from featcache._version import __version__
-from featcache.extraction.compute import COMPUTE_MODES
-from featcache.extraction.decoders import DECODE_MODES
+from featcache.atomic import atomic_write_text
 from featcache.errors import FeatcacheError
+from featcache.specs import BackboneSpec, DataSpec, RunSpec, choices
 
 # what to do about an OSError, by errno (the message names the path and the OS's reason)
 _OS_FIXES = {
@@ -128,99 +132,130 @@ def backbones(cache_dir, as_json):
     click.echo(_table(rows, ["name", "dim", "source", "weights_list"]).replace("WEIGHTS_LIST", "WEIGHTS (*=DEFAULT)"))
 
 
-def _extract_options(required: bool):
-    """The options of `extract`, shared by the commands that extract on the way (fit-head)."""
-    opts = [
-        click.option("--data", required=required,
-                     help="Image folder, CSV file, builtin:digits | builtin:clipart, or torchvision:NAME."),
-        click.option("--backbone", default="efficientnet_lite0", show_default=True, help="See `featcache backbones`."),
-        click.option("--weights", default="DEFAULT", show_default=True,
-                     help="DEFAULT, a weights name (e.g. IMAGENET1K_V2), none (random init), or a state-dict file."),
-        click.option("--layer", default="penultimate", show_default=True,
-                     help="penultimate (input of the final classifier) or a module name, e.g. features."),
-        click.option("--pool", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True,
-                     help="Pooling of spatial layers; none keeps the flattened map."),
-        click.option("--image-size", type=click.IntRange(min=1), default=None,
-                     help="Resize and centre-crop to this size (part of the key)."),
-        click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-                     show_default=True, help="Compute precision; auto = bfloat16 AMP on CUDA, float32 on CPU."),
-        click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-                     help="Storage dtype of the features."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-                     help="Images per forward pass."),
-        click.option("--workers", type=click.IntRange(min=0), default=None,
-                     help="DataLoader decode workers; 0 decodes in the main process [default: cores - 1, at most 8]."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
-        click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-                     help="What to do with an image that cannot be decoded."),
-        click.option("--path-column", default="path", show_default=True, help="CSV: column of image paths."),
-        click.option("--label-column", default="label", show_default=True,
-                     help="CSV: column of labels ('' for none)."),
-        click.option("--split-column", default=None, help="CSV: optional column of train/val/test."),
-        click.option("--root", default=None,
-                     help="CSV: folder the paths are relative to [default: the CSV's folder]; "
-                          "torchvision:NAME: the dataset root [default: $TORCHVISION_DATA or ./data]."),
-        click.option("--split", "tv_split", type=click.Choice(["train", "test", "all"]), default="all",
-                     show_default=True, help="torchvision: which official split to read."),
-        click.option("--download", is_flag=True, help="torchvision: download the dataset if it is missing."),
-        click.option("--no-labels", is_flag=True, help="Folder: treat sub-folders as plain folders, not classes."),
-        click.option("--flush-every", type=click.FloatRange(min=0), default=60.0, show_default=True,
-                     help="Seconds between row flushes: a killed run recomputes at most this much work."),
-        click.option("--flush-rows", type=click.IntRange(min=1), default=8192, show_default=True,
-                     help="Rows between row flushes (whichever of the two comes first)."),
-        click.option("--augment", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Also cache N seeded augmented copies of every training image."),
-        click.option("--augment-seed", type=int, default=0, show_default=True,
-                     help="Seed of the augmented copies (part of their feature key)."),
-        click.option("--decode", type=click.Choice(list(DECODE_MODES)), default="workers", show_default=True,
-                     help="How JPEG files are decoded: workers = PIL in the DataLoader workers; draft = PIL at a "
-                          "reduced DCT scale no smaller than the resize target (large photos, small inputs); "
-                          "device = torchvision.io on the extraction device (nvJPEG on CUDA). Part of the "
-                          "feature key."),
-        click.option("--compute", type=click.Choice(list(COMPUTE_MODES)), default="auto", show_default=True,
-                     help="auto = CPU inference levers (channels_last; a frozen oneDNN graph when the run is large "
-                          "enough), chosen by rule and recorded with the feature set; plain = the plain eager "
-                          "forward. Not part of the feature key (float rounding only)."),
-    ]
+def _spec_options(cls, opts: list, arg: str, build: Callable[[dict], object]):
+    """A decorator declaring ``opts`` once; the command receives ``arg=build(values)`` (a ``cls`` spec)
+    instead of the option values (named after the spec's fields)."""
+    names = {o.name for o in _declared(opts)}
 
     def decorate(f):
+        @functools.wraps(f)
+        def command(*args, **kw):
+            kw[arg] = build({n: kw.pop(n) for n in names})
+            return f(*args, **kw)
+
         for o in reversed(opts):
-            f = o(f)
-        return f
+            command = o(command)
+        return command
 
     return decorate
 
 
-def _extract_kwargs(kw: dict) -> dict:
-    """CLI option values -> featcache.extract() keyword arguments (pops them from kw)."""
-    names = ("backbone", "weights", "layer", "pool", "image_size", "precision", "dtype", "batch_size", "workers",
-             "device", "on_error", "path_column", "split_column", "root", "tv_split", "download")
-    out = {n: kw.pop(n) for n in names}
-    out["label_column"] = kw.pop("label_column") or None
-    out["labelled"] = not kw.pop("no_labels")
-    out["flush_seconds"] = kw.pop("flush_every")
-    out["flush_rows"] = kw.pop("flush_rows")
-    out["augment"] = kw.pop("augment")
-    out["augment_seed"] = kw.pop("augment_seed")
-    out["decode"] = kw.pop("decode")
-    out["compute"] = kw.pop("compute")
-    return out
+def _declared(opts: list) -> list[click.Parameter]:
+    """The click parameters a list of option decorators declares."""
+
+    def probe():
+        pass
+
+    for o in opts:
+        o(probe)
+    return probe.__click_params__
 
 
-def _progress(as_json: bool, quiet: bool = False) -> bool:
-    return not quiet and not as_json and sys.stderr.isatty()
+def data_options(required: bool, labels: bool = True):
+    """DataSpec options (extract, fit-head, predict); ``labels=False`` leaves out the label options."""
+    opts = [
+        click.option("--data", "source", required=required,
+                     help="Image folder, CSV file, builtin:digits | builtin:clipart, or torchvision:NAME."),
+        click.option("--path-column", default="path", show_default=True, help="CSV: column of image paths."),
+        *([click.option("--label-column", default="label", show_default=True,
+                        help="CSV: column of labels ('' for none).")] if labels else []),
+        click.option("--split-column", default=None, help="CSV: optional column of train/val/test."),
+        click.option("--root", default=None,
+                     help="CSV: folder the paths are relative to [default: the CSV's folder]; "
+                          "torchvision:NAME: the dataset root [default: $TORCHVISION_DATA or ./data]."),
+        click.option("--split", "tv_split", type=click.Choice(choices(DataSpec, "tv_split")), default="all",
+                     show_default=True, help="torchvision: which official split to read."),
+        click.option("--download", is_flag=True, help="torchvision: download the dataset if it is missing."),
+        *([click.option("--no-labels", "labelled", is_flag=True, flag_value=False, default=True,
+                        help="Folder: treat sub-folders as plain folders, not classes.")] if labels else []),
+    ]
+
+    def build(values: dict) -> DataSpec | None:
+        if values["source"] is None:
+            return None
+        if labels:
+            values["label_column"] = values["label_column"] or None
+        else:
+            values.update(label_column=None, labelled=False)
+        return DataSpec(**values)
+
+    return _spec_options(DataSpec, opts, "data", build)
+
+
+backbone_options = _spec_options(BackboneSpec, [
+    click.option("--backbone", default="efficientnet_lite0", show_default=True, help="See `featcache backbones`."),
+    click.option("--weights", default="DEFAULT", show_default=True,
+                 help="DEFAULT, a weights name (e.g. IMAGENET1K_V2), none (random init), or a state-dict file."),
+    click.option("--layer", default="penultimate", show_default=True,
+                 help="penultimate (input of the final classifier) or a module name, e.g. features."),
+    click.option("--pool", type=click.Choice(choices(BackboneSpec, "pool")), default="avg", show_default=True,
+                 help="Pooling of spatial layers; none keeps the flattened map."),
+    click.option("--image-size", type=click.IntRange(min=1), default=None,
+                 help="Resize and centre-crop to this size (part of the key)."),
+    click.option("--precision", type=click.Choice(choices(BackboneSpec, "precision")), default="auto",
+                 show_default=True, help="Compute precision; auto = bfloat16 AMP on CUDA, float32 on CPU."),
+    click.option("--dtype", type=click.Choice(choices(BackboneSpec, "dtype")), default="float32", show_default=True,
+                 help="Storage dtype of the features."),
+    click.option("--decode", type=click.Choice(choices(BackboneSpec, "decode")), default="workers",
+                 show_default=True,
+                 help="How JPEG files are decoded: workers = PIL in the DataLoader workers; draft = PIL at a "
+                      "reduced DCT scale no smaller than the resize target (large photos, small inputs); "
+                      "device = torchvision.io on the extraction device (nvJPEG on CUDA). Part of the "
+                      "feature key."),
+    click.option("--augment", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Also cache N seeded augmented copies of every training image."),
+    click.option("--augment-seed", type=int, default=0, show_default=True,
+                 help="Seed of the augmented copies (part of their feature key)."),
+], "backbone", lambda values: BackboneSpec(**values))
+
+
+run_options = _spec_options(RunSpec, [
+    click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+                 help="Images per forward pass."),
+    click.option("--workers", type=click.IntRange(min=0), default=None,
+                 help="DataLoader decode workers; 0 decodes in the main process [default: cores - 1, at most 8]."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+    click.option("--on-error", type=click.Choice(choices(RunSpec, "on_error")), default="fail", show_default=True,
+                 help="What to do with an image that cannot be decoded."),
+    click.option("--flush-every", type=click.FloatRange(min=0), default=60.0, show_default=True,
+                 help="Seconds between row flushes: a killed run recomputes at most this much work."),
+    click.option("--flush-rows", type=click.IntRange(min=1), default=8192, show_default=True,
+                 help="Rows between row flushes (whichever of the two comes first)."),
+    click.option("--compute", type=click.Choice(choices(RunSpec, "compute")), default="auto", show_default=True,
+                 help="auto = CPU inference levers (channels_last; a frozen oneDNN graph when the run is large "
+                      "enough), chosen by rule and recorded with the feature set; plain = the plain eager forward. "
+                      "Not part of the feature key (they change float rounding only)."),
+    cache_option,
+    click.option("--quiet", "-q", "progress", is_flag=True, flag_value=False, default=True,
+                 help="No progress bar."),
+], "run", lambda values: RunSpec(**values))
+
+
+def _with_progress(run: RunSpec, hidden: bool) -> RunSpec:
+    """Progress bars only on a terminal, and not when ``hidden`` (--json, or the output is on stdout)."""
+    return replace(run, progress=run.progress and not hidden and sys.stderr.isatty())
 
 
 @cli.command()
-@_extract_options(required=True)
-@cache_option
+@data_options(required=True)
+@backbone_options
+@run_options
 @json_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def extract(data, cache_dir, as_json, quiet, **kw):
+def extract(data, backbone, run, as_json):
     """Stage one: extract features of DATA into the store (a second run is a cache hit)."""
-    from featcache.extraction.engine import extract as run
+    from featcache.extraction.engine import extract as extract_features
 
-    result = run(data, cache_dir=cache_dir, progress=_progress(as_json, quiet), **_extract_kwargs(kw))
+    result = extract_features(data, backbone, _with_progress(run, as_json))
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports for all
     if as_json:
@@ -233,15 +268,34 @@ def extract(data, cache_dir, as_json, quiet, **kw):
         click.echo(f"  ... and {len(result.skipped) - 10} more (listed in the view's 'skipped' attribute)", err=True)
 
 
-SWEEP_SHORTCUTS = {"C": "C", "weight_decay": "weight_decay", "lr": "lr", "hidden_sizes": "hidden_sizes",
-                   "dropout": "dropout", "n_neighbors": "n_neighbors", "max_epochs": "max_epochs"}
+#: fit-head options that set one head parameter (the others are set with ``--param NAME=VALUES``)
+PARAM_OPTIONS = {"C": "--C", "weight_decay": "--weight-decay", "lr": "--lr", "hidden_sizes": "--hidden-sizes",
+                 "dropout": "--dropout", "n_neighbors": "--n-neighbors", "max_epochs": "--max-epochs"}
+
+
+def _param_label(name: str) -> str:
+    """How the user set head parameter ``name`` on the command line (for the library's messages)."""
+    flag = PARAM_OPTIONS.get(name)
+    return f"{flag} (or --param {name}=...)" if flag else f"--param {name}=..."
+
+
+def _param_values(values: dict, extra_params: tuple[str, ...]) -> dict:
+    """The head-parameter options and the ``--param NAME=VALUES`` items -> {name: text}."""
+    values = dict(values)
+    for item in extra_params:
+        name, sep, v = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE or NAME=V1,V2,...", param_hint="'--param'")
+        values[name.strip()] = v
+    return values
 
 
 @cli.command("fit-head")
 @click.option("--head", default="logreg", show_default=True, help="See `featcache heads`.")
 @click.option("--features", "features_ref", default=None,
               help="A view: file path, feature KEY (or prefix) with one view, or KEY:DATA.")
-@_extract_options(required=False)
+@data_options(required=False)
+@backbone_options
 @click.option("--C", "C", default=None, help="logreg/svm: inverse regularisation; a comma list sweeps.")
 @click.option("--weight-decay", default=None, help="linear/mlp: AdamW weight decay; a comma list sweeps.")
 @click.option("--lr", default=None, help="linear/mlp: learning rate; a comma list sweeps.")
@@ -262,52 +316,17 @@ SWEEP_SHORTCUTS = {"C": "C", "weight_decay": "weight_decay", "lr": "lr", "hidden
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write the test confusion matrix PNG.")
 @click.option("--from-disk", is_flag=True, help="Read features from the HDF5 view in batches (larger than memory).")
 @click.option("--jobs", "n_jobs", type=int, default=-1, show_default=True, help=JOBS_HELP)
-@cache_option
+@run_options
 @json_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropout, n_neighbors, max_epochs,
-             extra_params, use_default_grid, val_fraction, test_fraction, seed, output, plot, from_disk, n_jobs,
-             cache_dir, as_json, quiet, **kw):
+def fit_head(head, features_ref, data, backbone, extra_params, run, as_json, **options):
     """Stage two: fit a head on cached features (--features), or on --data extracted on the way."""
-    from featcache.errors import FeatcacheError
-    from featcache.train.fitting import check_fit_arguments, parse_grid
-    from featcache.train.fitting import fit_head as run
+    from featcache.train.fitting import params_and_grid
+    from featcache.train.session import train_head
 
-    ekw = _extract_kwargs(kw)
-    if bool(features_ref) == bool(data):
-        raise FeatcacheError("fit-head needs exactly one of --features (a cached view) or --data (extracted "
-                             "on the way, a cache hit when already done)")
-    values = dict(C=C, weight_decay=weight_decay, lr=lr, hidden_sizes=hidden_sizes, dropout=dropout,
-                  n_neighbors=n_neighbors, max_epochs=max_epochs)
-    for item in extra_params:
-        name, sep, v = item.partition("=")
-        if not sep or not name.strip():
-            raise FeatcacheError(f"--param {item!r}: expected NAME=VALUE or NAME=V1,V2,...")
-        values[name.strip()] = v
-    parsed = parse_grid(values)
-    params = {k: v[0] for k, v in parsed.items() if len(v) == 1}
-    grid = {k: v for k, v in parsed.items() if len(v) > 1}
-    # bad values fail here, before --data is extracted on the way
-    check_fit_arguments(head, params=params, grid=grid, seed=seed, val_fraction=val_fraction,
-                        test_fraction=test_fraction, n_jobs=n_jobs)
-    augmented = None
-    if data:
-        from featcache.extraction.engine import extract as run_extract
-
-        extracted = run_extract(data, cache_dir=cache_dir, progress=_progress(as_json, quiet), **ekw)
-        features_ref = extracted.view
-        augmented = extracted.augmented["view"] if extracted.augmented else None
-    elif ekw["augment"]:
-        from featcache.extraction.augment import find_augmented_view
-        from featcache.store.views import load_features
-
-        plain = load_features(features_ref, cache_dir=cache_dir, mmap=True)
-        plain.features.file.close()
-        augmented = find_augmented_view(plain.identity, plain.attrs.get("data_name", ""), ekw["augment"],
-                                        ekw["augment_seed"], cache_dir)
-    result = run(features_ref, head, params=params, grid=grid, use_default_grid=use_default_grid,
-                 val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, cache_dir=cache_dir,
-                 output=output, plot=plot, from_disk=from_disk, n_jobs=n_jobs, augmented=augmented)
+    params, grid = params_and_grid(_param_values({k: options.pop(k) for k in PARAM_OPTIONS}, extra_params),
+                                   _param_label)
+    result = train_head(head, features=features_ref, data=data, backbone=backbone, run=_with_progress(run, as_json),
+                        params=params, grid=grid, **options)
     if as_json:
         _emit_json(result.to_dict())
     else:
@@ -317,30 +336,16 @@ def fit_head(head, features_ref, data, C, weight_decay, lr, hidden_sizes, dropou
 @cli.command()
 @click.option("--head", "head_path", required=True, type=click.Path(dir_okay=False),
               help="A head file saved by fit-head.")
-@click.option("--data", required=True, help="New images: folder, CSV, or builtin:NAME.")
+@data_options(required=True, labels=False)
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="CSV file [default: stdout].")
-@click.option("--path-column", default="path", show_default=True, help="CSV: column of image paths.")
-@click.option("--root", default=None, help="CSV: folder the paths are relative to.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images per forward pass.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader decode workers; 0 decodes in the main process.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, ...")
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-              help="What to do with an image that cannot be decoded.")
-@cache_option
+@run_options
 @json_option
-def predict(head_path, data, output, path_column, root, batch_size, workers, device, on_error, cache_dir, as_json):
+def predict(head_path, data, output, run, as_json):
     """Label new images with a saved head (their features are reused or extracted)."""
-    from featcache.train.prediction import predict as run
+    from featcache.train.prediction import predict as predict_labels
 
-    pred = run(head_path, data, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
-               on_error=on_error, path_column=path_column, root=root, progress=_progress(as_json or not output))
+    pred = predict_labels(head_path, data, _with_progress(run, as_json or not output))
     if output:
-        from pathlib import Path
-
-        from featcache.store.featureset import atomic_write_text
-
         atomic_write_text(Path(output), pred.to_csv())
     if as_json:
         _emit_json(pred.to_dict())

@@ -9,7 +9,7 @@ import torchvision
 
 from featcache.extraction.backbones.registry import describe_all, get_backbone, list_backbones, register_backbone
 from featcache.errors import UnknownNameError, WeightsError
-from featcache.store.keys import resolve_identity
+from featcache.extraction.identity import resolve_identity
 from featcache.extraction.layers import FeatureExtractor
 
 

@@ -13,11 +13,11 @@ from PIL import Image
 import featcache
 from featcache.cli import cli
 from featcache.extraction.device_decode import decode_jpegs
-from featcache.extraction.engine import ident_transform, options_from_identity
+from featcache.extraction.engine import ident_transform
+from featcache.extraction.identity import resolve_identity, spec_from_identity
 from featcache.errors import ImageDecodeError
 from featcache.extraction.images import ImageTooLarge, RawJpeg, decode_image, jpeg_bytes
 from featcache.extraction.decoders import DECODER_VERSION, DECODERS
-from featcache.store.keys import resolve_identity
 
 from test_extract import resnet_pre_fc, seeded_model
 
@@ -143,11 +143,11 @@ def test_one_bad_file_does_not_fail_its_batch(jpeg_folder):
 
 def test_predict_extracts_with_the_heads_decoder(jpeg_folder, tmp_path):
     r = featcache.extract(str(jpeg_folder), cache_dir=tmp_path / "c", decode="device", **KW)
-    opts = options_from_identity(r.identity)
-    assert opts["decode"] == "device"
-    assert resolve_identity(**opts)[0].key == r.feature_key
-    assert options_from_identity(featcache.extract(str(jpeg_folder), cache_dir=tmp_path / "c",
-                                                   **KW).identity)["decode"] == "workers"
+    spec = spec_from_identity(r.identity)
+    assert spec.decode == "device"
+    assert resolve_identity(spec)[0].key == r.feature_key
+    assert spec_from_identity(featcache.extract(str(jpeg_folder), cache_dir=tmp_path / "c",
+                                                **KW).identity).decode == "workers"
 
 
 def test_cli_option_and_its_error(jpeg_folder, tmp_path):
@@ -204,5 +204,5 @@ def test_draft_features_are_close_under_their_own_key(tmp_path):
     png = a.ids.index("a/flat.png")
     np.testing.assert_array_equal(a.features[png], b.features[png])
     assert not np.array_equal(a.features[0], b.features[0])
-    assert options_from_identity(draft.identity)["decode"] == "draft"
+    assert spec_from_identity(draft.identity).decode == "draft"
     assert featcache.extract(str(root), cache_dir=cache, decode="draft", **KW).cache_hit

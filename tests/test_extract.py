@@ -10,7 +10,7 @@ import torchvision
 import featcache
 from featcache.extraction.backbones.registry import get_backbone
 from featcache.extraction.images import decode_image
-from featcache.store.keys import resolve_identity
+from featcache.extraction.identity import resolve_identity
 
 from conftest import make_image
 

@@ -15,7 +15,7 @@ from featcache.extraction import levers
 from featcache.extraction.layers import FeatureExtractor
 from featcache.extraction.levers import PLAIN, Levers
 from featcache.store.featureset import FeatureStore
-from featcache.store.keys import resolve_identity
+from featcache.extraction.identity import resolve_identity
 
 from conftest import make_image
 

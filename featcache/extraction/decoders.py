@@ -4,8 +4,8 @@ A constants-only module (no torch import), so the CLI and the pipeline schema ca
 offer the choices without paying for the heavy imports.
 """
 
-# Bumped whenever image decoding (mode conversion, alpha compositing) changes.
-DECODER_VERSION = "rgb-on-white-v1"
+from featcache.specs import DECODE_MODES  # noqa: F401  (the modes, as the specs declare them)
+from featcache.store.keys import DECODER_VERSION
 
 # How JPEG files are decoded (``--decode``): by PIL in the DataLoader workers, by PIL at a
 # reduced DCT scale ("draft", no smaller than the resize target), or by torchvision.io on
@@ -16,4 +16,8 @@ DECODERS = {
     "draft": DECODER_VERSION + "+jpeg-draft-v1",
     "device": DECODER_VERSION + "+jpeg-torchvision-io-v1",
 }
-DECODE_MODES = tuple(DECODERS)
+
+
+def decode_mode(decoder: str) -> str:
+    """The ``--decode`` mode of an identity's decoder string (identities older than the modes: workers)."""
+    return {v: k for k, v in DECODERS.items()}.get(decoder, "workers")

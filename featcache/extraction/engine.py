@@ -9,7 +9,7 @@ computed.
 """
 from __future__ import annotations
 
-import inspect
+import contextlib
 import json
 import os
 import queue
@@ -21,18 +21,23 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from featcache.extraction import distributed, levers
-from featcache.extraction.sources import Manifest, load_manifest
-from featcache.extraction.decoders import DECODERS
-from featcache.extraction.device_decode import decode_jpegs
+from featcache.devices import resolve_device
 from featcache.errors import FeatcacheError, ImageDecodeError, UnknownNameError
-from featcache.faults import failpoint
+from featcache.extraction import distributed, levers
+from featcache.extraction.augment import augmented_manifest, identity_extra
+from featcache.extraction.backbones.registry import Preprocess
+from featcache.extraction.decoders import decode_mode
+from featcache.extraction.device_decode import decode_jpegs
+from featcache.extraction.identity import ResolvedIdentity, resolve_identity, with_extra
 from featcache.extraction.images import ImageRows, collate
-from featcache.store.keys import FeatureIdentity, resolve_identity
 from featcache.extraction.layers import FeatureExtractor
+from featcache.extraction.sources import Manifest, manifest_of
+from featcache.faults import failpoint
+from featcache.specs import ON_ERROR, BackboneSpec, DataSpec, RunSpec, specs_from_keywords
 from featcache.store.featureset import FeatureSet, FeatureStore
+from featcache.store.keys import FeatureIdentity
+from featcache.store.views import load_features
 
-ON_ERROR = ("fail", "skip")
 
 
 class Interrupted(FeatcacheError):
@@ -92,26 +97,6 @@ class ExtractResult:
             return ""
         return (f"\naugmented: {a['rows']} rows ({a['copies']} per training image) [{a['feature_key']}]: extracted "
                 f"{a['extracted']}, reused {a['reused']} -> {a['view']}")
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UnknownNameError("device", device, ["auto", "cpu", "cuda", "cuda:0", "mps"]) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FeatcacheError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"
 
 
 def default_workers() -> int:
@@ -177,10 +162,8 @@ class _Writer(threading.Thread):
                               "flushed before are kept: free space or fix permissions and re-run the same command")
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
     if precision == "float32":
-        import contextlib
-
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -257,7 +240,7 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
                     x = pad_batch(images, batch_size).to(device, non_blocking=True)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    with _autocast(device, precision):
+                    with autocast(device, precision):
                         feats = extractor(x)
                     feats = feats[:n].float().cpu().numpy()
                     timings["forward_s"] += time.perf_counter() - t1
@@ -270,171 +253,161 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
     return skipped
 
 
-def _check_choice(name: str, value: str, valid) -> None:
-    if value not in valid:
-        raise UnknownNameError(name, value, valid)
-
-
-def extract(
-    data: str | Manifest,
-    *,
-    backbone: str = "efficientnet_lite0",
-    weights: str = "DEFAULT",
-    layer: str = "penultimate",
-    pool: str = "avg",
-    image_size: int | None = None,
-    precision: str = "auto",
-    dtype: str = "float32",
-    cache_dir: str | os.PathLike | None = None,
-    batch_size: int = 64,
-    workers: int | None = None,
-    device: str = "auto",
-    on_error: str = "fail",
-    path_column: str = "path",
-    label_column: str | None = "label",
-    root: str | None = None,
-    split_column: str | None = None,
-    labelled: bool = True,
-    tv_split: str = "all",
-    download: bool = False,
-    flush_rows: int = 8192,
-    flush_seconds: float = 60.0,
-    progress: bool = False,
-    augment: int = 0,
-    augment_seed: int = 0,
-    decode: str = "workers",
-    compute: str = "auto",
-    _extra: dict | None = None,
-) -> ExtractResult:
+def extract(data: str | DataSpec | Manifest, backbone: BackboneSpec | str | None = None,
+            run: RunSpec | None = None, **options) -> ExtractResult:
     """Extract (or reuse) the features of ``data``; returns where the view is and what it cost.
 
-    ``augment=N`` also extracts N seeded augmented copies of every training image
-    into a feature set of their own (see featcache.extraction.augment); the result's
-    ``augmented`` holds that view's path and counts.
+    ``data`` is a source (folder, CSV, ``builtin:NAME``, ``torchvision:NAME``), a DataSpec or a
+    loaded Manifest; ``backbone`` a BackboneSpec or a backbone name; ``run`` a RunSpec.
+    ``options`` are fields of the three specs applied on top (``backbone="resnet18",
+    image_size=64, cache_dir=...``), see :func:`featcache.specs.specs_from_keywords`.
 
-    ``decode="device"`` decodes JPEG files with torchvision.io on ``device`` (nvJPEG on
-    CUDA) instead of PIL in the workers; it is part of the feature key.
-
-    ``compute="auto"`` applies the CPU inference levers the rule chooses (or the ones the
-    feature set recorded); ``"plain"`` runs the plain eager forward (featcache.extraction.levers).
+    ``augment=N`` also extracts N seeded augmented copies of every training image into a
+    feature set of their own (see featcache.extraction.augment); the result's ``augmented``
+    holds that view's path and counts. ``decode="device"`` decodes JPEG files with
+    torchvision.io on the device (nvJPEG on CUDA) instead of PIL in the workers; it is part
+    of the feature key.
     """
-    if augment:
-        from featcache.extraction.augment import augmented_manifest, identity_extra
-
-        args = locals()
-        kw = {k: args[k] for k in _EXTRACT_PARAMS if k not in ("data", "augment", "augment_seed")}
-        if augment < 0:
-            raise FeatcacheError(f"--augment {augment}: expected 0 or a positive number of copies per image")
-        store = FeatureStore(cache_dir)
-        # read the data and digest it once: the plain and the augmented extraction share the manifest
-        base = _manifest_of(data, store, path_column=path_column, label_column=label_column, root=root,
-                            split_column=split_column, labelled=labelled, tv_split=tv_split, download=download)
-        base.compute_digests(store.digest_cache)
-        plain = extract(base, **kw)
-        aug = extract(augmented_manifest(base, augment, augment_seed), **{**kw, "_extra": identity_extra(augment_seed)})
-        plain.augmented = {"view": aug.view, "feature_key": aug.feature_key, "copies": augment,
-                           "rows": aug.rows, "extracted": aug.extracted, "reused": aug.reused,
-                           "cache_hit": aug.cache_hit}
-        plain.model_built = plain.model_built or aug.model_built
-        return plain
+    data, spec, run = specs_from_keywords(data, backbone, run, **options)
     t_start = time.perf_counter()
-    _check_choice("--on-error policy", on_error, ON_ERROR)
-    levers.check_compute(compute)
-    if batch_size < 1:
-        raise FeatcacheError(f"--batch-size {batch_size}: expected a positive integer")
-    dev = resolve_device(device)
+    check_run(run)
+    dev = resolve_device(run.device)
     dist = distributed.from_env(dev)
     dev = distributed.rank_device(dev, dist)
-    prec = resolve_precision(precision, dev)
-    ident, entry, choice = resolve_identity(backbone, weights=weights, layer=layer, pool=pool,
-                                            image_size=image_size, precision=prec, dtype=dtype, extra=_extra,
-                                            decode=decode)
-    store = FeatureStore(cache_dir)
-    manifest = _manifest_of(data, store, path_column=path_column, label_column=label_column, root=root,
-                            split_column=split_column, labelled=labelled, tv_split=tv_split, download=download)
-    timings = dict.fromkeys(("digest_s", "build_s", "wait_s", "decode_s", "forward_s", "write_s", "view_s",
-                             "extract_s", "total_s"), 0.0)
+    resolved = resolve_identity(spec, device=dev)
+    store = FeatureStore(run.cache_dir)
+    manifest = data if isinstance(data, Manifest) else manifest_of(data, store.root)
     t0 = time.perf_counter()
     manifest.compute_digests(store.digest_cache)
-    timings["digest_s"] = time.perf_counter() - t0
-    fs = store.open(ident)
-    view = fs.view_path(manifest.name, manifest.fingerprint())
-    common = dict(feature_key=fs.key, data=manifest.name, identity=ident.to_dict(), ignored=len(manifest.ignored),
-                  device=str(dev))
-    # a shared lock for the whole run: `cache gc` (exclusive) leaves a set alone while rows are
-    # being added to it, as they are in no view yet
-    with fs.lock(shared=True):
-        # rank 0 decides (a cache hit, or which rows are missing) so that every rank agrees
-        hit, todo, skipped = dist.broadcast(_plan(fs, manifest, view, on_error) if dist.is_main else None)
-        if hit:
-            return _cache_hit(view, timings, t_start, common)
+    digest_s = time.perf_counter() - t0
+    job = _Job(store=store, run=run, device=dev, dist=dist)
+    result = job.extract_set(manifest, resolved, t_start, digest_s)
+    if spec.augment:
+        aug = job.extract_set(augmented_manifest(manifest, spec.augment, spec.augment_seed),
+                              with_extra(resolved, identity_extra(spec.augment_seed)), time.perf_counter())
+        result.augmented = {"view": aug.view, "feature_key": aug.feature_key, "copies": spec.augment,
+                            "rows": aug.rows, "extracted": aug.extracted, "reused": aug.reused,
+                            "cache_hit": aug.cache_hit}
+        result.model_built = result.model_built or aug.model_built
+    return result
 
-        crop = int(ident.preprocess["crop"])
-        chosen = dist.broadcast(levers.settle(fs, levers.choose(
-            ident.backbone, dev, compute=compute, precision=prec, images=len(todo), pixels=crop * crop),
-            compute) if dist.is_main else None)
-        mine = todo[dist.rank::dist.world]
-        n_workers = default_workers() if workers is None else workers
-        extracted, built, bad = 0, False, []
-        if mine:
+
+def check_run(run: RunSpec) -> None:
+    """The RunSpec values that cannot work, as errors naming the option."""
+    if run.on_error not in ON_ERROR:
+        raise UnknownNameError("--on-error policy", run.on_error, ON_ERROR)
+    if run.batch_size < 1:
+        raise FeatcacheError(f"--batch-size {run.batch_size}: expected a positive integer")
+    levers.check_compute(run.compute)
+
+
+TIMINGS = ("digest_s", "build_s", "wait_s", "decode_s", "forward_s", "write_s", "view_s", "extract_s", "total_s")
+
+
+@dataclass
+class _Job:
+    """One extraction run: the store, the run options, the device and this process's rank."""
+
+    store: FeatureStore
+    run: RunSpec
+    device: torch.device
+    dist: distributed.Dist
+
+    @property
+    def workers(self) -> int:
+        return default_workers() if self.run.workers is None else self.run.workers
+
+    def extract_set(self, manifest: Manifest, resolved: ResolvedIdentity, t_start: float,
+                    digest_s: float = 0.0) -> ExtractResult:
+        """Plan, compute the missing rows (this rank's share), publish the view, merge small shards."""
+        timings = dict.fromkeys(TIMINGS, 0.0)
+        timings["digest_s"] = digest_s
+        fs = self.store.open(resolved.identity)
+        view = fs.view_path(manifest.name, manifest.fingerprint())
+        common = dict(feature_key=fs.key, data=manifest.name, identity=resolved.identity.to_dict(),
+                      ignored=len(manifest.ignored), device=str(self.device))
+        dist = self.dist
+        # a shared lock for the whole run: `cache gc` (exclusive) leaves a set alone while rows are
+        # being added to it, as they are in no view yet
+        with fs.lock(shared=True):
+            # rank 0 decides (a cache hit, or which rows are missing) so that every rank agrees
+            plan = _plan(fs, manifest, view, self.run.on_error) if dist.is_main else None
+            hit, todo, skipped = dist.broadcast(plan)
+            if hit:
+                return _cache_hit(view, timings, t_start, common)
+            chosen = dist.broadcast(self.settle_levers(fs, resolved.identity, len(todo)) if dist.is_main else None)
+            mine = todo[dist.rank::dist.world]
+            mine_done = self.compute_rows(fs, manifest, mine, resolved, timings, chosen) if mine else (0, False, [])
+            ranks = dist.gather(mine_done)
+            skipped = skipped + [b for r in ranks for b in r[2]]
             t0 = time.perf_counter()
-            extractor = FeatureExtractor(entry.build(choice), layer=layer, pool=pool).to(dev)
-            if dev.type == "cuda":
-                extractor = extractor.to(memory_format=torch.channels_last)
-            timings["build_s"] = time.perf_counter() - t0
-            extractor, timings["levers_s"] = levers.prepare_timed(
-                extractor, chosen, torch.zeros(min(batch_size, EXACT_ROWS), 3, crop, crop))
-            built = True
-            writer = _Writer(fs, flush_rows, flush_seconds)
-            writer.start()
-            t0 = time.perf_counter()
-            try:
-                bad = run_backbone(
-                    extractor, manifest.reader, mine, [manifest.digests[i] for i in mine],
-                    ident_transform(ident), writer, device=dev, precision=prec, batch_size=batch_size,
-                    workers=n_workers, on_error=on_error, ids=manifest.ids,
-                    progress=progress and dist.is_main, timings=timings, decode=decode,
-                    resize=int(ident.preprocess["resize"]), compute=chosen)
-            except KeyboardInterrupt:
-                saved = writer.finish()
-                raise Interrupted(f"interrupted: {saved} new rows saved in {fs.key}; run the same command again "
-                                  "to resume from there") from None
-            except BaseException:
-                writer.finish()  # keep what was computed: the next run resumes from it
-                raise
-            extracted = writer.finish()
-            timings["write_s"] = writer.busy
-            timings["extract_s"] = time.perf_counter() - t0
-        ranks = dist.gather((extracted, built, bad))
-        extracted = sum(r[0] for r in ranks)
-        built = any(r[1] for r in ranks)
-        skipped = skipped + [b for r in ranks for b in r[2]]
-        t0 = time.perf_counter()
-        keep, skipped = _rows_to_keep(manifest, skipped)
+            keep, skipped = _rows_to_keep(manifest, skipped)
+            if dist.is_main:
+                _write_view(fs, view, manifest, keep, skipped, resolved, dist.world)
+        dist.barrier()  # every rank has let go of the set: rank 0 may merge its small shards
         if dist.is_main:
-            fs.write_view(
-                view, [manifest.digests[i] for i in keep], ids=[manifest.ids[i] for i in keep],
-                labels=manifest.labels[keep] if len(keep) else np.zeros(0, np.int64),
-                split=[manifest.split[i] for i in keep], class_names=manifest.class_names,
-                attrs={"weights_path": choice.path or "", "data_source": manifest.source, "data_root": manifest.root,
-                       "data_name": manifest.name, "fingerprint": manifest.fingerprint(), "skipped": skipped,
-                       "ignored_files": len(manifest.ignored), "world_size": dist.world})
-    dist.barrier()  # every rank has let go of the set: rank 0 may merge its small shards
-    if dist.is_main:
-        fs.compact()
-    timings["view_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-    return ExtractResult(view=str(view), rows=len(keep), dim=fs.dim() or 0, extracted=extracted,
-                         reused=len(keep) - extracted, cache_hit=False, model_built=built, skipped=skipped,
-                         timings=timings, workers=n_workers, levers=chosen.describe(), **common)
+            fs.compact()
+        timings["view_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        extracted = sum(r[0] for r in ranks)
+        return ExtractResult(view=str(view), rows=len(keep), dim=fs.dim() or 0, extracted=extracted,
+                             reused=len(keep) - extracted, cache_hit=False, model_built=any(r[1] for r in ranks),
+                             skipped=skipped, timings=timings, workers=self.workers, levers=chosen.describe(),
+                             **common)
+
+    def settle_levers(self, fs: FeatureSet, ident: FeatureIdentity, images: int) -> levers.Levers:
+        """The inference levers of this set's rows: its record, or the rule's choice for a new set."""
+        pixels = int(ident.preprocess["crop"]) ** 2
+        wanted = levers.choose(ident.backbone, self.device, compute=self.run.compute, precision=ident.precision,
+                               images=images, pixels=pixels)
+        return levers.settle(fs, wanted, self.run.compute)
+
+    def compute_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int], resolved: ResolvedIdentity,
+                     timings: dict, chosen: levers.Levers = levers.PLAIN) -> tuple[int, bool, list[dict]]:
+        """Build the model and run it over rows ``mine``: (rows written, model built, files skipped)."""
+        t0 = time.perf_counter()
+        ident = resolved.identity
+        extractor = FeatureExtractor(resolved.entry.build(resolved.weights), layer=ident.layer,
+                                     pool=ident.pool).to(self.device)
+        if self.device.type == "cuda":
+            extractor = extractor.to(memory_format=torch.channels_last)
+        timings["build_s"] = time.perf_counter() - t0
+        run = self.run
+        crop = int(ident.preprocess["crop"])
+        extractor, timings["levers_s"] = levers.prepare_timed(
+            extractor, chosen, torch.zeros(min(run.batch_size, EXACT_ROWS), 3, crop, crop))
+        writer = _Writer(fs, run.flush_rows, run.flush_every)
+        writer.start()
+        t0 = time.perf_counter()
+        try:
+            bad = run_backbone(
+                extractor, manifest.reader, mine, [manifest.digests[i] for i in mine], ident_transform(ident),
+                writer, device=self.device, precision=ident.precision, batch_size=run.batch_size,
+                workers=self.workers, on_error=run.on_error, ids=manifest.ids,
+                progress=run.progress and self.dist.is_main, timings=timings,
+                decode=decode_mode(ident.decoder), resize=int(ident.preprocess["resize"]), compute=chosen)
+        except KeyboardInterrupt:
+            saved = writer.finish()
+            raise Interrupted(f"interrupted: {saved} new rows saved in {fs.key}; run the same command again "
+                              "to resume from there") from None
+        except BaseException:
+            writer.finish()  # keep what was computed: the next run resumes from it
+            raise
+        extracted = writer.finish()
+        timings["write_s"] = writer.busy
+        timings["extract_s"] = time.perf_counter() - t0
+        return extracted, True, bad
 
 
-_EXTRACT_PARAMS = list(inspect.signature(extract).parameters)
-
-
-def _manifest_of(data: str | Manifest, store: FeatureStore, **data_options) -> Manifest:
-    """``data`` itself when it is a Manifest, else the manifest its source describes."""
-    return data if isinstance(data, Manifest) else load_manifest(data, cache_dir=store.root, **data_options)
+def _write_view(fs: FeatureSet, view, manifest: Manifest, keep: list[int], skipped: list[dict],
+                resolved: ResolvedIdentity, world: int) -> None:
+    fs.write_view(
+        view, [manifest.digests[i] for i in keep], ids=[manifest.ids[i] for i in keep],
+        labels=manifest.labels[keep] if len(keep) else np.zeros(0, np.int64),
+        split=[manifest.split[i] for i in keep], class_names=manifest.class_names,
+        attrs={"weights_path": resolved.weights.path or "", "data_source": manifest.source,
+               "data_root": manifest.root, "data_name": manifest.name, "fingerprint": manifest.fingerprint(),
+               "skipped": skipped, "ignored_files": len(manifest.ignored), "world_size": world})
 
 
 def _plan(fs: FeatureSet, manifest: Manifest, view, on_error: str):
@@ -457,8 +430,6 @@ def _plan(fs: FeatureSet, manifest: Manifest, view, on_error: str):
 
 
 def _cache_hit(view, timings: dict, t_start: float, common: dict) -> ExtractResult:
-    from featcache.store.views import load_features
-
     f = load_features(view, mmap=True)
     rows, dim = f.features.shape
     skipped = json.loads(f.attrs.get("skipped", "[]"))
@@ -482,29 +453,6 @@ def _rows_to_keep(manifest: Manifest, skipped: list[dict]) -> tuple[list[int], l
 
 
 def ident_transform(ident: FeatureIdentity):
-    from featcache.extraction.backbones.registry import Preprocess
-
     p = dict(ident.preprocess)
     p["mean"], p["std"] = tuple(p["mean"]), tuple(p["std"])
     return Preprocess(**p).build()
-
-
-def options_from_identity(identity: dict, weights_path: str | None = None) -> dict:
-    """extract() keyword arguments that reproduce a stored identity (checked by comparing keys)."""
-    from featcache.extraction.backbones.registry import get_backbone
-
-    entry = get_backbone(identity["backbone"])
-    label = identity["weights"]
-    if label.startswith("file:"):
-        if not weights_path or not os.path.isfile(weights_path):
-            raise FeatcacheError(f"these features came from the local weights file {label[5:]!r} "
-                                 f"({weights_path or 'path unknown'}), which is not there now; pass it again")
-        weights = weights_path
-    else:
-        weights = label.split(".")[-1]
-    default = entry.resolve_weights(weights).preprocess.to_dict()
-    pre = identity["preprocess"]
-    image_size = None if pre == default else int(pre["crop"])
-    return dict(backbone=identity["backbone"], weights=weights, layer=identity["layer"], pool=identity["pool"],
-                image_size=image_size, precision=identity["precision"], dtype=identity["dtype"],
-                decode={v: k for k, v in DECODERS.items()}.get(identity.get("decoder"), "workers"))

@@ -12,8 +12,7 @@ from torch import nn
 
 from featcache.extraction.backbones.registry import final_layer_name
 from featcache.errors import FeatcacheError, UnknownNameError
-
-POOLS = ("avg", "max", "none")
+from featcache.specs import POOLS
 
 
 class _Stop(Exception):

@@ -35,9 +35,10 @@ from pathlib import Path
 
 import torch
 
+from featcache.atomic import atomic_write_text
 from featcache.errors import FeatcacheError, UnknownNameError
-from featcache.extraction.compute import COMPUTE_MODES
-from featcache.store.featureset import FeatureSet, atomic_write_text
+from featcache.specs import COMPUTE_MODES
+from featcache.store.featureset import FeatureSet
 
 RECORD = "compute.json"
 RECORD_VERSION = 1

@@ -27,6 +27,7 @@ import numpy as np
 
 from featcache.errors import DataError, UnknownNameError
 from featcache.extraction.images import IMAGE_EXTENSIONS, FileReader
+from featcache.specs import DataSpec, field_names
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}
@@ -447,3 +448,9 @@ def load_manifest(data: str, *, cache_dir: str | os.PathLike, path_column: str =
         return from_csv(data, path_column=path_column, label_column=label_column, root=root,
                         split_column=split_column)
     return from_folder(data, labelled=labelled)
+
+
+def manifest_of(data: DataSpec, cache_dir: str | os.PathLike) -> Manifest:
+    """The manifest a :class:`~featcache.specs.DataSpec` describes."""
+    options = {k: getattr(data, k) for k in field_names(DataSpec) if k != "source"}
+    return load_manifest(data.source, cache_dir=cache_dir, **options)

@@ -25,22 +25,31 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from featcache.errors import FeatcacheError
+from featcache.extraction.engine import ExtractResult, Interrupted, extract
+from featcache.extraction.identity import resolve_identity
+from featcache.extraction.sources import Manifest, manifest_of
 from featcache.pipeline.spec import (
     BackboneSpec,
     DataSpec,
     ExtractSpec,
     HeadSpec,
+    LabelledBackbone,
     Pipeline,
     PipelineError,
+    RunSpec,
     SplitSpec,
     load_pipeline,
     parse_pipeline,
 )
+from featcache.atomic import atomic_write_text
+from featcache.store.featureset import FeatureStore
+from featcache.store.views import load_features
+from featcache.train.session import TrainingViews, fit_on
 
 __all__ = [
     "BackboneRun",
@@ -49,10 +58,12 @@ __all__ = [
     "ExtractSpec",
     "HeadRow",
     "HeadSpec",
+    "LabelledBackbone",
     "MIN_RATE_ROWS",
     "Pipeline",
     "PipelineError",
     "PipelineResult",
+    "RunSpec",
     "SplitSpec",
     "load_pipeline",
     "parse_pipeline",
@@ -306,120 +317,131 @@ def run_pipeline(pipeline: Pipeline | str | os.PathLike, *, cache_dir: str | os.
     prints one status line per step on stderr (and progress bars when stderr is a
     terminal). ``n_jobs`` is the parallelism of sweeps.
     """
-    from featcache.extraction.sources import load_manifest
-    from featcache.extraction.engine import Interrupted, extract
-    from featcache.store.keys import resolve_identity
-    from featcache.store.featureset import FeatureStore, atomic_write_text
-    from featcache.train.fitting import fit_head
-    from featcache.store.views import load_features
-
     if not isinstance(pipeline, Pipeline):
         pipeline = load_pipeline(pipeline)
-    t_start = time.perf_counter()
-    started = _now()
-    store = FeatureStore(resolve_cache_dir(pipeline, cache_dir))
-    out_dir = store.root / "pipelines" / pipeline.name
-    bars = progress and sys.stderr.isatty()
-
-    def say(msg: str) -> None:
-        if progress:
-            print(msg, file=sys.stderr, flush=True)
-
-    def context(what: str, e: FeatcacheError) -> PipelineError:
-        return PipelineError(f"pipeline {pipeline.name!r}, {what}: {e}")
-
-    for b in pipeline.backbones:  # every identity resolves before any work is done
-        try:
-            resolve_identity(b.name, weights=b.weights, layer=b.layer, pool=b.pool, image_size=b.image_size,
-                             precision="float32" if b.precision == "auto" else b.precision, dtype=b.dtype,
-                             decode=b.decode)
-        except FeatcacheError as e:
-            raise context(f"backbone {b.label!r}", e) from e
-    d = pipeline.data
-    try:
-        manifest = load_manifest(d.source, cache_dir=store.root, path_column=d.path_column,
-                                 label_column=d.label_column, root=d.root, split_column=d.split_column,
-                                 labelled=d.labelled, tv_split=d.tv_split, download=d.download)
-    except FeatcacheError as e:
-        raise context("[data]", e) from e
-    say(f"pipeline {pipeline.name}: {len(manifest)} images from {d.source}, "
-        f"{len(pipeline.backbones)} backbone(s), store {store.root}")
-
+    t_start, started = time.perf_counter(), _now()
+    steps = _Steps(pipeline, FeatureStore(resolve_cache_dir(pipeline, cache_dir)), progress, n_jobs)
+    steps.check_backbones()
+    manifest = steps.load_data()
     runs: list[BackboneRun] = []
     rows: list[HeadRow] = []
-    x = pipeline.extract
-    n_b = len(pipeline.backbones)
     for i, b in enumerate(pipeline.backbones, start=1):
-        say(f"[{i}/{n_b}] {b.label}: extracting ({b.name}, weights {b.weights}, layer {b.layer}"
-            + (f", {x.augment} augmented copies per training image" if x.augment else "") + ")")
+        r = steps.extract(i, b, manifest)
+        runs.append(steps.backbone_run(b, r))
+        views = replace(TrainingViews.of_extraction(r), features=load_features(r.view))  # read once
+        rows += [steps.fit(i, b, h, views) for h in pipeline.heads_for(b)]
+    return steps.summarise(runs, rows, manifest, started, t_start)
+
+
+class _Steps:
+    """The steps of one pipeline run, with its store, its RunSpec and its status lines."""
+
+    def __init__(self, pipeline: Pipeline, store: FeatureStore, progress: bool, n_jobs: int):
+        self.pipeline, self.store, self.progress, self.n_jobs = pipeline, store, progress, n_jobs
+        self.out_dir = store.root / "pipelines" / pipeline.name
+        self.run = replace(pipeline.extract.run, cache_dir=store.root, progress=progress and sys.stderr.isatty())
+
+    def say(self, msg: str) -> None:
+        if self.progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    def context(self, what: str, e: FeatcacheError) -> PipelineError:
+        return PipelineError(f"pipeline {self.pipeline.name!r}, {what}: {e}")
+
+    def check_backbones(self) -> None:
+        """Every identity resolves before any work is done."""
+        for b in self.pipeline.backbones:
+            try:
+                resolve_identity(b.spec, device="cpu")  # checks only: "auto" precision as on the CPU
+            except FeatcacheError as e:
+                raise self.context(f"backbone {b.label!r}", e) from e
+
+    def load_data(self) -> Manifest:
+        d = self.pipeline.data
         try:
-            r = extract(manifest, backbone=b.name, weights=b.weights, layer=b.layer, pool=b.pool,
-                        image_size=b.image_size, precision=b.precision, dtype=b.dtype, decode=b.decode,
-                        cache_dir=store.root, batch_size=x.batch_size, workers=x.workers, device=x.device,
-                        on_error=x.on_error, flush_seconds=x.flush_every, progress=bars,
-                        augment=x.augment, augment_seed=x.augment_seed)
+            manifest = manifest_of(d, self.store.root)
+        except FeatcacheError as e:
+            raise self.context("[data]", e) from e
+        self.say(f"pipeline {self.pipeline.name}: {len(manifest)} images from {d.source}, "
+                 f"{len(self.pipeline.backbones)} backbone(s), store {self.store.root}")
+        return manifest
+
+    def extract(self, i: int, b: LabelledBackbone, manifest: Manifest) -> ExtractResult:
+        n_b, aug = len(self.pipeline.backbones), b.spec.augment
+        self.say(f"[{i}/{n_b}] {b.label}: extracting ({b.name}, weights {b.weights}, layer {b.layer}"
+                 + (f", {aug} augmented copies per training image" if aug else "") + ")")
+        try:
+            r = extract(manifest, b.spec, self.run)
         except Interrupted:
             raise
         except FeatcacheError as e:
-            raise context(f"backbone {b.label!r}", e) from e
-        extract_s = float(r.timings.get("extract_s") or 0.0)
-        if r.extracted >= MIN_RATE_ROWS and extract_s > 0:
-            rate = {"seconds_per_row": extract_s / r.extracted, "rows": r.extracted, "measured_at": _now(),
-                    "device": r.device, "pipeline": pipeline.name}
-            source = "this run"
-        else:
-            rate = _previous_rate(store.root, r.feature_key, r.device)
-            source = (f"measured by pipeline {rate.get('pipeline')!r} at {rate.get('measured_at')} "
-                      f"on {rate['rows']} rows") if rate else None
+            raise self.context(f"backbone {b.label!r}", e) from e
+        a = r.augmented
+        self.say(f"[{i}/{n_b}] {b.label}: {r.rows} rows x {r.dim} [{r.feature_key}], extracted {r.extracted}, "
+                 f"reused {r.reused} in {r.timings.get('total_s', 0.0):.1f} s"
+                 + (f"; augmented {a['rows']} rows, extracted {a['extracted']}, reused {a['reused']}" if a else ""))
+        return r
+
+    def backbone_run(self, b: LabelledBackbone, r: ExtractResult) -> BackboneRun:
+        """What extracting ``b`` cost, and the extraction time the cache saved."""
+        rate, source = self.rate_of(r)
         aug = None
         if r.augmented:  # the copies' own counts; their rows cost at least a plain row each
             aug = {k: r.augmented[k] for k in ("feature_key", "view", "copies", "rows", "extracted", "reused",
                                                 "cache_hit")}
-            aug["seed"] = x.augment_seed
+            aug["seed"] = b.spec.augment_seed
         reused_all = r.reused + (aug["reused"] if aug else 0)
         if rate is not None:
             saved = reused_all * rate["seconds_per_row"]
         else:
             saved = 0.0 if reused_all == 0 else None
-        run = BackboneRun(label=b.label, backbone=b.name, feature_key=r.feature_key, view=r.view, rows=r.rows,
-                          dim=r.dim, extracted=r.extracted, reused=r.reused, cache_hit=r.cache_hit,
-                          skipped=len(r.skipped), timings=dict(r.timings), rate=rate, rate_source=source,
-                          time_saved_s=saved, augmented=aug)
-        runs.append(run)
-        say(f"[{i}/{n_b}] {b.label}: {r.rows} rows x {r.dim} [{r.feature_key}], extracted {r.extracted}, "
-            f"reused {r.reused} in {r.timings.get('total_s', 0.0):.1f} s"
-            + (f"; augmented {aug['rows']} rows, extracted {aug['extracted']}, reused {aug['reused']}"
-               if aug else ""))
-        feats = load_features(r.view)
-        augmented_view = aug["view"] if aug else None  # as `fit-head --augment N` does
-        for h in pipeline.heads_for(b):
-            say(f"[{i}/{n_b}] {b.label}: fitting {h.label}"
-                + (" (sweep)" if h.sweep or h.grid else ""))
-            try:
-                fr = fit_head(feats, h.name, params=h.params, grid=h.grid, use_default_grid=h.sweep,
-                              val_fraction=pipeline.split.val_fraction, test_fraction=pipeline.split.test_fraction,
-                              seed=pipeline.split.seed, cache_dir=store.root,
-                              output=out_dir / "heads" / b.label / f"{h.label}.head.npz", n_jobs=n_jobs,
-                              augmented=augmented_view)
-            except FeatcacheError as e:
-                raise context(f"head {h.label!r} on backbone {b.label!r}", e) from e
-            test, val = fr.metrics.get("test") or {}, fr.metrics.get("val") or {}
-            rows.append(HeadRow(
-                backbone=b.label, backbone_name=b.name, feature_key=fr.feature_key, head=h.label,
-                head_name=h.name, params=fr.params, val_acc=val.get("accuracy"), test_acc=test.get("accuracy"),
-                balanced_acc=test.get("balanced_accuracy"), macro_f1=test.get("macro_f1"),
-                fit_s=float(fr.timings["fit_s"]), predict_s=float(fr.timings["predict_s"]),
-                head_path=fr.head_path, metrics=fr.metrics, n_train=fr.split.get("n_train"),
-                n_train_augmented=int(fr.split.get("n_train_augmented", 0))))
+        return BackboneRun(label=b.label, backbone=b.name, feature_key=r.feature_key, view=r.view, rows=r.rows,
+                           dim=r.dim, extracted=r.extracted, reused=r.reused, cache_hit=r.cache_hit,
+                           skipped=len(r.skipped), timings=dict(r.timings), rate=rate, rate_source=source,
+                           time_saved_s=saved, augmented=aug)
 
-    result = PipelineResult(name=pipeline.name, pipeline=pipeline.path, cache_dir=str(store.root),
-                            data=d.source, backbones=runs, results=rows, total_s=0.0, started=started,
-                            augment={"copies": x.augment, "seed": x.augment_seed} if x.augment else None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = _plot_summary(rows, [b.label for b in pipeline.backbones], out_dir / "summary.png",
-                        title=f"pipeline {pipeline.name} ({manifest.name}, {len(manifest)} images)")
-    result.summary_png = str(png) if png else None
-    result.summary_json = str(out_dir / "summary.json")
-    result.total_s = time.perf_counter() - t_start
-    atomic_write_text(out_dir / "summary.json", json.dumps(result.to_dict(), indent=2, default=str))
-    return result
+    def rate_of(self, r: ExtractResult) -> tuple[dict | None, str | None]:
+        """Seconds per extracted row: measured by this run when large enough, else by an earlier one."""
+        extract_s = float(r.timings.get("extract_s") or 0.0)
+        if r.extracted >= MIN_RATE_ROWS and extract_s > 0:
+            return ({"seconds_per_row": extract_s / r.extracted, "rows": r.extracted, "measured_at": _now(),
+                     "device": r.device, "pipeline": self.pipeline.name}, "this run")
+        rate = _previous_rate(self.store.root, r.feature_key, r.device)
+        return rate, (f"measured by pipeline {rate.get('pipeline')!r} at {rate.get('measured_at')} "
+                      f"on {rate['rows']} rows") if rate else None
+
+    def fit(self, i: int, b: LabelledBackbone, h: HeadSpec, views: TrainingViews) -> HeadRow:
+        self.say(f"[{i}/{len(self.pipeline.backbones)}] {b.label}: fitting {h.label}"
+                 + (" (sweep)" if h.sweep or h.grid else ""))
+        split = self.pipeline.split
+        try:
+            fr = fit_on(views, h.name, params=h.params, grid=h.grid, use_default_grid=h.sweep,
+                        val_fraction=split.val_fraction, test_fraction=split.test_fraction, seed=split.seed,
+                        cache_dir=self.store.root, output=self.out_dir / "heads" / b.label / f"{h.label}.head.npz",
+                        n_jobs=self.n_jobs)
+        except FeatcacheError as e:
+            raise self.context(f"head {h.label!r} on backbone {b.label!r}", e) from e
+        test, val = fr.metrics.get("test") or {}, fr.metrics.get("val") or {}
+        return HeadRow(
+            backbone=b.label, backbone_name=b.name, feature_key=fr.feature_key, head=h.label,
+            head_name=h.name, params=fr.params, val_acc=val.get("accuracy"), test_acc=test.get("accuracy"),
+            balanced_acc=test.get("balanced_accuracy"), macro_f1=test.get("macro_f1"),
+            fit_s=float(fr.timings["fit_s"]), predict_s=float(fr.timings["predict_s"]),
+            head_path=fr.head_path, metrics=fr.metrics, n_train=fr.split.get("n_train"),
+            n_train_augmented=int(fr.split.get("n_train_augmented", 0)))
+
+    def summarise(self, runs: list[BackboneRun], rows: list[HeadRow], manifest: Manifest, started: str,
+                  t_start: float) -> PipelineResult:
+        """The result, with ``summary.png`` and ``summary.json`` written beside the heads."""
+        p, x = self.pipeline, self.pipeline.extract
+        result = PipelineResult(name=p.name, pipeline=p.path, cache_dir=str(self.store.root), data=p.data.source,
+                                backbones=runs, results=rows, total_s=0.0, started=started,
+                                augment={"copies": x.augment, "seed": x.augment_seed} if x.augment else None)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        png = _plot_summary(rows, [b.label for b in p.backbones], self.out_dir / "summary.png",
+                            title=f"pipeline {p.name} ({manifest.name}, {len(manifest)} images)")
+        result.summary_png = str(png) if png else None
+        result.summary_json = str(self.out_dir / "summary.json")
+        result.total_s = time.perf_counter() - t_start
+        atomic_write_text(self.out_dir / "summary.json", json.dumps(result.to_dict(), indent=2, default=str))
+        return result

@@ -5,18 +5,23 @@ validates an already parsed document; both return a frozen :class:`Pipeline`
 (a tree of dataclasses) or raise :class:`PipelineError`. Running a pipeline is
 :func:`featcache.pipeline.runner.run_pipeline`.
 
-The TOML is parsed with :mod:`tomllib` (data only, nothing is executed). The
+The tables ``[data]``, ``[extract]`` and ``[[backbones]]`` take the fields of the specs in
+:mod:`featcache.specs` (their keys, types and choices are read from those dataclasses), so a
+pipeline builds the same DataSpec, RunSpec and BackboneSpec objects as the CLI and the
+Python API. The TOML is parsed with :mod:`tomllib` (data only, nothing is executed). The
 schema is documented in ``docs/pipelines.md``; in short::
 
     name = "demo"                  # optional, default: the file name; [A-Za-z0-9_.+-]
     description = "..."            # optional
     cache = "cache"                # optional store folder (see resolve_cache_dir)
-    [data]        source (required), path_column, label_column, split_column, root,
-                  tv_split, labelled, download
+    [data]        source (required) and the other DataSpec fields: path_column, label_column,
+                  split_column, root, tv_split, labelled, download
     [split]       val_fraction, test_fraction, seed
-    [extract]     batch_size, workers, device, on_error, flush_every   (speed / policy only)
-                  augment, augment_seed   (cached augmented copies: a feature set of their own)
-    [[backbones]] name (required), label, weights, layer, pool, image_size, precision, dtype, decode
+    [extract]     the RunSpec fields (batch_size, workers, device, on_error, flush_every, flush_rows;
+                  speed / policy only), and augment, augment_seed (cached augmented copies: a
+                  feature set of their own, for every backbone)
+    [[backbones]] name (required), label, and the BackboneSpec fields: weights, layer, pool,
+                  image_size, precision, dtype, decode
     [[heads]]     name (required), label, params, grid, sweep, backbones
 
 Unknown keys are :class:`~featcache.errors.UnknownNameError` (with close matches and
@@ -32,18 +37,21 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from featcache.extraction.decoders import DECODE_MODES
 from featcache.errors import FeatcacheError, UnknownNameError
+from featcache.extraction.backbones.registry import BackboneEntry, get_backbone, list_backbones, looks_like_path
+from featcache.specs import BackboneSpec, DataSpec, RunSpec
 
 __all__ = [
     "BackboneSpec",
     "DataSpec",
     "ExtractSpec",
     "HeadSpec",
+    "LabelledBackbone",
+    "RunSpec",
     "Pipeline",
     "PipelineError",
     "SplitSpec",
@@ -58,20 +66,6 @@ class PipelineError(FeatcacheError, ValueError):
 
 
 @dataclass(frozen=True)
-class DataSpec:
-    """``[data]``: the arguments of :func:`featcache.extraction.sources.load_manifest` (paths made absolute)."""
-
-    source: str
-    path_column: str = "path"
-    label_column: str | None = "label"
-    split_column: str | None = None
-    root: str | None = None
-    tv_split: str = "all"
-    labelled: bool = True
-    download: bool = False
-
-
-@dataclass(frozen=True)
 class SplitSpec:
     """``[split]``: the seeded stratified split used when the data has no split of its own."""
 
@@ -82,38 +76,40 @@ class SplitSpec:
 
 @dataclass(frozen=True)
 class ExtractSpec:
-    """``[extract]``: options of stage one that do not change the (plain) features.
+    """``[extract]``: how stage one runs (a :class:`~featcache.specs.RunSpec`) and the augmented
+    copies every backbone caches.
 
     ``augment = N`` (> 0) also caches N seeded augmented copies of every training
     image per backbone (see :mod:`featcache.extraction.augment`), and every head then trains on
     the plain training rows plus their copies; evaluation stays on plain features.
     The copies are a feature set of their own (the augmentation policy and
     ``augment_seed`` are part of its identity), so the plain feature key of each
-    backbone is the same with or without ``augment``. Pipeline-wide, as the split is.
+    backbone is the same with or without ``augment``. Pipeline-wide, as the split is:
+    parsing copies them into every backbone's BackboneSpec.
     """
 
-    batch_size: int = 64
-    workers: int | None = None
-    device: str = "auto"
-    on_error: str = "fail"
-    flush_every: float = 60.0
+    run: RunSpec = RunSpec()
     augment: int = 0  # augmented copies per training image; 0 = none
     augment_seed: int = 0  # seed of the copies (part of the augmented set's identity)
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
-    """One ``[[backbones]]`` entry: everything that identifies a feature set."""
+class LabelledBackbone:
+    """One ``[[backbones]]`` entry: a label and the :class:`~featcache.specs.BackboneSpec` it names.
+
+    The spec's fields read through (``b.weights``, ``b.layer``, ...); ``name`` is the backbone."""
 
     label: str
-    name: str
-    weights: str = "DEFAULT"
-    layer: str = "penultimate"
-    pool: str = "avg"
-    image_size: int | None = None
-    precision: str = "auto"
-    dtype: str = "float32"
-    decode: str = "workers"
+    spec: BackboneSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.backbone
+
+    def __getattr__(self, attr: str):
+        if attr == "spec":  # not set yet (copying, unpickling)
+            raise AttributeError(attr)
+        return getattr(self.spec, attr)
 
 
 @dataclass(frozen=True)
@@ -132,7 +128,7 @@ class HeadSpec:
 class Pipeline:
     name: str
     data: DataSpec
-    backbones: tuple[BackboneSpec, ...]
+    backbones: tuple[LabelledBackbone, ...]
     heads: tuple[HeadSpec, ...]
     split: SplitSpec = SplitSpec()
     extract: ExtractSpec = ExtractSpec()
@@ -140,7 +136,7 @@ class Pipeline:
     description: str = ""
     path: str | None = None  # the TOML file it came from
 
-    def heads_for(self, backbone: BackboneSpec) -> list[HeadSpec]:
+    def heads_for(self, backbone: LabelledBackbone) -> list[HeadSpec]:
         return [h for h in self.heads if h.backbones is None or backbone.label in h.backbones]
 
 
@@ -156,40 +152,44 @@ _TOP = {
     "backbones": ("array of tables", '[[backbones]] name = "resnet18"'),
     "heads": ("array of tables", '[[heads]] name = "logreg"'),
 }
-_DATA = {
-    "source": ("string", '"images/", "train.csv", "builtin:digits" or "torchvision:CIFAR10"'),
-    "path_column": ("string", '"image_names"'),
-    "label_column": ("string", '"emergency_or_no" ("" for unlabelled)'),
-    "split_column": ("string", '"split"'),
-    "root": ("string", '"images/"'),
-    "tv_split": ("string", '"all", "train" or "test"'),
-    "labelled": ("boolean", "true"),
-    "download": ("boolean", "false"),
-}
 _SPLIT = {
     "val_fraction": ("number", "0.15"),
     "test_fraction": ("number", "0.15"),
     "seed": ("integer", "0"),
 }
-_EXTRACT = {
-    "batch_size": ("integer", "64"),
-    "workers": ("integer", "4"),
-    "device": ("string", '"auto", "cpu" or "cuda"'),
-    "on_error": ("string", '"fail" or "skip"'),
-    "flush_every": ("number", "60"),
-    "augment": ("integer", "2"),
-    "augment_seed": ("integer", "0"),
-}
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v, default=str) if not isinstance(v, str) else json.dumps(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+_KINDS = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
+
+
+def _schema_of(cls, keep=lambda name: True) -> dict:
+    """TOML keys of a spec's fields: key -> (type, example), from the field's type, choices and default."""
+    out = {}
+    for f in fields(cls):
+        if not keep(f.name):
+            continue
+        example = f.metadata.get("example")
+        if example is None and f.metadata.get("choices"):
+            *head, last = [json.dumps(c) for c in f.metadata["choices"]]
+            example = f"{', '.join(head)} or {last}"
+        out[f.name] = (_KINDS[f.type.split(" | ")[0]], example or _short(f.default))
+    return out
+
+
+#: BackboneSpec fields set pipeline-wide in [extract] (as the split is), not per backbone
+_PIPELINE_WIDE = ("augment", "augment_seed")
+_DATA = _schema_of(DataSpec)
+_EXTRACT = {**_schema_of(RunSpec, lambda k: k not in ("cache_dir", "progress")),  # `cache` is top-level
+            **_schema_of(BackboneSpec, lambda k: k in _PIPELINE_WIDE)}
 _BACKBONE = {
     "name": ("string", '"resnet18" (see `featcache backbones`)'),
     "label": ("string", '"vgg16-conv"'),
-    "weights": ("string", '"DEFAULT", "IMAGENET1K_V1", "none" or "weights/vgg16.pth"'),
-    "layer": ("string", '"penultimate" or "features"'),
-    "pool": ("string", '"avg", "max" or "none"'),
-    "image_size": ("integer", "224"),
-    "precision": ("string", '"auto", "float32", "bfloat16" or "float16"'),
-    "dtype": ("string", '"float32" or "float16"'),
-    "decode": ("string", '"workers", "draft" or "device"'),
+    **_schema_of(BackboneSpec, lambda k: k != "backbone" and k not in _PIPELINE_WIDE),
 }
 _HEAD = {
     "name": ("string", '"logreg" (see `featcache heads`)'),
@@ -201,16 +201,6 @@ _HEAD = {
 }
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-_CHOICES = {
-    ("data", "tv_split"): ("all", "train", "test"),
-    ("extract", "on_error"): ("fail", "skip"),
-    ("backbones", "pool"): ("avg", "max", "none"),
-    ("backbones", "precision"): ("auto", "float32", "bfloat16", "float16"),
-    ("backbones", "dtype"): ("float32", "float16"),
-    ("backbones", "decode"): DECODE_MODES,
-}
-
-
 def _toml_type(v: Any) -> str:
     if isinstance(v, bool):
         return "boolean"
@@ -275,8 +265,7 @@ class _Ctx:
                                  f"e.g. {fix}")
         return table
 
-    def choice(self, section: str, where: str, key: str, value: str) -> str:
-        valid = _CHOICES[(section, key)]
+    def choice(self, where: str, key: str, value: str, valid: tuple) -> str:
         if value not in valid:
             raise UnknownNameError(f"{where} {key}", value, valid, hint=f"in {self.file}")
         return value
@@ -288,11 +277,6 @@ class _Ctx:
 
 def _article(kind: str) -> str:
     return "an" if kind[:1] in ("a", "e", "i", "o", "u") else "a"
-
-
-def _short(v: Any) -> str:
-    s = json.dumps(v, default=str) if not isinstance(v, str) else json.dumps(v)
-    return s if len(s) <= 60 else s[:57] + "..."
 
 
 def _resolve_path(p: str, base: Path) -> str:
@@ -336,7 +320,30 @@ def parse_pipeline(doc: dict, *, base_dir: str | os.PathLike = ".", source: str 
     if not _LABEL_RE.match(name):
         raise ctx.error(f"name = {name!r} cannot name a folder; expected letters, digits and _ . + - "
                         "(starting with a letter or digit), e.g. name = \"demo\"")
+    data = _parse_data(doc, ctx, base)
+    split = _parse_split(doc.get("split", {}), ctx)
+    extract = _parse_extract(doc.get("extract", {}), ctx)
+    backbones = _parse_backbones(doc.get("backbones"), ctx, base, extract)
+    heads = _parse_heads(doc.get("heads"), ctx, {b.label for b in backbones})
+    cache = doc.get("cache")
+    return Pipeline(name=name, description=doc.get("description", ""), data=data, split=split, extract=extract,
+                    backbones=backbones, heads=heads, cache=_resolve_path(cache, base) if cache else None,
+                    path=source)
 
+
+def _spec_values(ctx: _Ctx, table: dict, where: str, cls, keys) -> dict:
+    """The values of ``table`` for fields ``keys`` of spec ``cls``: choices checked, numbers as floats."""
+    out = {}
+    for f in fields(cls):
+        if f.name in table and f.name in keys:
+            value = table[f.name]
+            if f.metadata.get("choices"):
+                ctx.choice(where, f.name, value, f.metadata["choices"])
+            out[f.name] = float(value) if f.type == "float" else value
+    return out
+
+
+def _parse_data(doc: dict, ctx: _Ctx, base: Path) -> DataSpec:
     if "data" not in doc:
         raise ctx.error('has no [data] table; expected e.g.\n[data]\nsource = "images/"   '
                         "# a folder, a CSV file, builtin:digits or torchvision:NAME")
@@ -347,101 +354,90 @@ def parse_pipeline(doc: dict, *, base_dir: str | os.PathLike = ".", source: str 
     src = data["source"]
     if not src.strip():
         raise ctx.error("[data] source is empty; expected a folder, a CSV file, builtin:NAME or torchvision:NAME")
+    values = _spec_values(ctx, data, "[data]", DataSpec, _DATA)
     if not src.startswith(("builtin:", "torchvision:")):
-        src = _resolve_path(src, base)
-    label_column = data.get("label_column", "label")
-    data_spec = DataSpec(
-        source=src,
-        path_column=data.get("path_column", "path"),
-        label_column=label_column or None,
-        split_column=data.get("split_column") or None,
-        root=_resolve_path(data["root"], base) if data.get("root") else None,
-        tv_split=ctx.choice("data", "[data]", "tv_split", data.get("tv_split", "all")),
-        labelled=data.get("labelled", True),
-        download=data.get("download", False),
-    )
+        values["source"] = _resolve_path(src, base)
+    for column in ("label_column", "split_column"):  # "" = none
+        if column in values:
+            values[column] = values[column] or None
+    if values.get("root"):
+        values["root"] = _resolve_path(values["root"], base)
+    return DataSpec(**values)
 
-    split = ctx.check(doc.get("split", {}), "[split]", _SPLIT)
-    split_spec = SplitSpec(**{k: (float(v) if k != "seed" else v) for k, v in split.items()})
+
+def _parse_split(table: dict, ctx: _Ctx) -> SplitSpec:
+    split = ctx.check(table, "[split]", _SPLIT)
+    spec = SplitSpec(**{k: (float(v) if k != "seed" else v) for k, v in split.items()})
     for k in ("val_fraction", "test_fraction"):
-        v = getattr(split_spec, k)
+        v = getattr(spec, k)
         if not 0.0 < v < 1.0 or math.isnan(v):
             raise ctx.error(f"[split] {k} = {v} is out of range; expected a fraction strictly between 0 and 1, "
                             f"e.g. {k} = 0.15")
-    if split_spec.val_fraction + split_spec.test_fraction >= 1.0:
-        raise ctx.error(f"[split] val_fraction + test_fraction = "
-                        f"{split_spec.val_fraction + split_spec.test_fraction:g}; expected a sum below 1 "
-                        "so that rows are left for training")
+    if spec.val_fraction + spec.test_fraction >= 1.0:
+        raise ctx.error(f"[split] val_fraction + test_fraction = {spec.val_fraction + spec.test_fraction:g}; "
+                        "expected a sum below 1 so that rows are left for training")
+    return spec
 
-    ext = ctx.check(doc.get("extract", {}), "[extract]", _EXTRACT)
-    ext_spec = ExtractSpec(
-        batch_size=ext.get("batch_size", 64),
-        workers=ext.get("workers"),
-        device=ext.get("device", "auto"),
-        on_error=ctx.choice("extract", "[extract]", "on_error", ext.get("on_error", "fail")),
-        flush_every=float(ext.get("flush_every", 60.0)),
-        augment=ext.get("augment", 0),
-        augment_seed=ext.get("augment_seed", 0),
-    )
-    ctx.positive("[extract]", "batch_size", ext_spec.batch_size)
-    if ext_spec.workers is not None:
-        ctx.positive("[extract]", "workers", ext_spec.workers, 0)
-    if ext_spec.flush_every <= 0:
-        raise ctx.error(f"[extract] flush_every = {ext_spec.flush_every} is out of range; expected seconds > 0")
-    if ext_spec.augment < 0:
-        raise ctx.error(f"[extract] augment = {ext_spec.augment} is out of range; expected 0 (no augmented "
+
+def _parse_extract(table: dict, ctx: _Ctx) -> ExtractSpec:
+    ext = ctx.check(table, "[extract]", _EXTRACT)
+    run = RunSpec(**_spec_values(ctx, ext, "[extract]", RunSpec, _EXTRACT))
+    ctx.positive("[extract]", "batch_size", run.batch_size)
+    ctx.positive("[extract]", "flush_rows", run.flush_rows)
+    if run.workers is not None:
+        ctx.positive("[extract]", "workers", run.workers, 0)
+    if run.flush_every <= 0:
+        raise ctx.error(f"[extract] flush_every = {run.flush_every} is out of range; expected seconds > 0")
+    spec = ExtractSpec(run=run, **_spec_values(ctx, ext, "[extract]", BackboneSpec, _PIPELINE_WIDE))
+    if spec.augment < 0:
+        raise ctx.error(f"[extract] augment = {spec.augment} is out of range; expected 0 (no augmented "
                         "copies) or a positive number of augmented copies per training image, e.g. augment = 2")
-
-    backbones = _parse_backbones(doc.get("backbones"), ctx, base)
-    heads = _parse_heads(doc.get("heads"), ctx, {b.label for b in backbones})
-    cache = doc.get("cache")
-    return Pipeline(
-        name=name, description=doc.get("description", ""), data=data_spec, split=split_spec,
-        extract=ext_spec, backbones=backbones, heads=heads,
-        cache=_resolve_path(cache, base) if cache else None, path=source,
-    )
+    return spec
 
 
-def _parse_backbones(items, ctx: _Ctx, base: Path) -> tuple[BackboneSpec, ...]:
-    from featcache.extraction.backbones.registry import _looks_like_path, get_backbone, list_backbones
-
+def _parse_backbones(items, ctx: _Ctx, base: Path, extract: ExtractSpec) -> tuple[LabelledBackbone, ...]:
     if not items:
         raise ctx.error('declares no backbone; expected at least one\n[[backbones]]\nname = "resnet18"')
-    out: list[BackboneSpec] = []
+    out: list[LabelledBackbone] = []
     for i, b in enumerate(items, start=1):
         where = f"[[backbones]] #{i}" + (f" ({b['name']})" if isinstance(b.get("name"), str) else "")
         ctx.check(b, where, _BACKBONE)
         if "name" not in b:
             raise ctx.error(f"{where} has no name; expected e.g. name = \"resnet18\" (see `featcache backbones`)")
-        name = b["name"]
-        try:
-            entry = get_backbone(name)
-        except UnknownNameError:
-            raise UnknownNameError("backbone", name, list_backbones(),
-                                   hint=f"{where} in {ctx.file}; `featcache backbones` lists them") from None
-        weights = b.get("weights", "DEFAULT")
-        if weights.lower() not in ("none", "default") and _looks_like_path(weights):
-            weights = _resolve_path(weights, base)
-            if not Path(weights).is_file():
-                raise ctx.error(f"{where} weights = {b['weights']!r}: no such file ({weights}); expected a "
-                                "state-dict file (relative paths are relative to this TOML file), DEFAULT, "
-                                "a weights name or none")
-        else:
-            entry.resolve_weights(weights)  # a name: validated now, loaded at extraction
-        size = b.get("image_size")
-        if size is not None:
-            ctx.positive(where, "image_size", size, 8)
-        spec = BackboneSpec(
-            label=b.get("label", name), name=name, weights=weights, layer=b.get("layer", "penultimate"),
-            pool=ctx.choice("backbones", where, "pool", b.get("pool", "avg")), image_size=size,
-            precision=ctx.choice("backbones", where, "precision", b.get("precision", "auto")),
-            dtype=ctx.choice("backbones", where, "dtype", b.get("dtype", "float32")),
-            decode=ctx.choice("backbones", where, "decode", b.get("decode", "workers")))
+        entry = _backbone_entry(b["name"], where, ctx)
+        values = _spec_values(ctx, b, where, BackboneSpec, _BACKBONE)
+        values["weights"] = _weights(entry, values.get("weights", "DEFAULT"), where, ctx, base)
+        if values.get("image_size") is not None:
+            ctx.positive(where, "image_size", values["image_size"], 8)
+        spec = BackboneSpec(backbone=b["name"], augment=extract.augment, augment_seed=extract.augment_seed,
+                            **values)
         if not spec.layer:
             raise ctx.error(f'{where} layer is empty; expected "penultimate" or a module name such as "features"')
-        _check_label(ctx, where, spec.label, [o.label for o in out], "backbones")
-        out.append(spec)
+        label = b.get("label", b["name"])
+        _check_label(ctx, where, label, [o.label for o in out], "backbones")
+        out.append(LabelledBackbone(label=label, spec=spec))
     return tuple(out)
+
+
+def _backbone_entry(name: str, where: str, ctx: _Ctx) -> BackboneEntry:
+    try:
+        return get_backbone(name)
+    except UnknownNameError:
+        raise UnknownNameError("backbone", name, list_backbones(),
+                               hint=f"{where} in {ctx.file}; `featcache backbones` lists them") from None
+
+
+def _weights(entry: BackboneEntry, weights: str, where: str, ctx: _Ctx, base: Path) -> str:
+    """A weights name, validated now (loaded at extraction), or a file path made absolute."""
+    if weights.lower() in ("none", "default") or not looks_like_path(weights):
+        entry.resolve_weights(weights)
+        return weights
+    path = _resolve_path(weights, base)
+    if not Path(path).is_file():
+        raise ctx.error(f"{where} weights = {weights!r}: no such file ({path}); expected a "
+                        "state-dict file (relative paths are relative to this TOML file), DEFAULT, "
+                        "a weights name or none")
+    return path
 
 
 def _parse_heads(items, ctx: _Ctx, backbone_labels: set[str]) -> tuple[HeadSpec, ...]:

@@ -38,7 +38,7 @@ import numpy as np
 
 from featcache.store.digests import DigestCache
 from featcache.errors import StoreError
-from featcache.atomic import atomic_path
+from featcache.atomic import atomic_path, atomic_write_text
 from featcache.faults import failpoint
 from featcache.store.keys import FORMAT_VERSION, FeatureIdentity, canonical_json
 
@@ -65,11 +65,6 @@ def versions() -> dict:
     return {"featcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "numpy": np.__version__,
             "scikit-learn": version("scikit-learn"), "python": platform.python_version()}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def write_hdf5_atomically(path: Path, build, *, in_memory: bool = True) -> Path:

@@ -3,7 +3,8 @@
 The identity holds everything that changes the numbers (backbone, weights and
 their digest, layer, pooling, the full preprocessing including the decoder,
 compute precision, storage dtype, format version) and nothing that does not
-(batch size, workers, device). It is computed without building the model.
+(batch size, workers, device). It is resolved from a BackboneSpec, without building
+the model, by :func:`featcache.extraction.identity.resolve_identity`.
 """
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from featcache.extraction.backbones.registry import get_backbone
-from featcache.extraction.decoders import DECODE_MODES, DECODER_VERSION, DECODERS
-from featcache.errors import FeatcacheError, UnknownNameError
-from featcache.extraction.layers import POOLS
+from featcache import specs
 
 FORMAT_VERSION = 1
-DTYPES = ("float32", "float16")
-PRECISIONS = ("float32", "bfloat16", "float16")
+# Bumped whenever image decoding (mode conversion, alpha compositing) changes; the decode
+# modes add their own suffix (featcache.extraction.decoders).
+DECODER_VERSION = "rgb-on-white-v1"
+#: compute precisions an identity records ("auto" is resolved on the device first)
+PRECISIONS = tuple(p for p in specs.PRECISIONS if p != "auto")
 
 
 def canonical_json(obj) -> str:
@@ -65,48 +66,3 @@ class FeatureIdentity:
         """``<backbone>-<12 hex>``: readable, and unique to the identity."""
         digest = hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:12]
         return f"{self.backbone}-{digest}"
-
-
-def resolve_identity(
-    backbone: str,
-    *,
-    weights: str = "DEFAULT",
-    layer: str = "penultimate",
-    pool: str = "avg",
-    image_size: int | None = None,
-    precision: str = "float32",
-    dtype: str = "float32",
-    extra: dict | None = None,
-    decode: str = "workers",
-):
-    """-> (FeatureIdentity, BackboneEntry, WeightsChoice), without building the model.
-
-    ``extra`` holds further settings that change the numbers (e.g. the augmentation policy).
-    """
-    entry = get_backbone(backbone)
-    if pool not in POOLS:
-        raise UnknownNameError("pooling", pool, POOLS)
-    if dtype not in DTYPES:
-        raise UnknownNameError("storage dtype", dtype, DTYPES)
-    if precision not in PRECISIONS:
-        raise UnknownNameError("precision", precision, PRECISIONS)
-    if decode not in DECODE_MODES:
-        raise UnknownNameError("--decode mode", decode, DECODE_MODES)
-    if not layer:
-        raise FeatcacheError("--layer is empty; expected 'penultimate' or a module name")
-    choice = entry.resolve_weights(weights)
-    pre = choice.preprocess.with_image_size(image_size)
-    ident = FeatureIdentity(
-        backbone=entry.name,
-        source=entry.source,
-        weights=choice.label,
-        weights_digest=choice.digest,
-        layer=layer,
-        pool=pool,
-        preprocess=pre.to_dict(),
-        precision=precision,
-        dtype=dtype,
-        decoder=DECODERS[decode],
-        extra=dict(extra or {}),
-    )
-    return ident, entry, choice

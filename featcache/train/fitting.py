@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -82,17 +83,6 @@ class RowSubset:
         return np.asarray(self.data[rows])
 
 
-#: fit-head options that set one head parameter (the others are set with ``--param NAME=VALUES``).
-CLI_PARAM_OPTIONS = {"C": "--C", "weight_decay": "--weight-decay", "lr": "--lr", "hidden_sizes": "--hidden-sizes",
-                     "dropout": "--dropout", "n_neighbors": "--n-neighbors", "max_epochs": "--max-epochs"}
-
-
-def _option_label(name: str) -> str:
-    """How the user set parameter ``name`` on the command line."""
-    flag = CLI_PARAM_OPTIONS.get(name)
-    return f"{flag} (or --param {name}=...)" if flag else f"--param {name}=..."
-
-
 def _param_defaults() -> dict[str, object]:
     """Parameter name -> its default in the first registered head that has it."""
     import inspect
@@ -119,13 +109,14 @@ def _example(name: str, default: object) -> str:
     return f"{name}={one}, or a comma list to sweep, e.g. {name}={one},OTHER"
 
 
-def parse_grid(options: dict[str, str | None]) -> dict[str, list]:
+def parse_grid(options: dict[str, str | None], label: Callable[[str], str] = str) -> dict[str, list]:
     """``{"C": "0.01,0.1,1"}`` -> ``{"C": [0.01, 0.1, 1.0]}`` (ints, floats, bools, strings, tuples a:b).
 
     ``None`` means "not given" and is skipped. A value that is empty, or a comma list with an
     empty item, is a :class:`HeadError`. Tuple parameters (``hidden_sizes``) take positive
     whole numbers joined by ``:`` (``512`` or ``512:256``) and always parse to tuples; other
     values containing ``:`` that are not all whole numbers stay strings (``device=cuda:1``).
+    ``label(name)`` says in messages how the caller set parameter ``name`` (the CLI: its flag).
     """
     defaults = _param_defaults()
     tuple_params = {n for n, d in defaults.items() if isinstance(d, tuple)}
@@ -135,7 +126,7 @@ def parse_grid(options: dict[str, str | None]) -> dict[str, list]:
         for part in parts:
             if not (part.strip().isdigit() and int(part) >= 1):
                 raise HeadError(
-                    f"{_option_label(name)} {text!r}: {part.strip()!r} is not a positive whole number; expected "
+                    f"{label(name)} {text!r}: {part.strip()!r} is not a positive whole number; expected "
                     f"layer widths joined by ':', e.g. {_example(name, ())}; fix the value")
         return tuple(int(part) for part in parts)
 
@@ -159,15 +150,21 @@ def parse_grid(options: dict[str, str | None]) -> dict[str, list]:
         if text is None:
             continue
         if not str(text).strip():
-            raise HeadError(f"{_option_label(name)} is empty; expected a value, e.g. "
+            raise HeadError(f"{label(name)} is empty; expected a value, e.g. "
                             f"{_example(name, defaults.get(name))}; give a value or leave the option out")
         items = str(text).split(",")
         if any(not item.strip() for item in items):
-            raise HeadError(f"{_option_label(name)} {text!r} has an empty item; expected values separated by single "
+            raise HeadError(f"{label(name)} {text!r} has an empty item; expected values separated by single "
                             f"commas, e.g. {_example(name, defaults.get(name)).split(', e.g. ')[-1]}; "
                             "remove the extra comma")
         out[name] = [value(name, item, str(text)) for item in items]
     return out
+
+
+def params_and_grid(options: dict[str, str | None], label: Callable[[str], str] = str) -> tuple[dict, dict]:
+    """Parsed ``options`` (see :func:`parse_grid`) split into fixed parameters and a grid to sweep."""
+    parsed = parse_grid(options, label)
+    return ({k: v[0] for k, v in parsed.items() if len(v) == 1}, {k: v for k, v in parsed.items() if len(v) > 1})
 
 
 def check_fit_arguments(head: str, *, params: dict | None = None, grid: dict | None = None, seed: int = 0,

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featcache.extraction.engine import ExtractResult, extract, options_from_identity
 from featcache.errors import FeatcacheError, HeadError
-from featcache.store.keys import resolve_identity
-from featcache.train.persist import LoadedHead, check_feature_key, load_head
+from featcache.extraction.engine import ExtractResult, extract
+from featcache.extraction.identity import resolve_identity, spec_from_identity
+from featcache.specs import BackboneSpec, DataSpec, RunSpec, specs_from_keywords
 from featcache.store.views import load_features
+from featcache.train.persist import LoadedHead, check_feature_key, load_head
 
 
 @dataclass
@@ -43,27 +44,22 @@ class Prediction:
                 "predictions": self.rows}
 
 
-def predict(head_path: str | os.PathLike, data: str, *, cache_dir=None, batch_size: int = 64,
-            workers: int | None = None, device: str = "auto", on_error: str = "fail", progress: bool = False,
-            **data_options) -> Prediction:
-    """Labels and probabilities of the images in ``data`` (folder, CSV, builtin:...).
+def predict(head_path: str | os.PathLike, data: str | DataSpec, run: RunSpec | None = None,
+            **options) -> Prediction:
+    """Labels and probabilities of the images in ``data`` (folder, CSV, builtin:..., or a DataSpec).
 
-    The head's feature key is checked against its recorded identity (and ``data_options``
+    The features are extracted under the head's own identity (a BackboneSpec rebuilt from
+    it) with ``run`` (a RunSpec); ``options`` are fields of the specs applied on top. The
+    head's feature key is checked against its recorded identity (and against ``options``
     that change the identity) before any image is read: a mismatch is a :class:`HeadError`
     and nothing is extracted.
     """
     loaded = load_head(head_path)
-    identity = (loaded.metadata or {}).get("identity")
-    if not identity or not isinstance(identity, dict):
-        raise HeadError(f"head file {head_path} does not record the identity of its features; re-fit it with "
-                        "`featcache fit-head`")
-    opts = _options_of(loaded, identity, head_path)  # checks that they give the head's feature key
-    opts.update(labelled=False, label_column=None)
-    opts.update(data_options)
-    if any(k in _IDENTITY_OPTIONS for k in data_options):  # options given to predict() that change the features
-        check_feature_key(loaded, feature_key_of(opts, device))
-    r: ExtractResult = extract(data, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
-                               on_error=on_error, progress=progress, **opts)
+    spec = head_backbone_spec(loaded, head_path)  # checks that it gives the head's feature key
+    data, given, run = specs_from_keywords(data, spec, run, **{"labelled": False, "label_column": None, **options})
+    if given != spec:  # options given to predict() that change the features
+        check_feature_key(loaded, resolve_identity(given, device=run.device).identity.key)
+    r: ExtractResult = extract(data, given, run)
     check_feature_key(loaded, r.feature_key)
     f = load_features(r.view)
     proba = loaded.head.predict_proba(f.features) if len(f.features) else np.zeros((0, len(loaded.head.classes_)))
@@ -74,26 +70,16 @@ def predict(head_path: str | os.PathLike, data: str, *, cache_dir=None, batch_si
     return Prediction(rows=rows, head=loaded.name, feature_key=r.feature_key, extraction=r.to_dict())
 
 
-#: extract() options that are part of the feature identity (the others do not change the numbers)
-_IDENTITY_OPTIONS = ("backbone", "weights", "layer", "pool", "image_size", "precision", "dtype", "decode")
-
-
-def feature_key_of(opts: dict, device: str = "auto") -> str:
-    """The feature key :func:`featcache.extract` would use with these options (nothing is built or read)."""
-    kw = {k: opts[k] for k in _IDENTITY_OPTIONS[1:] if k in opts}
-    if kw.get("precision", "auto") == "auto":
-        from featcache.extraction.engine import resolve_device, resolve_precision
-
-        kw["precision"] = resolve_precision("auto", resolve_device(device))
-    ident, _, _ = resolve_identity(opts["backbone"], **kw)
-    return ident.key
-
-
-def _options_of(loaded: LoadedHead, identity: dict, head_path) -> dict:
-    """extract() options reproducing the head's identity; a HeadError when they do not give its key."""
+def head_backbone_spec(loaded: LoadedHead, head_path) -> BackboneSpec:
+    """The BackboneSpec of a head's features, rebuilt from its recorded identity; a HeadError when it
+    does not give the head's feature key."""
+    identity = (loaded.metadata or {}).get("identity")
+    if not identity or not isinstance(identity, dict):
+        raise HeadError(f"head file {head_path} does not record the identity of its features; re-fit it with "
+                        "`featcache fit-head`")
     try:
-        opts = options_from_identity(identity, (loaded.metadata or {}).get("weights_path"))
-        key = feature_key_of(opts)
+        spec = spec_from_identity(identity, (loaded.metadata or {}).get("weights_path"))
+        key = resolve_identity(spec).identity.key
     except FeatcacheError:
         raise
     except (KeyError, TypeError, ValueError) as e:
@@ -106,5 +92,4 @@ def _options_of(loaded: LoadedHead, identity: dict, head_path) -> dict:
             f"{key!r}; expected them to agree (the file was edited, or written by a featcache version that "
             "computes feature identities differently); nothing was extracted; re-fit the head with "
             "`featcache fit-head` on the features you want to use")
-    return opts
-
+    return spec

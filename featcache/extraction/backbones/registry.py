@@ -126,7 +126,7 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.endswith((".pth", ".pt", ".bin", ".ckpt")) or os.path.exists(spec)
 
 
@@ -237,7 +237,7 @@ class BackboneEntry:
                 preprocess=self.default_preprocess(),
                 kind="none",
             )
-        if spec.upper() != "DEFAULT" and _looks_like_path(spec):
+        if spec.upper() != "DEFAULT" and looks_like_path(spec):
             p = Path(spec).expanduser()
             if not p.is_file():
                 raise WeightsError(

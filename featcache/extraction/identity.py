@@ -1,0 +1,90 @@
+"""From a :class:`~featcache.specs.BackboneSpec` to a feature identity, and back.
+
+:func:`resolve_identity` checks a spec and computes its :class:`FeatureIdentity` (and so
+its feature key) without building the model; :func:`spec_from_identity` rebuilds the spec
+that reproduces a stored identity (a saved head's features, for ``predict``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import NamedTuple
+
+from featcache.devices import resolve_device, resolve_precision
+from featcache.errors import FeatcacheError, UnknownNameError
+from featcache.extraction.backbones.registry import BackboneEntry, WeightsChoice, get_backbone
+from featcache.extraction.decoders import DECODE_MODES, DECODERS, decode_mode
+from featcache.specs import DTYPES, POOLS, BackboneSpec
+from featcache.store.keys import PRECISIONS, FeatureIdentity
+
+
+class ResolvedIdentity(NamedTuple):
+    """A feature identity with the registry entry and the weights it was resolved from."""
+
+    identity: FeatureIdentity
+    entry: BackboneEntry
+    weights: WeightsChoice
+
+
+def resolve_identity(backbone: BackboneSpec | str, *, device: str = "auto", **options) -> ResolvedIdentity:
+    """The identity of ``backbone`` (a spec, or a name plus BackboneSpec fields), without building the model.
+
+    ``precision="auto"`` resolves on ``device`` (a device string or a torch.device).
+    """
+    spec = backbone if isinstance(backbone, BackboneSpec) else BackboneSpec(backbone=backbone, **options)
+    entry = get_backbone(spec.backbone)
+    _check_choices(spec)
+    precision = spec.precision if spec.precision != "auto" else resolve_precision("auto", resolve_device(device))
+    if precision not in PRECISIONS:
+        raise UnknownNameError("precision", precision, PRECISIONS)
+    choice = entry.resolve_weights(spec.weights)
+    ident = FeatureIdentity(
+        backbone=entry.name,
+        source=entry.source,
+        weights=choice.label,
+        weights_digest=choice.digest,
+        layer=spec.layer,
+        pool=spec.pool,
+        preprocess=choice.preprocess.with_image_size(spec.image_size).to_dict(),
+        precision=precision,
+        dtype=spec.dtype,
+        decoder=DECODERS[spec.decode],
+    )
+    return ResolvedIdentity(ident, entry, choice)
+
+
+def _check_choices(spec: BackboneSpec) -> None:
+    if spec.pool not in POOLS:
+        raise UnknownNameError("pooling", spec.pool, POOLS)
+    if spec.dtype not in DTYPES:
+        raise UnknownNameError("storage dtype", spec.dtype, DTYPES)
+    if spec.decode not in DECODE_MODES:
+        raise UnknownNameError("--decode mode", spec.decode, DECODE_MODES)
+    if not spec.layer:
+        raise FeatcacheError("--layer is empty; expected 'penultimate' or a module name")
+    if spec.augment < 0:
+        raise FeatcacheError(f"--augment {spec.augment}: expected 0 or a positive number of copies per image")
+
+
+def spec_from_identity(identity: dict, weights_path: str | None = None) -> BackboneSpec:
+    """The BackboneSpec that reproduces a stored identity (callers compare the keys)."""
+    entry = get_backbone(identity["backbone"])
+    label = identity["weights"]
+    if label.startswith("file:"):
+        if not weights_path or not os.path.isfile(weights_path):
+            raise FeatcacheError(f"these features came from the local weights file {label[5:]!r} "
+                                 f"({weights_path or 'path unknown'}), which is not there now; pass it again")
+        weights = weights_path
+    else:
+        weights = label.split(".")[-1]
+    default = entry.resolve_weights(weights).preprocess.to_dict()
+    pre = identity["preprocess"]
+    return BackboneSpec(
+        backbone=identity["backbone"], weights=weights, layer=identity["layer"], pool=identity["pool"],
+        image_size=None if pre == default else int(pre["crop"]), precision=identity["precision"],
+        dtype=identity["dtype"], decode=decode_mode(identity.get("decoder")))
+
+
+def with_extra(resolved: ResolvedIdentity, extra: dict) -> ResolvedIdentity:
+    """The same identity with further settings that change the numbers (e.g. an augmentation policy)."""
+    return resolved._replace(identity=replace(resolved.identity, extra=dict(extra)))
