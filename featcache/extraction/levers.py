@@ -43,10 +43,11 @@ from featcache.store.featureset import FeatureSet
 RECORD = "compute.json"
 RECORD_VERSION = 1
 
-# Freeze only when images x input pixels reach this: ~200 images at 224 px, ~2,450 at 64 px.
-# Measured set-up 2-7 s (resnet18 ... efficientnet_b0, 2 busy cores); saving 15-40 ms per
-# 224-px image (benchmarks/README.md, "Inference levers").
-FREEZE_MIN_WORK = 200 * 224 * 224
+# Freeze only when images x input pixels reach this: 64 images at 224 px, 784 at 64 px.
+# Freezing resnet18 took 1.4 s on an idle 2-core Xeon (2-8 s on a loaded one) and saved ~45 ms
+# per 224-px image (eager channels_last 15.7 -> frozen 29.6 img/s), so it repays itself after
+# ~30-60 images at 224 px; deeper networks cost more to freeze and save more per image.
+FREEZE_MIN_WORK = 64 * 224 * 224
 
 # Backbones where a lever loses (slower, or fails to trace) in the committed table
 # benchmarks/results/levers_all.json (benchmarks/lever_table.py; every torchvision
