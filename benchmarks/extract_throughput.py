@@ -298,7 +298,9 @@ def parse(argv=None):
     a.backbone = a.backbone or ("resnet50" if full else "resnet18")
     a.weights = a.weights or ("DEFAULT" if a.backbone == "efficientnet_lite0" else "none")
     if a.cpu_section:
-        a.batch_size, a.repeats = a.batch_size or 32, a.repeats or 3
+        if a.quick:
+            a.backbones, a.photos, a.rounds = "resnet18", "160x120:16", 1
+        a.batch_size, a.repeats = a.batch_size or (16 if a.quick else 32), a.repeats or (1 if a.quick else 3)
         a.name = "extract_throughput_cpu" if a.name == "extract_throughput" else a.name
         return a
     if a.image_size is None and not full:
@@ -547,7 +549,7 @@ def cpu_section(a) -> dict:
                           f"{res['levers']})" if method == "levers" else ""), flush=True)
                 _bench.atomic_write_json(Path(a.out) / f"{a.name}.json", {"complete": False, "runs": runs})
     result = {"benchmark": "extract_throughput --cpu-section", "command": _bench.command_line(),
-              "settings": {"backbones": a.backbones, "photos": a.photos, "batch_size": a.batch_size,
+              "settings": {"backbones": a.backbones, "photos": a.photos, "batch_size": a.batch_size, "quick": a.quick,
                            "repeats": a.repeats, "rounds": a.rounds, "compute": a.compute, "decode": a.decode,
                            "images": "photo-like JPEG files, see benchmarks/_photos.py"},
               "machine": _bench.finish_info(info), "summary": summarise_cpu(runs), "decode": decode, "runs": runs}

@@ -175,6 +175,7 @@ def measure_all(a) -> list[dict]:
             continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--size", str(a.size),
                "--repeats", str(a.repeats), "--budget-s", str(a.budget_s)]
+        cmd += ["--threads", str(a.threads)] if a.threads else []
         t0 = time.perf_counter()
         try:
             r = _bench.run_child(cmd, timeout=a.timeout_s)
@@ -207,18 +208,28 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed rounds over the four variants (median)")
     p.add_argument("--budget-s", type=float, default=60.0, help="stop adding rounds after this many seconds")
     p.add_argument("--timeout-s", type=float, default=600.0, help="per-backbone limit; beyond it: not measured")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of each child (default: torch's "
+                   "own, one per core; 1 keeps a shared machine's scheduling out of the comparison)")
     p.add_argument("--only", default=None, help="comma list of backbones (default: all registered)")
     p.add_argument("--partial", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "featcache-levers.jsonl"))
+    p.add_argument("--quick", action="store_true", help="smoke test: mobilenet_v3_small at 32 px, 1 round")
     p.add_argument("--publish", action="store_true", help="write the table from --partial without measuring")
     p.add_argument("--out", default=str(_bench.RESULTS_DIR))
     p.add_argument("--name", default="levers_all")
     p.add_argument("--child", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.only, a.size, a.repeats = a.only or "mobilenet_v3_small", 32, 1
+    return a
 
 
 def main(argv=None) -> dict:
     a = parse(argv)
     if a.child:
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
         res = child(a)
         print(json.dumps(res, default=_bench._json_default))
         return res
@@ -227,7 +238,7 @@ def main(argv=None) -> dict:
           f"machine: {_bench.describe_machine(info)}", flush=True)
     rows = measure_all(a) if not a.publish else [json.loads(x) for x in Path(a.partial).read_text().splitlines()]
     result = {"benchmark": "lever_table", "command": _bench.command_line(),
-              "settings": {"size": a.size, "rows": ROWS, "other_rows": OTHER_ROWS, "repeats": a.repeats,
+              "settings": {"quick": a.quick, "size": a.size, "threads": a.threads, "rows": ROWS, "other_rows": OTHER_ROWS, "repeats": a.repeats,
                            "tolerance": TOLERANCE, "weights": "none (seeded random init)"},
               "machine": _bench.finish_info(info), "sets": sets(rows), "rows": rows}
     return _bench.publish(result, a.out, a.name, lambda path: plot(result, path), print_report)

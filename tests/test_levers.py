@@ -24,7 +24,15 @@ TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "levers
 KW = dict(backbone="resnet18", weights="none", image_size=32, workers=0, batch_size=16)
 
 
-def test_rule_is_plain_for_plain_cuda_bfloat16_and_unmeasured_backbones():
+@pytest.fixture
+def both_levers_pay(monkeypatch):
+    """A table in which both levers pay for resnet18 (the committed one is tested on its own)."""
+    monkeypatch.setattr(levers, "MEASURED", frozenset({"resnet18"}))
+    monkeypatch.setattr(levers, "LOSES_CHANNELS_LAST", frozenset())
+    monkeypatch.setattr(levers, "LOSES_FREEZE", frozenset())
+
+
+def test_rule_is_plain_for_plain_cuda_bfloat16_and_unmeasured_backbones(both_levers_pay):
     big = dict(images=10_000, pixels=224 * 224)
     assert levers.choose("resnet18", CPU, **big) == Levers(channels_last=True, freeze=True)
     assert levers.choose("resnet18", CPU, compute="plain", **big) == PLAIN
@@ -33,14 +41,14 @@ def test_rule_is_plain_for_plain_cuda_bfloat16_and_unmeasured_backbones():
     assert levers.choose("not_in_the_table", CPU, **big) == PLAIN
 
 
-def test_freeze_only_when_the_work_repays_its_set_up():
+def test_freeze_only_when_the_work_repays_its_set_up(both_levers_pay):
     at = levers.FREEZE_MIN_WORK // (64 * 64)
     assert not levers.choose("resnet18", CPU, images=at - 1, pixels=64 * 64).freeze
     assert levers.choose("resnet18", CPU, images=at, pixels=64 * 64).freeze
     assert not levers.choose("resnet18", CPU, images=at - 1, pixels=64 * 64).freeze
 
 
-def test_rule_drops_a_lever_where_the_table_says_it_loses(monkeypatch):
+def test_rule_drops_a_lever_where_the_table_says_it_loses(both_levers_pay, monkeypatch):
     monkeypatch.setattr(levers, "LOSES_CHANNELS_LAST", frozenset({"resnet18"}))
     monkeypatch.setattr(levers, "LOSES_FREEZE", frozenset({"resnet18"}))
     assert levers.choose("resnet18", CPU, images=10_000) == PLAIN
@@ -111,7 +119,7 @@ def test_each_lever_is_exact_to_rounding_and_keeps_rows_independent_of_batch_mat
     assert torch.equal(whole[8:], padded)  # a row's bits do not depend on the rows batched with it
 
 
-def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_path, monkeypatch):
+def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_path, monkeypatch, both_levers_pay):
     monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)  # freeze even these 12 tiny images
     cache = tmp_path / "cache"
     first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
@@ -134,7 +142,7 @@ def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_pa
                                   featcache.load_features(fresh.view).features)
 
 
-def test_compute_plain_into_a_set_computed_with_levers_is_refused(image_folder, cache_dir):
+def test_compute_plain_into_a_set_computed_with_levers_is_refused(image_folder, cache_dir, both_levers_pay):
     featcache.extract(str(image_folder), cache_dir=cache_dir, **KW)
     make_image(image_folder / "dog" / "new.png", seed=998)
     with pytest.raises(FeatcacheError, match="--compute plain"):
