@@ -24,6 +24,21 @@ The child also reports its own VmHWM and the largest reaped child's ru_maxrss
 Efficiency = ours img/s / model img/s and speed-up = ours / tutorial are computed
 per repeat (the runs of one repeat are back to back) and reported as medians.
 
+``--cpu-section`` (issue 12): resnet18, resnet50, efficientnet_b0 and efficientnet_lite0 at
+their native 224 px on photo-like JPEG files of 500x375 and 4000x3000 (12 megapixels;
+benchmarks/_photos.py), per backbone and photo set, in fresh processes, repeats outermost:
+
+* ``ours``     ``featcache.extract`` with its default ``--compute auto`` (the levers the rule picks);
+* ``levers``   model only, on the same decoded batches, round-robin: the plain eager forward and
+               the forward with the levers the rule picks for that many images, plus the max
+               relative difference of their features;
+* ``tutorial`` as above (plain eager).
+
+It also measures, once per photo set, the per-image cost of decoding + preprocessing on one
+core, full PIL decode vs ``--decode draft``, and whether draft's pixels are the same.
+Ratios are taken per repeat (ours / plain model, ours / tutorial, levers / plain) and
+reported as medians; results in ``results/extract_throughput_cpu.json``.
+
 Fast default (2 CPU cores, a few minutes): resnet18 with seeded random weights
 (--weights none: ImageNet weights cannot be downloaded here; the speed is the
 same), 256x256 JPEG files resized to 64 px, batch 64, 400 and 4,000 images, 3
@@ -42,6 +57,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
+import _photos  # noqa: E402
 
 GOAL_EFF_CPU, GOAL_EFF_GPU, GOAL_RSS_GROWTH_MB = 0.80, 0.90, 100.0
 
@@ -280,6 +296,8 @@ def parse(argv=None):
                    help="--cpu-section: comma list of backbones")
     p.add_argument("--photos", default="500x375:120,4000x3000:64",
                    help="--cpu-section: comma list of WIDTHxHEIGHT:IMAGES photo sets")
+    p.add_argument("--from-partial", default=None, help="--cpu-section: publish the runs of a cut-short run "
+                   "(its JSON file) instead of measuring")
     p.add_argument("--rounds", type=int, default=3, help="model-only rounds per child of the levers method")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads of the main process "
                    "in every method (default: torch's own choice, one per core)")
@@ -514,25 +532,48 @@ CPU_GOALS = {"ours_vs_plain": 1.3, "ours_vs_tutorial_small": 1.25, "ours_vs_tuto
 
 
 def cpu_section(a) -> dict:
-    """Every backbone x photo set: ours, the levers child (plain and levered model only), the tutorial way;
-    repeats outermost and the method order rotated, so a cut-short run has every configuration."""
-    import _photos
+    """Every backbone x photo set: ours, the levers child (plain and levered model only), the tutorial way.
 
+    ``--from-partial FILE`` publishes the runs a cut-short run left in FILE (its ``<name>.json``)."""
     info = _bench.machine_info(a.device)
+    sets = _photo_sets(a)
+    print(f"extract_throughput --cpu-section: {a.backbones} at native size, batch {a.batch_size}, photo sets "
+          f"{[(s, n) for s, _, n in sets]}, {a.repeats} repeats; machine: {_bench.describe_machine(info)}", flush=True)
+    if a.from_partial:
+        doc = json.loads(Path(a.from_partial).read_text())
+        runs, decode = doc["runs"], doc.get("decode") or _decode_costs(a, sets)
+    else:
+        decode = _decode_costs(a, sets)
+        runs = _cpu_runs(a, sets, decode)
+    result = {"benchmark": "extract_throughput --cpu-section", "command": _bench.command_line(),
+              "settings": {"backbones": a.backbones, "photos": a.photos, "batch_size": a.batch_size, "quick": a.quick,
+                           "repeats": a.repeats, "rounds": a.rounds, "compute": a.compute, "decode": a.decode,
+                           "images": "photo-like JPEG files, see benchmarks/_photos.py"},
+              "machine": _bench.finish_info(info), "summary": summarise_cpu(runs), "decode": decode, "runs": runs}
+    return _bench.publish(result, a.out, a.name, lambda path: plot_cpu(result, path), print_cpu)
+
+
+def _photo_sets(a) -> list[tuple[str, Path, int]]:
     sets = []
     for spec in a.photos.split(","):
         size, n = spec.split(":")
         w, h = (int(v) for v in size.split("x"))
         sets.append((size, _photos.photo_pool(int(n), w, h, data_dir=a.data_dir or _bench.DEFAULT_DATA_DIR), int(n)))
-    print(f"extract_throughput --cpu-section: {a.backbones} at native size, batch {a.batch_size}, photo sets "
-          f"{[(s, n) for s, _, n in sets]}, {a.repeats} repeats; machine: {_bench.describe_machine(info)}", flush=True)
-    runs: list[dict] = []
-    decode = {label: _bench.run_child(child_cmd(argparse.Namespace(**{**vars(a), "backbone": "resnet18", "weights":
-                                                                      "none"}), "decode", folder, 8))
-              for label, folder, _ in sets}
+    return sets
+
+
+def _decode_costs(a, sets) -> dict:
+    b = argparse.Namespace(**{**vars(a), "backbone": "resnet18", "weights": "none"})
+    decode = {label: _bench.run_child(child_cmd(b, "decode", folder, 8)) for label, folder, _ in sets}
     for label, d in decode.items():
         d.pop("memory_samples", None)
         print("  " + _decode_line(label, d), flush=True)
+    return decode
+
+
+def _cpu_runs(a, sets, decode: dict) -> list[dict]:
+    """Repeats outermost and the method order rotated, so a cut-short run has every configuration once."""
+    runs: list[dict] = []
     for rep in range(a.repeats):
         for backbone in a.backbones.split(","):
             b = argparse.Namespace(**{**vars(a), "backbone": backbone,
@@ -547,13 +588,9 @@ def cpu_section(a) -> dict:
                     print(f"  repeat {rep + 1}/{a.repeats} {backbone:18s} {label:9s} {method:8s}: "
                           f"{res['img_per_s']:7.1f} img/s" + (f" (plain {res['plain_img_per_s']:.1f}, levers "
                           f"{res['levers']})" if method == "levers" else ""), flush=True)
-                _bench.atomic_write_json(Path(a.out) / f"{a.name}.json", {"complete": False, "runs": runs})
-    result = {"benchmark": "extract_throughput --cpu-section", "command": _bench.command_line(),
-              "settings": {"backbones": a.backbones, "photos": a.photos, "batch_size": a.batch_size, "quick": a.quick,
-                           "repeats": a.repeats, "rounds": a.rounds, "compute": a.compute, "decode": a.decode,
-                           "images": "photo-like JPEG files, see benchmarks/_photos.py"},
-              "machine": _bench.finish_info(info), "summary": summarise_cpu(runs), "decode": decode, "runs": runs}
-    return _bench.publish(result, a.out, a.name, lambda path: plot_cpu(result, path), print_cpu)
+                _bench.atomic_write_json(Path(a.out) / f"{a.name}.json",
+                                         {"complete": False, "decode": decode, "runs": runs})
+    return runs
 
 
 def summarise_cpu(runs: list[dict]) -> list[dict]:
