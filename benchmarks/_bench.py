@@ -609,11 +609,11 @@ def warm_imports() -> float:
 
     import featcache
     import featcache.extraction.engine  # noqa: F401
-    import featcache.store.featureset
+    import featcache.environment
     import featcache.train.fitting  # noqa: F401
 
     featcache.list_backbones()
-    featcache.store.featureset.versions()
+    featcache.environment.versions()
     return time.perf_counter() - t0
 
 

@@ -238,8 +238,8 @@ def main(argv=None) -> dict:
           f"machine: {_bench.describe_machine(info)}", flush=True)
     rows = measure_all(a) if not a.publish else [json.loads(x) for x in Path(a.partial).read_text().splitlines()]
     result = {"benchmark": "lever_table", "command": _bench.command_line(),
-              "settings": {"quick": a.quick, "size": a.size, "threads": a.threads, "rows": ROWS, "other_rows": OTHER_ROWS, "repeats": a.repeats,
-                           "tolerance": TOLERANCE, "weights": "none (seeded random init)"},
+              "settings": {"quick": a.quick, "size": a.size, "threads": a.threads, "rows": ROWS,
+                           "other_rows": OTHER_ROWS, "repeats": a.repeats, "tolerance": TOLERANCE, "weights": "none (seeded random init)"},
               "machine": _bench.finish_info(info), "sets": sets(rows), "rows": rows}
     return _bench.publish(result, a.out, a.name, lambda path: plot(result, path), print_report)
 

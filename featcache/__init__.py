@@ -1,6 +1,7 @@
 """featcache: transfer learning with cached embeddings.
 
-Stage one (:func:`extract`) runs a frozen pretrained backbone over a dataset and
+Stage one (:func:`extract`, options in :class:`DataSpec`, :class:`BackboneSpec`,
+:class:`RunSpec`) runs a frozen pretrained backbone over a dataset and
 stores its features in an HDF5 feature store; stage two trains lightweight heads
 on the stored features (:func:`load_features`, :func:`fit_head`), applies a saved
 head to new images (:func:`predict`) and keeps a results log (:func:`read_results`,
@@ -9,13 +10,21 @@ head to new images (:func:`predict`) and keeps a results log (:func:`read_result
 
 Every name is imported on first use, so ``import featcache`` stays cheap.
 """
+import importlib
+
 from featcache._version import __version__
 from featcache.errors import FeatcacheError
 
 
-#: stage-two names -> the module that defines them
+#: public name -> the module that defines it (imported on first use)
 _LAZY = {
+    "extract": "featcache.extraction.engine", "ExtractResult": "featcache.extraction.engine",
+    "DataSpec": "featcache.specs", "BackboneSpec": "featcache.specs", "RunSpec": "featcache.specs",
+    "load_features": "featcache.store.views", "Features": "featcache.store.views",
+    "FeatureStore": "featcache.store.featureset",
+    "list_backbones": "featcache.extraction.backbones", "get_backbone": "featcache.extraction.backbones",
     "fit_head": "featcache.train.fitting", "FitResult": "featcache.train.fitting",
+    "train_head": "featcache.train.session",
     "predict": "featcache.train.prediction", "Prediction": "featcache.train.prediction",
     "save_head": "featcache.train.persist", "load_head": "featcache.train.persist", "LoadedHead": "featcache.train.persist",
     "make_head": "featcache.train.heads", "list_heads": "featcache.train.heads", "default_grid": "featcache.train.heads",
@@ -25,31 +34,9 @@ _LAZY = {
 
 
 def __getattr__(name):  # lazy: `import featcache` stays cheap for the CLI
-    if name in ("extract", "ExtractResult"):
-        from featcache.extraction import engine as _m
-
-        return getattr(_m, name)
-    if name in ("load_features", "Features"):
-        from featcache.store import views as _m
-
-        return getattr(_m, name)
-    if name in ("FeatureStore",):
-        from featcache.store.featureset import FeatureStore
-
-        return FeatureStore
-    if name in ("list_backbones", "get_backbone"):
-        from featcache.extraction.backbones import registry as _m
-
-        return getattr(_m, name)
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'featcache' has no attribute {name!r}")
 
 
-__all__ = ["extract", "ExtractResult", "load_features", "Features", "FeatureStore", "list_backbones",
-           "get_backbone", "FeatcacheError", "__version__",
-           # stage two (_LAZY)
-           "fit_head", "FitResult", "predict", "Prediction", "save_head", "load_head", "LoadedHead", "make_head",
-           "list_heads", "default_grid", "read_results", "results_table", "append_result", "sweep", "SweepResult"]
+__all__ = ["FeatcacheError", "__version__", *_LAZY]

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
 
+def hostname() -> str:
+    """This machine's name, as in temporary and shard file names (``socket.gethostname()``, without socket)."""
+    return os.uname().nodename
+
+
 def tmp_path_for(path: Path) -> Path:
-    return path.with_name(f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+    return path.with_name(f".tmp-{hostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
 
 
 @contextlib.contextmanager

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Callable
 
 import click
+from click.core import ParameterSource
 
 from featcache._version import __version__
 from featcache.atomic import atomic_write_text
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, Interrupted
 from featcache.specs import BackboneSpec, DataSpec, RunSpec, choices
 
 # what to do about an OSError, by errno (the message names the path and the OS's reason)
@@ -50,8 +51,6 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except FeatcacheError as e:
-            from featcache.extraction.engine import Interrupted
-
             err = click.ClickException(str(e))
             if isinstance(e, Interrupted):
                 err.exit_code = 130
@@ -63,8 +62,6 @@ class _Group(click.Group):
 def _check_cache_dir(ctx, param, value):
     """--cache must be (or become) a folder: an existing file on its way is a usage error. (The default is
     not checked here: `run` may take its store from the pipeline file instead.)"""
-    from click.core import ParameterSource
-
     if value is None or ctx.get_parameter_source(param.name) is ParameterSource.DEFAULT:
         return value
     p = os.path.abspath(os.path.expanduser(value))
@@ -121,7 +118,7 @@ def cli():
 @json_option
 def backbones(cache_dir, as_json):
     """List every backbone that can be extracted, with its feature dim and weights."""
-    from featcache.extraction.backbones.registry import describe_all
+    from featcache.extraction.backbones import describe_all  # lazy, as below: torch, h5py or sklearn only where used
 
     rows = describe_all(cache_dir)
     if as_json:
@@ -253,7 +250,7 @@ def _with_progress(run: RunSpec, hidden: bool) -> RunSpec:
 @json_option
 def extract(data, backbone, run, as_json):
     """Stage one: extract features of DATA into the store (a second run is a cache hit)."""
-    from featcache.extraction.engine import extract as extract_features
+    from featcache.extraction.engine import extract as extract_features  # (torch)
 
     result = extract_features(data, backbone, _with_progress(run, as_json))
     if os.environ.get("RANK", "0") != "0":
@@ -320,8 +317,8 @@ def _param_values(values: dict, extra_params: tuple[str, ...]) -> dict:
 @json_option
 def fit_head(head, features_ref, data, backbone, extra_params, run, as_json, **options):
     """Stage two: fit a head on cached features (--features), or on --data extracted on the way."""
-    from featcache.train.fitting import params_and_grid
-    from featcache.train.session import train_head
+    from featcache.train.params import params_and_grid  # (sklearn, for the heads' defaults)
+    from featcache.train.session import train_head  # (torch)
 
     params, grid = params_and_grid(_param_values({k: options.pop(k) for k in PARAM_OPTIONS}, extra_params),
                                    _param_label)
@@ -342,7 +339,7 @@ def fit_head(head, features_ref, data, backbone, extra_params, run, as_json, **o
 @json_option
 def predict(head_path, data, output, run, as_json):
     """Label new images with a saved head (their features are reused or extracted)."""
-    from featcache.train.prediction import predict as predict_labels
+    from featcache.train.prediction import predict as predict_labels  # (torch)
 
     pred = predict_labels(head_path, data, _with_progress(run, as_json or not output))
     if output:
@@ -366,35 +363,28 @@ def predict(head_path, data, output, run, as_json):
 @json_option
 def results(feature_key, data, sort_by, limit, cache_dir, as_json):
     """Show the results log as a table, best first."""
-    from featcache.train.evaluate import no_results_message, read_results, results_table
-    from featcache.store.featureset import FeatureStore
+    from featcache.train.catalog import result_rows  # (h5py, on the way to the log)
 
-    records = read_results(FeatureStore(cache_dir).results_log, feature_key=feature_key, data=data)
-    rows = results_table(records, sort_by=sort_by)[:limit]
+    found = result_rows(cache_dir, feature_key=feature_key, data=data, sort_by=sort_by, limit=limit)
     if as_json:
-        _emit_json(rows)
+        _emit_json(found.rows)
         return
-    if not rows:
-        click.echo(no_results_message(records))
+    if not found.rows:
+        click.echo(found.empty_message)
         return
-    cols = list(rows[0].keys())
-    fmt = [{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-    click.echo(_table(fmt, cols))
-    if records.malformed:
-        click.echo(f"({records.malformed} malformed lines skipped)", err=True)
+    fmt = [{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in found.rows]
+    click.echo(_table(fmt, list(found.rows[0].keys())))
+    if found.malformed:
+        click.echo(f"({found.malformed} malformed lines skipped)", err=True)
 
 
 @cli.command()
 @json_option
 def heads(as_json):
     """List the heads fit-head can train, with their default sweep grids."""
-    from featcache.train.heads import default_grid, get_head_class, list_heads
+    from featcache.train.catalog import describe_heads  # (scikit-learn, for the heads)
 
-    rows = []
-    for name in list_heads():
-        cls = get_head_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        rows.append({"name": name, "grid": json.dumps(default_grid(name)), "about": doc})
+    rows = [{**r, "grid": json.dumps(r["grid"])} for r in describe_heads()]
     if as_json:
         _emit_json(rows)
     else:
@@ -411,9 +401,9 @@ def cache():
 @json_option
 def cache_ls(cache_dir, as_json):
     """List the feature sets in the store."""
-    from featcache.store.featureset import FeatureStore
+    from featcache.store.featureset import FeatureStore  # (h5py)
 
-    rows = [fs.info() for fs in FeatureStore(cache_dir).sets()]
+    rows = FeatureStore(cache_dir).info()
     if as_json:
         _emit_json(rows)
         return
@@ -432,7 +422,7 @@ def cache_ls(cache_dir, as_json):
 @json_option
 def cache_info(ref, cache_dir, as_json):
     """Show one feature set (KEY or prefix) or one view file (PATH)."""
-    from featcache.store.views import describe
+    from featcache.store.views import describe  # (h5py)
 
     doc = describe(ref, cache_dir)
     if as_json:
@@ -450,7 +440,7 @@ def cache_info(ref, cache_dir, as_json):
 @json_option
 def cache_verify(fast, cache_dir, as_json):
     """Check every file of the store; exit 1 when a problem is found."""
-    from featcache.store.maintenance import verify
+    from featcache.store.maintenance import verify  # (h5py)
 
     rep = verify(cache_dir, check_values=not fast)
     if as_json:
@@ -477,7 +467,7 @@ def cache_verify(fast, cache_dir, as_json):
 @json_option
 def cache_gc(prune_rows, repair, cache_dir, as_json):
     """Remove temporary files of dead writers, merge shards, optionally prune or repair."""
-    from featcache.store.maintenance import gc
+    from featcache.store.maintenance import gc  # (h5py)
 
     rep = gc(cache_dir, prune_rows=prune_rows, repair=repair)
     if as_json:
@@ -499,9 +489,7 @@ def cache_gc(prune_rows, repair, cache_dir, as_json):
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 def run_cmd(pipeline_path, n_jobs, cache_dir, as_json, quiet):
     """Run a pipeline file: extract every backbone (reusing cached rows), fit every head, summarise."""
-    from click.core import ParameterSource
-
-    from featcache.pipeline.runner import load_pipeline, run_pipeline
+    from featcache.pipeline.runner import load_pipeline, run_pipeline  # (torch)
 
     # --cache or FEATCACHE_CACHE beat the file's `cache`; the file's beats the default
     given = click.get_current_context().get_parameter_source("cache_dir") is not ParameterSource.DEFAULT
@@ -523,7 +511,7 @@ def run_cmd(pipeline_path, n_jobs, cache_dir, as_json, quiet):
 @json_option
 def cache_export(ref, fmt, output, cache_dir, as_json):
     """Write one view (features, labels, ids, split, class names) as npz, csv or parquet."""
-    from featcache.store.export import export_view
+    from featcache.store.export import export_view  # (h5py)
 
     result = export_view(ref, fmt, output, cache_dir)
     if as_json:

@@ -54,3 +54,7 @@ class HeadError(FeatcacheError):
 
 class EvaluationError(FeatcacheError, ValueError):
     """A bad argument to an evaluation function (fractions, grid, shapes, sort key, log path)."""
+
+
+class Interrupted(FeatcacheError):
+    """Ctrl-C during extraction: what was computed is saved; the same command resumes."""

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torchvision
 
-from featcache.extraction.backbones.registry import describe_all, get_backbone, list_backbones, register_backbone
+from featcache.extraction.backbones import describe_all, get_backbone, list_backbones
+from featcache.extraction.backbones.registry import register_backbone
 from featcache.errors import UnknownNameError, WeightsError
 from featcache.extraction.identity import resolve_identity
 from featcache.extraction.layers import FeatureExtractor
@@ -134,7 +135,7 @@ def _torchvision_pretrained_skeleton(monkeypatch, name, weights):
     ("vit_b_16", "IMAGENET1K_V1"), ("vit_h_14", "DEFAULT"), ("maxvit_t", "DEFAULT"), ("resnet18", "DEFAULT"),
 ])
 def test_built_like_torchvision_builds_it_for_the_weights(monkeypatch, name, weights):
-    from featcache.extraction.backbones.registry import skeleton
+    from featcache.extraction.backbones.shapes import skeleton
 
     e = get_backbone(name)
     choice = e.resolve_weights(weights)
@@ -148,7 +149,7 @@ def test_built_like_torchvision_builds_it_for_the_weights(monkeypatch, name, wei
 
 
 def test_vit_input_size_follows_the_weights():
-    from featcache.extraction.backbones.registry import skeleton
+    from featcache.extraction.backbones.shapes import skeleton
 
     e = get_backbone("vit_b_16")
     swag = e.resolve_weights("IMAGENET1K_SWAG_E2E_V1")

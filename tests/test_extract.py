@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 import featcache
-from featcache.extraction.backbones.registry import get_backbone
+from featcache.extraction.backbones import get_backbone
 from featcache.extraction.images import decode_image
 from featcache.extraction.identity import resolve_identity
 

@@ -66,3 +66,29 @@ def test_specs_are_frozen_and_decoders_match_the_modes():
     with pytest.raises(dataclasses.FrozenInstanceError):
         BackboneSpec().layer = "x"
     assert tuple(DECODERS) == DECODE_MODES
+
+
+def test_every_spec_field_has_its_cli_option_in_every_command_that_builds_the_spec():
+    from featcache.cli import cli
+    from featcache.specs import field_names
+
+    params = {name: {p.name for p in cli.commands[name].params} for name in ("extract", "fit-head", "predict")}
+    data, backbone, run = set(field_names(DataSpec)), set(field_names(BackboneSpec)), set(field_names(RunSpec))
+    for name in ("extract", "fit-head"):
+        assert data | backbone | run <= params[name], name
+    assert (data - {"label_column", "labelled"}) | run <= params["predict"]  # a head brings its BackboneSpec
+    assert not backbone & params["predict"]
+
+
+def test_pipeline_keys_are_the_spec_fields(tmp_path):
+    from featcache.pipeline.spec import parse_pipeline
+
+    doc = {"data": {"source": "builtin:digits", "split_column": "s"},
+           "extract": {"batch_size": 8, "flush_rows": 100, "augment": 1, "augment_seed": 2},
+           "backbones": [{"name": "resnet18", "weights": "none", "image_size": 32, "decode": "draft"}],
+           "heads": [{"name": "logreg"}]}
+    p = parse_pipeline(doc, base_dir=tmp_path)
+    assert p.data == DataSpec("builtin:digits", split_column="s")
+    assert p.extract.run == RunSpec(batch_size=8, flush_rows=100)
+    assert p.backbones[0].spec == BackboneSpec("resnet18", weights="none", image_size=32, decode="draft",
+                                               augment=1, augment_seed=2)

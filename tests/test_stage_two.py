@@ -139,7 +139,7 @@ def test_bad_seed_and_jobs_are_one_clear_error(digits, option, value, kwargs, na
 
 
 def test_parse_grid_values():
-    from featcache.train.fitting import parse_grid
+    from featcache.train.params import parse_grid
 
     assert parse_grid({"hidden_sizes": "512,512:256", "C": None, "dropout": "0,0.2", "device": "cuda:1",
                        "center": "true"}) == {

@@ -17,10 +17,12 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
-from featcache.extraction.sources import Manifest
+from featcache.extraction.manifest import Manifest
 from featcache.errors import FeatcacheError
+from featcache.store.keys import FeatureIdentity
+from featcache.store.views import resolve_view
 
 POLICY = {"name": "crop-flip-jitter-v1", "area": [0.7, 1.0], "ratio": [0.75, 1.3333], "flip": 0.5, "jitter": 0.2}
 SEP = "#aug"
@@ -33,8 +35,6 @@ def _seed(seed: int, digest: str, k: int) -> int:
 
 def augment_image(img: Image.Image, seed: int) -> Image.Image:
     """One augmented copy of an RGB image, fully determined by ``seed``."""
-    from PIL import ImageEnhance
-
     rng = np.random.default_rng(seed)
     w, h = img.size
     area = w * h * rng.uniform(*POLICY["area"])
@@ -104,9 +104,6 @@ def source_id(aug_id: str) -> str:
 
 def find_augmented_view(plain_identity: dict, data_name: str, copies: int, seed: int = 0, cache_dir=None) -> str:
     """The augmented view (N copies) that belongs to a plain view, or a clear error."""
-    from featcache.store.keys import FeatureIdentity
-    from featcache.store.views import resolve_view
-
     ident = FeatureIdentity.from_dict({**plain_identity, "extra": identity_extra(seed)})
     try:
         return str(resolve_view(f"{ident.key}:{data_name}-aug{copies}", cache_dir))

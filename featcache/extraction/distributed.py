@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as td
 
 
 @dataclass
@@ -56,8 +57,6 @@ def from_env(device: torch.device) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-    import torch.distributed as td
-
     if not td.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         td.init_process_group(backend=backend)

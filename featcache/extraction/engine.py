@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from featcache.devices import resolve_device
-from featcache.errors import FeatcacheError, ImageDecodeError, UnknownNameError
+from featcache.errors import FeatcacheError, ImageDecodeError, Interrupted, UnknownNameError
 from featcache.extraction import distributed, levers
 from featcache.extraction.augment import augmented_manifest, identity_extra
 from featcache.extraction.backbones.registry import Preprocess
@@ -31,17 +32,14 @@ from featcache.extraction.device_decode import decode_jpegs
 from featcache.extraction.identity import ResolvedIdentity, resolve_identity, with_extra
 from featcache.extraction.images import ImageRows, collate
 from featcache.extraction.layers import FeatureExtractor
-from featcache.extraction.sources import Manifest, manifest_of
+from featcache.extraction.manifest import Manifest
+from featcache.extraction.sources import manifest_of
 from featcache.faults import failpoint
 from featcache.specs import ON_ERROR, BackboneSpec, DataSpec, RunSpec, specs_from_keywords
 from featcache.store.featureset import FeatureSet, FeatureStore
 from featcache.store.keys import FeatureIdentity
 from featcache.store.views import load_features
 
-
-
-class Interrupted(FeatcacheError):
-    """Ctrl-C during extraction: what was computed is saved; the same command resumes."""
 
 
 @dataclass
@@ -75,7 +73,8 @@ class ExtractResult:
                     + self._augmented_summary())
         rate = self.extracted / t["extract_s"] if t.get("extract_s") else 0.0
         s = (f"{head}: extracted {self.extracted}, reused {self.reused}, skipped {len(self.skipped)} "
-             f"in {t.get('total_s', 0):.1f} s ({rate:.1f} img/s on {self.device}, {self._levers()}; decode {t.get('decode_s', 0):.1f} s "
+             f"in {t.get('total_s', 0):.1f} s ({rate:.1f} img/s on {self.device}, {self._levers()}; "
+             f"decode {t.get('decode_s', 0):.1f} s "
              f"{f'in {self.workers} workers' if self.workers else 'in the main process'}{self._device_decode()}, "
              f"waiting on data {t.get('wait_s', 0):.1f} s, "
              f"forward {t.get('forward_s', 0):.1f} s, write {t.get('write_s', 0):.1f} s) -> {self.view}")
@@ -201,8 +200,6 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
                  decode: str = "workers", resize: int | None = None,
                  compute: levers.Levers = levers.PLAIN) -> list[dict]:
     """Decode -> forward -> writer for the given rows; returns the skipped files."""
-    from tqdm import tqdm
-
     loader = torch.utils.data.DataLoader(
         ImageRows(reader, positions, transform, decode=decode, resize=resize), batch_size=batch_size, shuffle=False,
         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",

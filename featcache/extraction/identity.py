@@ -12,7 +12,9 @@ from typing import NamedTuple
 
 from featcache.devices import resolve_device, resolve_precision
 from featcache.errors import FeatcacheError, UnknownNameError
-from featcache.extraction.backbones.registry import BackboneEntry, WeightsChoice, get_backbone
+from featcache.extraction.backbones import get_backbone
+from featcache.extraction.backbones.registry import BackboneEntry, WeightsChoice
+from featcache.extraction.backbones.shapes import check_input_size
 from featcache.extraction.decoders import DECODE_MODES, DECODERS, decode_mode
 from featcache.specs import DTYPES, POOLS, BackboneSpec
 from featcache.store.keys import PRECISIONS, FeatureIdentity
@@ -38,6 +40,8 @@ def resolve_identity(backbone: BackboneSpec | str, *, device: str = "auto", **op
     if precision not in PRECISIONS:
         raise UnknownNameError("precision", precision, PRECISIONS)
     choice = entry.resolve_weights(spec.weights)
+    preprocess = choice.preprocess.with_image_size(spec.image_size)
+    check_input_size(entry, choice, spec.image_size)
     ident = FeatureIdentity(
         backbone=entry.name,
         source=entry.source,
@@ -45,7 +49,7 @@ def resolve_identity(backbone: BackboneSpec | str, *, device: str = "auto", **op
         weights_digest=choice.digest,
         layer=spec.layer,
         pool=spec.pool,
-        preprocess=choice.preprocess.with_image_size(spec.image_size).to_dict(),
+        preprocess=preprocess.to_dict(),
         precision=precision,
         dtype=spec.dtype,
         decoder=DECODERS[spec.decode],

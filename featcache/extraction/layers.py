@@ -1,7 +1,7 @@
 """Reading one layer of a frozen network: hooks, early stop, pooling.
 
 ``penultimate`` is the input of the final classification layer (found by
-:func:`featcache.extraction.backbones.registry.final_layer_name`); any other value names a module
+:func:`final_layer_name`); any other value names a module
 (``model.named_modules()``), whose output is read. The forward pass stops as
 soon as the layer has been read, so later layers cost nothing.
 """
@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from featcache.extraction.backbones.registry import final_layer_name
-from featcache.errors import FeatcacheError, UnknownNameError
+from featcache.errors import FeatcacheError, UnknownNameError, WeightsError
 from featcache.specs import POOLS
 
 
@@ -27,6 +26,25 @@ def pool_features(x: torch.Tensor, pool: str) -> torch.Tensor:
         return x.flatten(1)
     dims = tuple(range(2, x.ndim)) if x.ndim == 4 else (1,)
     return x.mean(dim=dims) if pool == "avg" else x.amax(dim=dims)
+
+
+def final_layer_name(module: nn.Module) -> str:
+    """The final classification layer: the last Linear (or, for all-conv nets, the last Conv2d)."""
+    last_linear = last_conv = None
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            last_linear = name
+        elif isinstance(m, nn.Conv2d):
+            last_conv = name
+    found = last_linear or last_conv
+    if found is None:
+        raise WeightsError(f"{type(module).__name__} has no Linear or Conv2d layer to read features before")
+    return found
+
+
+def penultimate_dim(module: nn.Module) -> int:
+    m = module.get_submodule(final_layer_name(module))
+    return int(m.in_features if isinstance(m, nn.Linear) else m.in_channels)
 
 
 def layer_names(module: nn.Module) -> list[str]:

@@ -15,83 +15,25 @@ from __future__ import annotations
 import codecs
 import csv
 import difflib
-import hashlib
 import io
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from featcache.errors import DataError, UnknownNameError
-from featcache.extraction.images import IMAGE_EXTENSIONS, FileReader
+from featcache.extraction.images import IMAGE_EXTENSIONS
+from featcache.extraction.manifest import Manifest, safe_id, slug
+from featcache.extraction.tvdata import from_torchvision
 from featcache.specs import DataSpec, field_names
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}
 BUILTINS = ("digits", "clipart")
 PACKAGE_DATA = Path(__file__).parent.parent / "data"
-
-
-@dataclass
-class Manifest:
-    """The rows of a dataset in a stable order."""
-
-    name: str  # short, file-name safe, e.g. "clipart" or "train-csv"
-    source: str  # what the user passed
-    root: str
-    ids: list[str]  # paths relative to root (posix), stable and unique
-    paths: list[str]  # absolute paths
-    labels: np.ndarray  # int64, -1 = unlabelled
-    class_names: list[str]
-    split: list[str]  # "train" | "val" | "test" | ""
-    ignored: list[str] = field(default_factory=list)  # non-image files seen
-    digests: list[str | None] | None = None
-    reader: object = None  # .load(i) -> PIL image, .digests(cache); default: the files in `paths`
-
-    def __post_init__(self):
-        if self.reader is None:
-            self.reader = FileReader(self.paths)
-
-    def compute_digests(self, digest_cache) -> list[str | None]:
-        """Row keys: content digests (None = unreadable); computed once."""
-        if self.digests is None:
-            self.digests = self.reader.digests(digest_cache)
-        return self.digests
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def labelled(self) -> bool:
-        return bool(len(self.labels)) and bool((self.labels >= 0).any())
-
-    def fingerprint(self) -> str:
-        """Digest of everything a view holds besides the features."""
-        if self.digests is None:
-            raise RuntimeError("digests not computed")
-        h = hashlib.sha256()
-        for parts in (self.ids, [d or "-" for d in self.digests], [str(x) for x in self.labels.tolist()],
-                      self.split, self.class_names):
-            h.update("\x1f".join(parts).encode("utf-8", "surrogateescape"))
-            h.update(b"\x1e")
-        return h.hexdigest()[:16]
-
-
-def safe_id(text: str) -> str:
-    """A row id that is valid UTF-8: bytes of non-UTF-8 file names appear as \\xNN escapes."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return os.fsencode(text).decode("utf-8", "backslashreplace")
-
-
-def _slug(text: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_" else "-" for c in text.lower())
-    return "-".join(filter(None, keep.split("-")))[:40] or "data"
 
 
 def _is_image(name: str) -> bool:
@@ -237,7 +179,7 @@ def from_folder(root: str | os.PathLike, *, labelled: bool = True, name: str | N
     class_names = sorted({c for _, c, _ in rows if c})
     index = {c: i for i, c in enumerate(class_names)}
     return Manifest(
-        name=name or _slug(root.name),
+        name=name or slug(root.name),
         source=str(root),
         root=str(root),
         ids=[safe_id(p[len(str(root)) + 1:]) for p, _, _ in rows],
@@ -313,18 +255,43 @@ def from_csv(csv_path: str | os.PathLike, *, path_column: str = "path", label_co
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise DataError(f"CSV file {str(csv_path)!r} does not exist")
-    name = csv_path.name
     base = Path(root).expanduser().resolve() if root else csv_path.resolve().parent
+    header, records = _csv_records(csv_path, (path_column, label_column, split_column))
+    rows = _CsvRows(csv_path.name, base, header, path_column, label_column, split_column)
+    for line, r in records:
+        rows.add(line, r)
+    rows.check_files()
+    _check_label_types(rows.labels, csv_path.name, label_column)
+    class_names = _class_order([x for x in rows.labels if x])
+    index = {c: i for i, c in enumerate(class_names)}
+    return Manifest(
+        name=slug(csv_path.stem),
+        source=str(csv_path.resolve()),
+        root=str(base),
+        ids=rows.ids,
+        paths=rows.paths,
+        labels=np.array([index[x] if x else -1 for x in rows.labels], dtype=np.int64),
+        class_names=class_names,
+        split=rows.splits,
+    )
+
+
+#: the option that names each column of a CSV source
+_COLUMN_OPTIONS = ("--path-column", "--label-column", "--split-column")
+
+
+def _csv_records(csv_path: Path, columns: tuple) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (checked to hold ``columns``: path, label, split) and the non-blank rows with their line numbers."""
+    name = csv_path.name
     reader = csv.reader(io.StringIO(_read_csv_text(csv_path), newline=""))
     records: list[tuple[int, list[str]]] = []  # (line number, fields)
     try:
         header = next((row for row in reader if any(x.strip() for x in row)), None)
         if header is None:
             raise DataError(f"CSV file {str(csv_path)!r} is empty; expected a header line naming the columns "
-                            f"(e.g. {path_column},{label_column or 'label'}) and then one line per image")
+                            f"(e.g. {columns[0]},{columns[1] or 'label'}) and then one line per image")
         header = [x.strip() for x in header]
-        for col, opt in ((path_column, "--path-column"), (label_column, "--label-column"),
-                         (split_column, "--split-column")):
+        for col, opt in zip(columns, _COLUMN_OPTIONS):
             if col and col not in header:
                 raise UnknownNameError(f"column of {name} (set {opt})", col, header)
         for row in reader:
@@ -343,64 +310,67 @@ def from_csv(csv_path: str | os.PathLike, *, path_column: str = "path", label_co
     if not records:
         raise DataError(f"CSV file {str(csv_path)!r} has a header ({','.join(header)}) but no rows; expected one "
                         "line per image after it")
-    i_path = header.index(path_column)
-    i_label = header.index(label_column) if label_column else None
-    i_split = header.index(split_column) if split_column else None
-    ids, paths, labels, splits, missing, seen = [], [], [], [], [], {}
-    for line, r in records:
-        rel = r[i_path].strip()
+    return header, records
+
+
+class _CsvRows:
+    """The rows of a CSV source, checked one by one: ids, paths, label texts, splits, missing files."""
+
+    def __init__(self, name: str, base: Path, header: list[str], path_column: str, label_column: str | None,
+                 split_column: str | None):
+        self.name, self.base, self.path_column, self.split_column = name, base, path_column, split_column
+        self.i_path = header.index(path_column)
+        self.i_label = header.index(label_column) if label_column else None
+        self.i_split = header.index(split_column) if split_column else None
+        self.ids, self.paths, self.labels, self.splits = [], [], [], []
+        self.missing: list[tuple[int, str, Path]] = []
+        self.seen: dict[str, int] = {}
+
+    def add(self, line: int, r: list[str]) -> None:
+        rel = r[self.i_path].strip()
         if not rel:
-            raise DataError(f"{name} line {line}: column {path_column!r} is empty; expected an image path: "
-                            "fill it in or remove the row")
-        if rel in seen:
-            raise DataError(f"{name} line {line}: path {rel!r} appears twice (first on line {seen[rel]}); "
+            raise DataError(f"{self.name} line {line}: column {self.path_column!r} is empty; expected an image "
+                            "path: fill it in or remove the row")
+        if rel in self.seen:
+            raise DataError(f"{self.name} line {line}: path {rel!r} appears twice (first on line {self.seen[rel]}); "
                             "remove the duplicate row")
-        seen[rel] = line
-        p = (base / rel) if not os.path.isabs(rel) else Path(rel)
+        self.seen[rel] = line
+        p = (self.base / rel) if not os.path.isabs(rel) else Path(rel)
         if not p.is_file():
-            missing.append((line, rel, p))
-        ids.append(rel)
-        paths.append(str(p))
-        labels.append(r[i_label].strip() if i_label is not None else "")
-        split = r[i_split].strip() if i_split is not None else ""
+            self.missing.append((line, rel, p))
+        self.ids.append(rel)
+        self.paths.append(str(p))
+        self.labels.append(r[self.i_label].strip() if self.i_label is not None else "")
+        self.splits.append(self.split_of(line, r[self.i_split].strip() if self.i_split is not None else ""))
+
+    def split_of(self, line: int, split: str) -> str:
         if split and split.lower() not in SPLIT_NAMES:
             close = difflib.get_close_matches(split.lower(), SPLIT_NAMES, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise DataError(f"{name} line {line}: {split!r} in column {split_column!r} is not a split; {hint}expected "
-                            f"one of {', '.join(SPLIT_NAMES)}, or blank for no split: fix the value")
-        splits.append(SPLIT_NAMES[split.lower()] if split else "")
-    if missing:
-        if len(missing) * 2 > len(ids):  # most (or all) missing: the paths are relative to another folder
+            raise DataError(f"{self.name} line {line}: {split!r} in column {self.split_column!r} is not a split; "
+                            f"{hint}expected one of {', '.join(SPLIT_NAMES)}, or blank for no split: fix the value")
+        return SPLIT_NAMES[split.lower()] if split else ""
+
+    def check_files(self) -> None:
+        """Every listed file exists; when most do not, the paths are relative to another folder."""
+        missing, n, name, base = self.missing, len(self.ids), self.name, str(self.base)
+        if not missing:
+            return
+        if len(missing) * 2 > n:
             raise DataError(
-                f"{len(missing)} of {len(ids)} files listed in {name} are not under {str(base)!r} "
-                f"(first: {_missing_text(*missing[0])}); set --root to the folder the {path_column!r} column "
+                f"{len(missing)} of {n} files listed in {name} are not under {base!r} "
+                f"(first: {_missing_text(*missing[0])}); set --root to the folder the {self.path_column!r} column "
                 "is relative to"
             )
         shown = ", ".join(_missing_text(*m) for m in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise DataError(
-            f"{len(missing)} of {len(ids)} files listed in {name} are missing under {str(base)!r}: {shown}{more}; "
-            "fix those paths or remove their rows"
-        )
-    _check_label_types(labels, csv_path.name, label_column)
-    class_names = _class_order([x for x in labels if x])
-    index = {c: i for i, c in enumerate(class_names)}
-    return Manifest(
-        name=_slug(csv_path.stem),
-        source=str(csv_path.resolve()),
-        root=str(base),
-        ids=ids,
-        paths=paths,
-        labels=np.array([index[x] if x else -1 for x in labels], dtype=np.int64),
-        class_names=class_names,
-        split=splits,
-    )
+        raise DataError(f"{len(missing)} of {n} files listed in {name} are missing under {base!r}: {shown}{more}; "
+                        "fix those paths or remove their rows")
 
 
 def _write_digits(dest: Path) -> None:
     """scikit-learn's 1,797 8x8 digits as 8-bit grayscale PNGs, one folder per digit."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # keeps scikit-learn off every other data path
 
     d = load_digits()
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -441,8 +411,6 @@ def load_manifest(data: str, *, cache_dir: str | os.PathLike, path_column: str =
     if data.startswith("builtin:"):
         return builtin(data.split(":", 1)[1], cache_dir)
     if data.startswith("torchvision:"):
-        from featcache.extraction.tvdata import from_torchvision
-
         return from_torchvision(data.split(":", 1)[1], root=root, split=tv_split, download=download)
     if data.lower().endswith(".csv"):
         return from_csv(data, path_column=path_column, label_column=label_column, root=root,

@@ -1,7 +1,7 @@
 """torchvision image-classification datasets as a data source: ``--data torchvision:NAME``.
 
 Reads a dataset that is already on disk in torchvision's own layout (or fetches
-it with ``download=True``) and turns it into a :class:`~featcache.extraction.sources.Manifest`
+it with ``download=True``) and turns it into a :class:`~featcache.extraction.manifest.Manifest`
 whose rows are the dataset's images in their official order: the train split,
 then the test split (``split="all"``), or one of them. No image files are
 written: the manifest's reader indexes the dataset object, in DataLoader
@@ -39,9 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
-from featcache.extraction.sources import Manifest, _slug
-from featcache.store.digests import DIGEST_SIZE
+from featcache.extraction.images import to_rgb
+from featcache.extraction.manifest import Manifest, slug
+from featcache.store.digests import DIGEST_SIZE, digest_file
 from featcache.errors import DataError, UnknownNameError
 
 TV_SPLITS = ("all", "train", "test")
@@ -259,7 +262,7 @@ def _prepare_idx(cls_name: str, sources: dict[str, Path], dest_root: Path) -> Pa
 
 def _prepared_root_for(source: Path) -> Path:
     digest = hashlib.sha256(str(source).encode("utf-8", "surrogateescape")).hexdigest()[:10]
-    return prepared_cache() / f"{_slug(source.name)}-{digest}"
+    return prepared_cache() / f"{slug(source.name)}-{digest}"
 
 
 def link_debian_fashion_mnist(dest: str | os.PathLike | None = None) -> Path:
@@ -369,8 +372,6 @@ def _pixel_array(ds):
     """The dataset's images as one (N, ...) numpy array, or None when it keeps none."""
     data = getattr(ds, "data", None)
     try:
-        import torch
-
         if isinstance(data, torch.Tensor):
             data = data.numpy()
     except ImportError:  # pragma: no cover
@@ -427,11 +428,9 @@ def _class_names(ds, labels: np.ndarray) -> list[str]:
 
 
 def _to_pil(img):
-    from PIL import Image
-
     if isinstance(img, Image.Image):
         return img
-    from torchvision.transforms.functional import to_pil_image
+    from torchvision.transforms.functional import to_pil_image  # torchvision only for tensor images
 
     return to_pil_image(img)
 
@@ -461,8 +460,6 @@ class TorchvisionReader:
         return ds
 
     def load(self, i: int):
-        from featcache.extraction.images import to_rgb
-
         ds = self.dataset(self.sides[self.row_side[i]])
         return to_rgb(_to_pil(ds[int(self.row_index[i])][0]))
 
@@ -497,8 +494,6 @@ class TorchvisionReader:
                 if digest_cache is not None:
                     file_digests = digest_cache.digests(paths)
                 else:
-                    from featcache.store.digests import digest_file
-
                     file_digests = []
                     for p in paths:
                         try:
@@ -569,7 +564,7 @@ def from_torchvision(name: str, *, root: str | os.PathLike | None = None, split:
     reader = TorchvisionReader(spec, str(tv_root.resolve()), sides, np.concatenate(row_side),
                                np.concatenate(row_index), datasets)
     return Manifest(
-        name=_slug(spec.key_name if split == "all" else f"{spec.key_name}-{split}"),
+        name=slug(spec.key_name if split == "all" else f"{spec.key_name}-{split}"),
         source=spec.source,
         root=str(user_root.resolve()),
         ids=ids,

@@ -29,10 +29,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from featcache.errors import FeatcacheError
-from featcache.extraction.engine import ExtractResult, Interrupted, extract
+from featcache.errors import FeatcacheError, Interrupted
+from featcache.extraction.engine import ExtractResult, extract
 from featcache.extraction.identity import resolve_identity
-from featcache.extraction.sources import Manifest, manifest_of
+from featcache.extraction.manifest import Manifest
+from featcache.extraction.sources import manifest_of
 from featcache.pipeline.spec import (
     BackboneSpec,
     DataSpec,
@@ -49,6 +50,7 @@ from featcache.pipeline.spec import (
 from featcache.atomic import atomic_write_text
 from featcache.store.featureset import FeatureStore
 from featcache.store.views import load_features
+from featcache.train.plots import plot_pipeline_summary
 from featcache.train.session import TrainingViews, fit_on
 
 __all__ = [
@@ -301,8 +303,6 @@ def _previous_rate(store_root: Path, feature_key: str, device: str) -> dict | No
 
 def _plot_summary(rows: list[HeadRow], backbones: list[str], path: Path, title: str) -> Path | None:
     """``summary.png`` via :func:`featcache.train.plots.plot_pipeline_summary`; None when no row has a score."""
-    from featcache.train.plots import plot_pipeline_summary
-
     scored = [r for r in rows if _score(r) is not None]
     metric = "test accuracy" if all(r.test_acc is not None for r in scored) else "test (or val) accuracy"
     points = [{"backbone": r.backbone, "head": r.head, "score": _score(r), "fit_s": r.fit_s} for r in rows]

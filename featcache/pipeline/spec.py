@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from featcache.errors import FeatcacheError, UnknownNameError
-from featcache.extraction.backbones.registry import BackboneEntry, get_backbone, list_backbones, looks_like_path
+from featcache.extraction.backbones import get_backbone, list_backbones
+from featcache.extraction.backbones.registry import BackboneEntry, looks_like_path
 from featcache.specs import BackboneSpec, DataSpec, RunSpec
 
 __all__ = [

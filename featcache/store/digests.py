@@ -18,12 +18,18 @@ DIGEST_SIZE = 16  # bytes -> 32 hex characters
 SCHEMA = "digests-v2"
 
 
-def digest_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.blake2b(digest_size=DIGEST_SIZE)
+def hash_file(path: str | os.PathLike, algorithm: str = "blake2b", chunk: int = 1 << 20, **options) -> str:
+    """Hex digest of a file's bytes with ``hashlib.new(algorithm, **options)``, read in chunks."""
+    h = hashlib.new(algorithm, **options)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def digest_file(path: str | os.PathLike) -> str:
+    """The content digest of an image file (BLAKE2b-128, hex)."""
+    return hash_file(path, "blake2b", digest_size=DIGEST_SIZE)
 
 
 def digest_bytes(data: bytes) -> str:

@@ -29,8 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npformat
 
 from featcache.atomic import atomic_path
+from featcache.store.views import load_features
 from featcache.errors import FeatcacheError, UnknownNameError
 
 __all__ = ["ExportError", "ExportResult", "FORMATS", "export_view"]
@@ -91,8 +93,6 @@ def _label_names(labels: np.ndarray, class_names: list[str]) -> list[str | None]
 
 
 def _write_npz(tmp: Path, f, n: int, dim: int) -> None:
-    from numpy.lib import format as npformat
-
     def strings(values) -> np.ndarray:
         return np.array(list(values), dtype=str) if len(values) else np.zeros(0, dtype="<U1")
 
@@ -166,8 +166,6 @@ def export_view(ref: str | os.PathLike, fmt: str | None = None, out: str | os.Pa
     ``npz``; ``out`` defaults to ``./<feature_key>-<data>.<fmt>``. An existing ``out``
     is replaced (atomically). Returns an :class:`ExportResult`.
     """
-    from featcache.store.views import load_features
-
     if fmt is None:
         suffix = Path(out).suffix.lower().lstrip(".") if out else ""
         fmt = suffix if suffix in FORMATS else "npz"

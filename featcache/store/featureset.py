@@ -1,4 +1,4 @@
-"""The HDF5 feature store.
+"""The HDF5 feature store: feature sets (one per identity) with their views; the rows are in shards.py.
 
 Layout under the store root (default ``cache/``)::
 
@@ -23,174 +23,33 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import io
 import json
 import os
-import socket
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from featcache.store.digests import DigestCache
-from featcache.errors import StoreError
-from featcache.atomic import atomic_path, atomic_write_text
+from featcache.atomic import atomic_write_text
+from featcache.environment import default_cache_dir, versions
+from featcache.errors import StoreError, UnknownNameError
 from featcache.faults import failpoint
+from featcache.store.digests import DigestCache
 from featcache.store.keys import FORMAT_VERSION, FeatureIdentity, canonical_json
+from featcache.store.shards import DIGEST_DTYPE, SHARD_BYTES, RowShards, ShardWriter, write_hdf5_atomically
 
 STR = h5py.string_dtype("utf-8")
-DIGEST_DTYPE = "S32"
-BLOCK_BYTES = 64 << 20  # memory bound when copying rows
-SHARD_BYTES = 64 << 20  # a shard is published at the latest when its features reach this size
 VIEW_IN_MEMORY_BYTES = 512 << 20  # views up to this size are built in memory, then written
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("FEATCACHE_CACHE", "cache"))
-
-
-def versions() -> dict:
-    import platform
-
-    from importlib.metadata import version
-    import torch
-    import torchvision
-
-    from featcache._version import __version__
-
-    return {"featcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "numpy": np.__version__,
-            "scikit-learn": version("scikit-learn"), "python": platform.python_version()}
-
-
-def write_hdf5_atomically(path: Path, build, *, in_memory: bool = True) -> Path:
-    """Write an HDF5 file under a temporary name, fsync, rename: readers see all of it or nothing.
-
-    ``in_memory`` builds the file image in memory and writes it with plain file I/O,
-    so a full disk or a file-size limit is a clean OSError (HDF5 itself is left in
-    a state that crashes the interpreter at exit when a disk write fails under it).
-    Large files (views beyond VIEW_IN_MEMORY_BYTES) are written by HDF5 through a Python
-    file object, so a failed write is an OSError there too, not a broken HDF5 library.
-    """
-    with atomic_path(path, before_replace=lambda: failpoint("publish")) as tmp:
-        if in_memory:
-            buf = io.BytesIO()
-            with h5py.File(buf, "w") as f:
-                build(f)
-            with open(tmp, "wb") as fh:
-                fh.write(buf.getbuffer())
-            del buf
-        else:
-            with open(tmp, "wb+") as fh, h5py.File(fh, "w") as f:
-                build(f)
-    return path
-
-
-def shard_checksum(digests: np.ndarray, blocks) -> str:
-    """BLAKE2b of a shard's digests and feature bytes (row-major), kept in its ``checksum``
-    attribute: `cache verify` finds values edited inside an otherwise valid file."""
-    h = hashlib.blake2b(np.ascontiguousarray(digests).tobytes(), digest_size=16)
-    for block in blocks:
-        h.update(np.ascontiguousarray(block).tobytes())
-    return h.hexdigest()
-
-
-class ShardWriter:
-    """Buffers rows and publishes them as an immutable shard at every flush. One thread uses it.
-
-    A flush happens every ``flush_rows`` rows, ``flush_seconds`` seconds or
-    SHARD_BYTES of buffered features, whichever comes first, and on ``close``.
-    A process killed at any moment loses at most the rows buffered since the
-    last flush; what is published is complete.
-    """
-
-    def __init__(self, rows_dir: Path, dim: int, dtype: str, *, key: str,
-                 flush_rows: int = 8192, flush_seconds: float = 60.0):
-        self.rows_dir, self.dim, self.dtype, self.key = rows_dir, dim, dtype, key
-        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
-        self._digests: list[str] = []
-        self._blocks: list[np.ndarray] = []
-        self._n = 0
-        self._started = time.monotonic()
-        self.published: list[Path] = []
-        self.rows_published = 0
-
-    def append(self, digests: list[str], features: np.ndarray) -> None:
-        if len(digests) == 0:
-            return
-        if features.shape != (len(digests), self.dim):
-            raise StoreError(f"rows of shape {features.shape} do not fit this identity's dim {self.dim}")
-        if self._n == 0:
-            self._started = time.monotonic()
-        self._digests.extend(digests)
-        self._blocks.append(np.ascontiguousarray(features, dtype=self.dtype))
-        self._n += len(digests)
-        failpoint("shard-append")
-        itemsize = np.dtype(self.dtype).itemsize
-        if (self._n >= self.flush_rows or self._n * self.dim * itemsize >= SHARD_BYTES
-                or time.monotonic() - self._started >= self.flush_seconds):
-            self.flush()
-
-    def flush(self) -> None:
-        """Publish the buffered rows as one shard (atomic rename); later rows go to a new one."""
-        if self._n == 0:
-            return
-        digests = np.array(self._digests, dtype=DIGEST_DTYPE)
-        feats = np.concatenate(self._blocks) if len(self._blocks) > 1 else self._blocks[0]
-        n = self._n
-
-        def build(f):
-            f.create_dataset("digests", data=digests)
-            f.create_dataset("features", data=feats)
-            f.attrs.update(key=self.key, format=FORMAT_VERSION, rows=n, created=time.time(),
-                           checksum=shard_checksum(digests, [feats]))
-
-        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.h5"
-        failpoint("shard-publish")
-        final = write_hdf5_atomically(self.rows_dir / name, build)
-        self._digests, self._blocks, self._n = [], [], 0
-        self.published.append(final)
-        self.rows_published += n
-        failpoint("after-flush")
-
-    def abort(self) -> None:
-        """Drop the unpublished rows (used when a write failed)."""
-        self._digests, self._blocks, self._n = [], [], 0
-
-
-@dataclass
-class RowIndex:
-    """digest -> (shard number, row) over every published shard of one identity."""
-
-    shards: list[Path]
-    where: dict[str, tuple[int, int]]
-
-    def __contains__(self, digest: str) -> bool:
-        return digest in self.where
-
-    def __len__(self) -> int:
-        return len(self.where)
-
-
-def _read_rows(ds, rows: np.ndarray) -> np.ndarray:
-    """Rows (sorted, unique) of a 2-D dataset: one slice when they are dense, else a point selection."""
-    lo, hi = int(rows[0]), int(rows[-1]) + 1
-    if hi - lo <= 4 * len(rows):
-        return ds[lo:hi][rows - lo]
-    return ds[rows]
-
-
-class FeatureSet:
-    """All rows and views of one feature identity."""
+class FeatureSet(RowShards):
+    """One feature identity: its rows (:class:`RowShards`), its lock, its views."""
 
     def __init__(self, store: "FeatureStore", key: str, identity: FeatureIdentity):
-        self.store, self.key, self.identity = store, key, identity
+        self.store, self.identity = store, identity
         self.dir = store.features_dir / key
-        self.rows_dir = self.dir / "rows"
+        super().__init__(self.dir / "rows", key, identity.dtype)
         self.views_dir = self.dir / "views"
 
     # -- locking
@@ -220,44 +79,10 @@ class FeatureSet:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    # -- rows
-    def shards(self) -> list[Path]:
-        if not self.rows_dir.is_dir():
-            return []
-        return sorted(p for p in self.rows_dir.glob("*.h5") if not p.name.startswith("."))
-
-    def row_index(self) -> RowIndex:
-        """Read every shard's digests; a shard removed meanwhile by compaction means: list again."""
-        for _attempt in range(5):
-            try:
-                return self._row_index()
-            except FileNotFoundError:
-                continue
-        return self._row_index()
-
-    def _row_index(self) -> RowIndex:
-        shards = self.shards()
-        where: dict[str, tuple[int, int]] = {}
-        for si, path in enumerate(shards):
-            if not path.exists():
-                raise FileNotFoundError(path)
-            try:
-                with h5py.File(path, "r") as f:
-                    digests = f["digests"][:]
-            except (OSError, KeyError) as e:
-                if not path.exists():
-                    raise FileNotFoundError(path) from None
-                raise StoreError(
-                    f"row shard {path} is unreadable ({e}); run `featcache cache verify` to list damaged "
-                    "files and `featcache cache gc --repair` to drop them (their rows are re-extracted)"
-                ) from None
-            for ri, d in enumerate(digests.tolist()):
-                where.setdefault(d.decode(), (si, ri))
-        return RowIndex(shards, where)
-
+    # -- rows: see RowShards
     def writer(self, dim: int, **kw) -> ShardWriter:
         self.create()
-        return ShardWriter(self.rows_dir, dim, self.identity.dtype, key=self.key, **kw)
+        return ShardWriter(self.rows_dir, dim, self.dtype, key=self.key, **kw)
 
     def create(self) -> None:
         """Write identity.json (atomically) if it is not there: the set exists from its first write on,
@@ -266,41 +91,6 @@ class FeatureSet:
         if not path.exists():
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(self.identity.to_dict(), indent=2, sort_keys=True))
-
-    def dim(self) -> int | None:
-        for path in self.shards():
-            with contextlib.suppress(OSError, KeyError), h5py.File(path, "r") as f:
-                return int(f["features"].shape[1])
-        return None
-
-    def gather(self, digests: list[str], index: RowIndex | None = None):
-        """Yield (start, block) of features in the order of ``digests``, memory-bounded."""
-        index = index or self.row_index()
-        dim = self.dim()
-        if dim is None:
-            raise StoreError(f"feature set {self.key} has no rows")
-        missing = [d for d in digests if d not in index]
-        if missing:
-            raise StoreError(f"{len(missing)} rows missing from {self.key} (first digest {missing[0]}): they were "
-                             "removed meanwhile (`cache gc --repair` or by hand); re-run the same command to "
-                             "compute them again")
-        block = max(1, BLOCK_BYTES // (dim * 4))
-        files: dict[int, h5py.File] = {}
-        try:
-            for start in range(0, len(digests), block):
-                chunk = digests[start:start + block]
-                out = np.empty((len(chunk), dim), dtype=self.identity.dtype)
-                pos = np.array([index.where[d] for d in chunk], dtype=np.int64).reshape(-1, 2)
-                for si in np.unique(pos[:, 0]):
-                    sel = np.nonzero(pos[:, 0] == si)[0]
-                    rows, inverse = np.unique(pos[sel, 1], return_inverse=True)
-                    if si not in files:
-                        files[si] = h5py.File(index.shards[si], "r")
-                    out[sel] = _read_rows(files[si]["features"], rows)[inverse]
-                yield start, out
-        finally:
-            for f in files.values():
-                f.close()
 
     # -- views
     def view_path(self, data_name: str, fingerprint: str) -> Path:
@@ -320,7 +110,7 @@ class FeatureSet:
             dim = self.dim() or 0
 
             def build(f):
-                feats = f.create_dataset("features", shape=(len(digests), dim), dtype=self.identity.dtype)
+                feats = f.create_dataset("features", shape=(len(digests), dim), dtype=self.dtype)
                 if digests:
                     for start, block in self.gather(digests, index):
                         feats[start:start + len(block)] = block
@@ -338,7 +128,7 @@ class FeatureSet:
                     f.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
                 failpoint("view-publish")
 
-            size = len(digests) * dim * np.dtype(self.identity.dtype).itemsize
+            size = len(digests) * dim * np.dtype(self.dtype).itemsize
             try:
                 return write_hdf5_atomically(path, build, in_memory=size <= VIEW_IN_MEMORY_BYTES)
             except OSError as e:
@@ -361,22 +151,6 @@ class FeatureSet:
                 return 0
             small = [p for p in self.shards() if p.stat().st_size < SHARD_BYTES // 2]
             return self.rewrite(small, keep=None) if len(small) >= min_shards else 0
-
-    def rewrite(self, shards: list[Path], keep: set[str] | None) -> int:
-        """Replace ``shards`` by new ones holding their rows (those in ``keep`` if given); caller holds the lock."""
-        index = self.row_index()
-        chosen = set(map(str, shards))
-        digests = [d for d, (si, _) in index.where.items()
-                   if str(index.shards[si]) in chosen and (keep is None or d in keep)]
-        w = ShardWriter(self.rows_dir, self.dim() or 1, self.identity.dtype, key=self.key,
-                        flush_rows=1 << 62, flush_seconds=float("inf"))
-        for start, block in (self.gather(digests, index) if digests else ()):
-            w.append(digests[start:start + len(block)], block)
-        w.flush()
-        for p in shards:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
-        return len(shards)
 
     def info(self) -> dict:
         shards = self.shards()
@@ -437,6 +211,10 @@ class FeatureStore:
                              f"{FORMAT_VERSION}; re-extract into a new --cache folder")
         return ident
 
+    def info(self) -> list[dict]:
+        """:meth:`FeatureSet.info` of every readable feature set."""
+        return [fs.info() for fs in self.sets()]
+
     def sets(self) -> list[FeatureSet]:
         """Every readable feature set. One whose identity cannot be read (damaged, or of another
         store format) is left out here, so the others stay usable; `cache verify` reports it."""
@@ -456,8 +234,6 @@ class FeatureStore:
         matches = exact or [s for s in sets if s.key.startswith(key)]
         if len(matches) == 1:
             return matches[0]
-        from featcache.errors import UnknownNameError
-
         if not matches:
             raise UnknownNameError(f"feature key in {self.root}", key, [s.key for s in sets],
                                    hint="`featcache cache ls` lists them")

@@ -11,7 +11,6 @@ extraction recomputes what they held.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +18,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featcache.atomic import hostname
 from featcache.errors import StoreError
-from featcache.store.featureset import BLOCK_BYTES, FeatureSet, FeatureStore, shard_checksum
+from featcache.store.views import check_view
+from featcache.store.featureset import FeatureSet, FeatureStore
+from featcache.store.shards import BLOCK_BYTES, shard_checksum
 
 TMP_GRACE_SECONDS = 24 * 3600  # a temp file of another host is only removed when this old
 
@@ -131,8 +133,6 @@ def _verify_rows(fs: FeatureSet, rep: VerifyReport, check_values: bool) -> int:
 
 
 def _verify_view(fs: FeatureSet, path: Path, rep: VerifyReport, check_values: bool) -> None:
-    from featcache.store.views import check_view
-
     rep.checked_files += 1
     try:
         check_view(path)
@@ -180,7 +180,7 @@ def _stale(p: Path) -> bool:
         host, pid = "-".join(parts[1:-2]), int(parts[-2])
     except (ValueError, IndexError):
         return time.time() - p.stat().st_mtime > TMP_GRACE_SECONDS
-    if host == socket.gethostname():
+    if host == hostname():
         return not _pid_alive(pid)
     return time.time() - p.stat().st_mtime > TMP_GRACE_SECONDS
 

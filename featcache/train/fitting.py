@@ -11,16 +11,20 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
+from featcache.environment import versions
 from featcache.errors import HeadError
+from featcache.extraction.augment import source_id
+from featcache.store.featureset import FeatureStore
+from featcache.store.views import Features, load_features
 from featcache.train.evaluate import append_result, compute_metrics, make_splits, split_summary, sweep
 from featcache.train.heads import default_grid, make_head
+from featcache.train.params import params_and_grid, parse_grid  # noqa: F401  (re-exported: the Python API)
 from featcache.train.persist import save_head
-from featcache.store.featureset import FeatureStore, versions
-from featcache.store.views import Features, load_features
+from featcache.train.plots import plot_confusion_matrix
+from featcache.train.splits import _check_fraction, check_seed
+from featcache.train.sweeps import check_n_jobs
 
 
 @dataclass
@@ -83,90 +87,6 @@ class RowSubset:
         return np.asarray(self.data[rows])
 
 
-def _param_defaults() -> dict[str, object]:
-    """Parameter name -> its default in the first registered head that has it."""
-    import inspect
-
-    from featcache.train.heads import HEADS
-
-    out: dict[str, object] = {}
-    for name in sorted(HEADS):
-        for n, p in inspect.signature(HEADS[name].__init__).parameters.items():
-            if n != "self" and p.default is not inspect.Parameter.empty:
-                out.setdefault(n, p.default)
-    return out
-
-
-def _example(name: str, default: object) -> str:
-    """Examples of values for ``name``, from its default value."""
-    if isinstance(default, tuple):
-        return f"{name}=512 or {name}=512:256, or a comma list to sweep, e.g. {name}=256,512:256"
-    if isinstance(default, bool):
-        return f"{name}=true, or a comma list to sweep, e.g. {name}=true,false"
-    if isinstance(default, (int, float)):
-        return f"{name}={default}, or a comma list to sweep, e.g. {name}={default},{default * 10}"
-    one = default if isinstance(default, str) else "VALUE"
-    return f"{name}={one}, or a comma list to sweep, e.g. {name}={one},OTHER"
-
-
-def parse_grid(options: dict[str, str | None], label: Callable[[str], str] = str) -> dict[str, list]:
-    """``{"C": "0.01,0.1,1"}`` -> ``{"C": [0.01, 0.1, 1.0]}`` (ints, floats, bools, strings, tuples a:b).
-
-    ``None`` means "not given" and is skipped. A value that is empty, or a comma list with an
-    empty item, is a :class:`HeadError`. Tuple parameters (``hidden_sizes``) take positive
-    whole numbers joined by ``:`` (``512`` or ``512:256``) and always parse to tuples; other
-    values containing ``:`` that are not all whole numbers stay strings (``device=cuda:1``).
-    ``label(name)`` says in messages how the caller set parameter ``name`` (the CLI: its flag).
-    """
-    defaults = _param_defaults()
-    tuple_params = {n for n, d in defaults.items() if isinstance(d, tuple)}
-
-    def sizes(name: str, item: str, text: str) -> tuple:
-        parts = item.split(":")
-        for part in parts:
-            if not (part.strip().isdigit() and int(part) >= 1):
-                raise HeadError(
-                    f"{label(name)} {text!r}: {part.strip()!r} is not a positive whole number; expected "
-                    f"layer widths joined by ':', e.g. {_example(name, ())}; fix the value")
-        return tuple(int(part) for part in parts)
-
-    def value(name: str, item: str, text: str):
-        item = item.strip()
-        if name in tuple_params:
-            return sizes(name, item, text)
-        if ":" in item:  # a tuple of whole numbers, e.g. 512:256
-            parts = item.split(":")
-            if all(p.strip().lstrip("-").isdigit() for p in parts):
-                return tuple(int(p) for p in parts)
-        for cast in (int, float):
-            try:
-                return cast(item)
-            except ValueError:
-                pass
-        return {"true": True, "false": False}.get(item.lower(), item)
-
-    out = {}
-    for name, text in options.items():
-        if text is None:
-            continue
-        if not str(text).strip():
-            raise HeadError(f"{label(name)} is empty; expected a value, e.g. "
-                            f"{_example(name, defaults.get(name))}; give a value or leave the option out")
-        items = str(text).split(",")
-        if any(not item.strip() for item in items):
-            raise HeadError(f"{label(name)} {text!r} has an empty item; expected values separated by single "
-                            f"commas, e.g. {_example(name, defaults.get(name)).split(', e.g. ')[-1]}; "
-                            "remove the extra comma")
-        out[name] = [value(name, item, str(text)) for item in items]
-    return out
-
-
-def params_and_grid(options: dict[str, str | None], label: Callable[[str], str] = str) -> tuple[dict, dict]:
-    """Parsed ``options`` (see :func:`parse_grid`) split into fixed parameters and a grid to sweep."""
-    parsed = parse_grid(options, label)
-    return ({k: v[0] for k, v in parsed.items() if len(v) == 1}, {k: v for k, v in parsed.items() if len(v) > 1})
-
-
 def check_fit_arguments(head: str, *, params: dict | None = None, grid: dict | None = None, seed: int = 0,
                         val_fraction: float = 0.15, test_fraction: float = 0.15, n_jobs: int | None = -1) -> None:
     """Raise a :class:`~featcache.errors.FeatcacheError` for arguments of :func:`fit_head` that cannot work.
@@ -175,9 +95,6 @@ def check_fit_arguments(head: str, *, params: dict | None = None, grid: dict | N
     Checks the head name, the parameter names (of ``params`` and ``grid``), the seed, the
     split fractions and ``n_jobs``.
     """
-    from featcache.train.splits import _check_fraction, check_seed
-    from featcache.train.sweeps import check_n_jobs
-
     make_head(head, **(params or {}))  # the name and the parameter names
     if grid:
         make_head(head, **{k: v[0] for k, v in grid.items() if isinstance(v, (list, tuple)) and v})
@@ -235,61 +152,17 @@ def fit_head(
                         test_fraction=test_fraction, n_jobs=n_jobs)
     f = features if isinstance(features, Features) else load_features(features, cache_dir=cache_dir,
                                                                         mmap=from_disk)
-    labelled = np.nonzero(f.labels >= 0)[0]
-    if len(labelled) == 0:
-        raise HeadError(f"the view {f.path} has no labels (an unlabelled data set); fit-head needs a labelled "
-                        "view: extract a folder with one sub-folder per class, or a CSV with --label-column")
-    if len(np.unique(f.labels[labelled])) < 2:
-        raise HeadError(f"the view {f.path} has a single class ({f.class_names[int(f.labels[labelled][0])]!r}); "
-                        "a classifier needs at least two classes")
+    _check_labelled(f)
     assigned = make_splits(f.labels, f.split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    idx = {s: np.nonzero(assigned == s)[0] for s in ("train", "val", "test")}
-
-    def rows(which):
-        return RowSubset(f.features, idx[which]) if from_disk else f.features[idx[which]]
-
-    X_train, y_train = rows("train"), f.labels[idx["train"]]
-    n_augmented = 0
-    if augmented is not None:
-        if from_disk:
-            raise HeadError("--from-disk and augmented copies cannot be combined yet; drop one of them")
-        X_aug, y_aug = _augmented_train_rows(augmented, f, idx["train"])
-        X_train, y_train = np.concatenate([X_train, X_aug]), np.concatenate([y_train, y_aug])
-        n_augmented = len(y_aug)
-    X_val, y_val = rows("val"), f.labels[idx["val"]]
-    grid = dict(grid or {})
-    if use_default_grid:
-        grid = {**default_grid(head), **grid}
+    rows = _SplitRows(f, assigned, from_disk)
+    X_train, y_train, n_augmented = rows.training(augmented)
+    grid = {**default_grid(head), **(grid or {})} if use_default_grid else dict(grid or {})
     t0 = time.perf_counter()
-    sweep_rows: list = []
-    sweep_workers = 1
-    if grid and len(idx["val"]):
-        def build(p):
-            return make_head(head, **{**(params or {}), **p})
-
-        result = sweep(build, grid, X_train, y_train, X_val, y_val, n_jobs=n_jobs)
-        model = result.best_estimator
-        sweep_rows = result.to_dict()["rows"]
-        sweep_workers = result.workers
-    elif grid:
-        raise HeadError("a sweep needs a validation split to choose on; set --val-fraction > 0 or add val/ "
-                        "folders to the data")
-    else:
-        model = make_head(head, **(params or {})).fit(X_train, y_train)
+    model, sweep_rows, sweep_workers = _fit(head, params or {}, grid, X_train, y_train, rows, n_jobs)
     fit_s = time.perf_counter() - t0
-    chosen = effective_params(head, model, params, grid)
-    given = _plain(dict(params or {}))
+    metrics, predict_s = rows.evaluate(model)
+    chosen, given = effective_params(head, model, params, grid), _plain(dict(params or {}))
     data_name = f.attrs.get("data_name") or None
-    metrics, predict_s = {}, 0.0
-    for which in ("val", "test"):
-        if len(idx[which]):
-            t1 = time.perf_counter()
-            X = rows(which)
-            proba = model.predict_proba(X)
-            pred = model.classes_[np.argmax(proba, axis=1)]
-            predict_s += time.perf_counter() - t1
-            metrics[which] = compute_metrics(f.labels[idx[which]], pred, proba=_full_proba(proba, model,
-                                             len(f.class_names)), class_names=f.class_names)
     out = Path(output) if output else _new_head_path(_head_dir(cache_dir, f.feature_key), head)
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = save_head(model, out, name=head, feature_key=f.feature_key, class_names=f.class_names,
@@ -297,22 +170,93 @@ def fit_head(
                                 "params_given": given, "weights_path": f.attrs.get("weights_path")})
     split = split_summary(assigned, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     split["n_train_augmented"] = n_augmented
-    timings = {"fit_s": fit_s, "predict_s": predict_s}
-    plot_path = None
-    if plot and "test" in metrics:
-        from featcache.train.plots import plot_confusion_matrix
-
-        plot_path = str(plot_confusion_matrix(metrics["test"]["confusion_matrix"], f.class_names, plot,
-                                              title=f"{head} on {f.feature_key} (test)"))
     result = FitResult(head_path=str(saved), feature_key=f.feature_key, head=head, params=chosen,
-                       metrics=metrics, timings=timings, split=split, view=f.path, sweep=sweep_rows, plot=plot_path,
-                       params_given=given, data=data_name, sweep_workers=sweep_workers)
+                       metrics=metrics, timings={"fit_s": fit_s, "predict_s": predict_s}, split=split, view=f.path,
+                       sweep=sweep_rows, plot=_plot(plot, metrics, f, head), params_given=given, data=data_name,
+                       sweep_workers=sweep_workers)
     if log:
-        append_result(FeatureStore(cache_dir).results_log, {
-            "feature_key": f.feature_key, "identity": f.identity, "view": f.path, "data": data_name, "head": head,
-            "params": result.params, "params_given": given, "grid": _plain_grid(grid), "split": split,
-            "metrics": metrics, "timings": timings, "head_path": str(saved), "versions": versions()})
+        _log(result, f, grid, cache_dir)
     return result
+
+
+def _check_labelled(f: Features) -> None:
+    labelled = np.nonzero(f.labels >= 0)[0]
+    if len(labelled) == 0:
+        raise HeadError(f"the view {f.path} has no labels (an unlabelled data set); fit-head needs a labelled "
+                        "view: extract a folder with one sub-folder per class, or a CSV with --label-column")
+    if len(np.unique(f.labels[labelled])) < 2:
+        raise HeadError(f"the view {f.path} has a single class ({f.class_names[int(f.labels[labelled][0])]!r}); "
+                        "a classifier needs at least two classes")
+
+
+class _SplitRows:
+    """The rows of each split of a view (read in batches from disk with ``from_disk``)."""
+
+    def __init__(self, f: Features, assigned: np.ndarray, from_disk: bool):
+        self.f, self.from_disk = f, from_disk
+        self.idx = {s: np.nonzero(assigned == s)[0] for s in ("train", "val", "test")}
+
+    def X(self, which: str):
+        idx = self.idx[which]
+        return RowSubset(self.f.features, idx) if self.from_disk else self.f.features[idx]
+
+    def y(self, which: str) -> np.ndarray:
+        return self.f.labels[self.idx[which]]
+
+    def training(self, augmented) -> tuple:
+        """(X, y, number of augmented copies added) of the training split."""
+        X, y = self.X("train"), self.y("train")
+        if augmented is None:
+            return X, y, 0
+        if self.from_disk:
+            raise HeadError("--from-disk and augmented copies cannot be combined yet; drop one of them")
+        X_aug, y_aug = _augmented_train_rows(augmented, self.f, self.idx["train"])
+        return np.concatenate([X, X_aug]), np.concatenate([y, y_aug]), len(y_aug)
+
+    def evaluate(self, model) -> tuple[dict, float]:
+        """Metrics on the validation and test splits (those that have rows), and the seconds predicting took."""
+        metrics, predict_s = {}, 0.0
+        for which in ("val", "test"):
+            if len(self.idx[which]):
+                t1 = time.perf_counter()
+                proba = model.predict_proba(self.X(which))
+                pred = model.classes_[np.argmax(proba, axis=1)]
+                predict_s += time.perf_counter() - t1
+                n_classes = len(self.f.class_names)
+                metrics[which] = compute_metrics(self.y(which), pred, proba=_full_proba(proba, model, n_classes),
+                                                 class_names=self.f.class_names)
+        return metrics, predict_s
+
+
+def _fit(head: str, params: dict, grid: dict, X_train, y_train, rows: _SplitRows, n_jobs):
+    """The fitted model, the sweep's rows and its worker count: a sweep on the validation split when
+    there is a grid, else one fit."""
+    if not grid:
+        return make_head(head, **params).fit(X_train, y_train), [], 1
+    if not len(rows.idx["val"]):
+        raise HeadError("a sweep needs a validation split to choose on; set --val-fraction > 0 or add val/ "
+                        "folders to the data")
+
+    def build(p):
+        return make_head(head, **{**params, **p})
+
+    result = sweep(build, grid, X_train, y_train, rows.X("val"), rows.y("val"), n_jobs=n_jobs)
+    return result.best_estimator, result.to_dict()["rows"], result.workers
+
+
+def _plot(plot, metrics: dict, f: Features, head: str) -> str | None:
+    if not plot or "test" not in metrics:
+        return None
+    return str(plot_confusion_matrix(metrics["test"]["confusion_matrix"], f.class_names, plot,
+                                     title=f"{head} on {f.feature_key} (test)"))
+
+
+def _log(result: FitResult, f: Features, grid: dict, cache_dir) -> None:
+    append_result(FeatureStore(cache_dir).results_log, {
+        "feature_key": f.feature_key, "identity": f.identity, "view": f.path, "data": result.data,
+        "head": result.head, "params": result.params, "params_given": result.params_given,
+        "grid": _plain_grid(grid), "split": result.split, "metrics": result.metrics, "timings": result.timings,
+        "head_path": result.head_path, "versions": versions()})
 
 
 def _new_head_path(folder: Path, head: str) -> Path:
@@ -328,8 +272,6 @@ def _new_head_path(folder: Path, head: str) -> Path:
 
 def _augmented_train_rows(ref, plain: Features, train_rows: np.ndarray):
     """Augmented copies whose source image is a training row of ``plain``."""
-    from featcache.extraction.augment import source_id
-
     aug = load_features(ref)
     if aug.identity.get("backbone") != plain.identity.get("backbone") or aug.class_names != plain.class_names:
         raise HeadError(f"augmented view {aug.path} does not belong to {plain.path} (other backbone or classes)")

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -59,8 +60,6 @@ def _featcache_version() -> str:
     if v:
         return str(v)
     try:
-        from importlib.metadata import version
-
         return version("featcache")
     except Exception:  # PackageNotFoundError and friends: running from a checkout
         return "unknown"

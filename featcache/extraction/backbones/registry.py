@@ -1,22 +1,19 @@
-"""Backbone registry: which networks can be extracted, their weights and preprocessing.
+"""The backbone registry: entries, weights choices and the preprocessing that belongs to them.
 
-Every torchvision classification model is registered from torchvision's own
-registry (``torchvision.models.list_models``); extra sources register themselves
-with :func:`register_backbone`. Nothing here hand-writes mean/std/resize values
-that the weights already carry: preprocessing comes from ``Weights.transforms``.
+A :class:`BackboneEntry` says how to build a network, which weights it takes and how to
+resolve them (``DEFAULT``, a weights name, ``none`` for a seeded random init, or a local
+state-dict file) without building it, so the feature identity is known before any model
+exists. Nothing here hand-writes mean/std/resize values that the weights already carry:
+preprocessing comes from the weights (``Weights.transforms`` for torchvision).
 
-Resolving a backbone (name + weights + layer + preprocessing) never builds the
-network, so the feature identity is known before any model exists.
+The sources register their entries with :func:`register_backbone`: one module per source
+(``torchvision.py``, ``lite0.py``), listed in ``featcache/extraction/backbones/__init__.py``,
+which also holds the lookups (:func:`~featcache.extraction.backbones.get_backbone`).
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import json
 import os
-import urllib.error
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +21,7 @@ import torch
 from torch import nn
 
 from featcache.errors import UnknownNameError, WeightsError
+from featcache.store.digests import hash_file
 
 # --------------------------------------------------------------------------- preprocessing
 
@@ -44,9 +42,6 @@ class Preprocess:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     antialias: bool = True
-    # (backbone, weights label, build kwargs) whose network must accept the input size; set by
-    # BackboneEntry.resolve_weights. Not part of the identity (to_dict leaves it out).
-    network: tuple | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_transforms(cls, t) -> "Preprocess":
@@ -63,7 +58,8 @@ class Preprocess:
         )
 
     def with_image_size(self, size: int | None) -> "Preprocess":
-        """Resize and crop to ``size`` px; refused when the network cannot take that input."""
+        """Resize and crop to ``size`` px (whether the network takes that input is
+        :func:`featcache.extraction.backbones.shapes.check_input_size`)."""
         if size is None:
             return self
         if int(size) < 8:
@@ -73,13 +69,10 @@ class Preprocess:
                 f"--image-size {size} is too large; expected at most {MAX_IMAGE_SIZE} (pixels). "
                 f"Every image is resized to SIZE x SIZE, so memory grows with SIZE squared"
             )
-        size = int(size)
-        if self.network is not None and size != self.crop:
-            check_input_size(*self.network, size=size, default=self.crop)
-        return replace(self, resize=size, crop=size)
+        return replace(self, resize=int(size), crop=int(size))
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "network"}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
@@ -118,12 +111,9 @@ class WeightsChoice:
 RANDOM_INIT_SEED = 0
 
 
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a weights file (hex)."""
+    return hash_file(path, "sha256")
 
 
 def looks_like_path(spec: str) -> bool:
@@ -221,13 +211,7 @@ class BackboneEntry:
 
     def resolve_weights(self, spec: str = "DEFAULT") -> WeightsChoice:
         choice = self._resolve_weights(str(spec))
-        kwargs = self.build_kwargs(choice)
-        network = (self.name, choice.label, tuple(sorted(kwargs.items())))
-        return replace(
-            choice,
-            digest=choice.digest + build_note(kwargs),
-            preprocess=replace(choice.preprocess, network=network),
-        )
+        return replace(choice, digest=choice.digest + build_note(self.build_kwargs(choice)))
 
     def _resolve_weights(self, spec: str) -> WeightsChoice:
         if spec.lower() == "none":
@@ -275,7 +259,6 @@ class BackboneEntry:
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
-_TORCHVISION_LOADED = False
 
 
 def register_backbone(entry: BackboneEntry) -> BackboneEntry:
@@ -285,300 +268,13 @@ def register_backbone(entry: BackboneEntry) -> BackboneEntry:
     return entry
 
 
-# Constructor settings torchvision's builders apply when they are given weights (read from
-# torchvision/models/{googlenet,inception,vision_transformer,maxvit}.py). featcache builds the same
-# way for every weights choice; for ``none`` and a local file, with the DEFAULT weights' settings.
-_INPUT_TRANSFORM_MODELS = ("googlenet", "inception_v3")  # transform_input=True, aux_logits=True, init_weights=False
-_AUX_DROPPED_MODELS = {"googlenet": ("aux1", "aux2")}  # aux heads removed after loading (aux_logits not asked for)
-
-
-def _torchvision_build_kwargs(name: str, w) -> dict:
-    """The keyword arguments torchvision's builder for ``name`` passes to the model class for weights ``w``."""
-    if w is None:
-        return {}
-    import torchvision.models as tvm
-
-    kwargs = {"num_classes": len(w.meta["categories"])}
-    if name in _INPUT_TRANSFORM_MODELS:
-        kwargs.update(transform_input=True, aux_logits=True, init_weights=False)
-    module = getattr(tvm.get_model_builder(name), "__module__", "")
-    if module.endswith(".vision_transformer"):
-        kwargs["image_size"] = int(w.meta["min_size"][0])
-    elif module.endswith(".maxvit"):
-        kwargs["input_size"] = tuple(int(x) for x in w.meta["min_size"])
-    return kwargs
-
-
-def _drop_aux_heads(heads: tuple[str, ...]) -> Callable[[nn.Module], None]:
-    def finish(module: nn.Module) -> None:
-        for head in heads:
-            setattr(module, head, None)
-        if hasattr(module, "aux_logits"):
-            module.aux_logits = False
-
-    return finish
-
-
-def _torchvision_entry(name: str) -> BackboneEntry:
-    import torchvision.models as tvm
-
-    def enum():
-        try:
-            return tvm.get_model_weights(name)
-        except (ValueError, KeyError):
-            return None
-
-    def weights_names():
-        e = enum()
-        return [w.name for w in e] if e is not None else []
-
-    def default_weights():
-        e = enum()
-        return e.DEFAULT.name if e is not None else None
-
-    def default_preprocess():
-        e = enum()
-        if e is None:
-            return Preprocess(resize=256, crop=224, **IMAGENET)
-        return Preprocess.from_transforms(e.DEFAULT.transforms())
-
-    def resolve_named(spec: str) -> WeightsChoice:
-        e = enum()
-        names = weights_names()
-        prefix, _, short = spec.rpartition(".")
-        if e is None or (short.upper() != "DEFAULT" and short not in names):
-            raise UnknownNameError(
-                f"weights for {name}",
-                spec,
-                ["DEFAULT", "none", *names],
-                hint="or pass a local state-dict file path",
-            )
-        owner = prefix.rsplit(".", 1)[-1]
-        if prefix and owner not in (e.__name__, name):
-            valid = ", ".join(["DEFAULT", *names, *(f"{e.__name__}.{n}" for n in names)])
-            raise WeightsError(
-                f"weights {spec!r} are {owner} weights, not weights of {name}; {name} takes "
-                f"{e.__name__}: one of {valid}, none, or a local state-dict file path"
-            )
-        w = e.DEFAULT if short.upper() == "DEFAULT" else e[short]
-        url_hash = Path(w.url).stem.rsplit("-", 1)[-1]
-        return WeightsChoice(
-            label=f"{type(w).__name__}.{w.name}",
-            digest=f"sha256-prefix:{url_hash}",
-            preprocess=Preprocess.from_transforms(w.transforms()),
-            kind="torchvision",
-            enum=w,
-        )
-
-    def load_named(choice: WeightsChoice) -> dict:
-        w = choice.enum
-        filename = os.path.basename(w.url)
-        cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-        try:
-            return w.get_state_dict(progress=False, check_hash=True)
-        except (urllib.error.URLError, OSError, RuntimeError) as e:
-            raise WeightsError(
-                f"cannot obtain {choice.label} weights ({e.__class__.__name__}: {e}). They are not in "
-                f"{cached} and could not be downloaded from {w.url}. Fix: copy the file to {cached} "
-                f"(set TORCH_HOME to choose the cache folder), or pass --weights /path/to/{filename}"
-            ) from None
-
-    def build_kwargs(choice: WeightsChoice | None) -> dict:
-        w = choice.enum if choice is not None and choice.kind == "torchvision" else None
-        if w is None:
-            e = enum()
-            w = e.DEFAULT if e is not None else None
-        return _torchvision_build_kwargs(name, w)
-
-    aux = _AUX_DROPPED_MODELS.get(name, ())
-    return BackboneEntry(
-        name=name,
-        source="torchvision",
-        builder=lambda **kwargs: tvm.get_model(name, weights=None, **kwargs),
-        weights_names=weights_names,
-        default_weights=default_weights,
-        resolve_named_weights=resolve_named,
-        default_preprocess=default_preprocess,
-        load_named_weights=load_named,
-        build_kwargs=build_kwargs,
-        finish=_drop_aux_heads(aux) if aux else None,
-        optional_state=tuple(f"{h}." for h in aux),
-    )
-
-
-def _ensure_loaded() -> None:
-    global _TORCHVISION_LOADED
-    if _TORCHVISION_LOADED:
-        return
-    import torchvision.models as tvm
-
-    for name in tvm.list_models(module=tvm):
-        if name not in _REGISTRY:
-            register_backbone(_torchvision_entry(name))
-    _TORCHVISION_LOADED = True
-    from featcache.extraction.backbones import lite0 as extra_backbones  # noqa: F401  (registers on import)
-
-
-def list_backbones() -> list[str]:
-    _ensure_loaded()
-    return sorted(_REGISTRY)
-
-
-def get_backbone(name: str) -> BackboneEntry:
-    _ensure_loaded()
+def registered(name: str) -> BackboneEntry:
+    """The entry registered as ``name`` (:func:`featcache.extraction.backbones.get_backbone` loads every source first)."""
     try:
         return _REGISTRY[name]
     except KeyError:
         raise UnknownNameError("backbone", name, _REGISTRY, hint="`featcache backbones` lists them") from None
 
 
-# --------------------------------------------------------------------------- layers
-
-
-def final_layer_name(module: nn.Module) -> str:
-    """The final classification layer: the last Linear (or, for all-conv nets, the last Conv2d)."""
-    last_linear = last_conv = None
-    for name, m in module.named_modules():
-        if isinstance(m, nn.Linear):
-            last_linear = name
-        elif isinstance(m, nn.Conv2d):
-            last_conv = name
-    found = last_linear or last_conv
-    if found is None:
-        raise WeightsError(f"{type(module).__name__} has no Linear or Conv2d layer to read features before")
-    return found
-
-
-def penultimate_dim(module: nn.Module) -> int:
-    m = module.get_submodule(final_layer_name(module))
-    return int(m.in_features if isinstance(m, nn.Linear) else m.in_channels)
-
-
-@contextlib.contextmanager
-def _empty_parameters():
-    """Create parameters on the meta device (for architectures whose builders reject a meta default)."""
-    old = nn.Module.register_parameter
-
-    def register(self, name, param):
-        old(self, name, param)
-        if param is not None:
-            p = self._parameters[name]
-            self._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
-
-    nn.Module.register_parameter = register
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = old
-
-
-def skeleton(entry: BackboneEntry, weights: WeightsChoice | None = None, kwargs: dict | None = None) -> nn.Module:
-    """The architecture without memory for its weights (for dims, layer names and input sizes).
-
-    Built as ``entry.build(weights)`` would build it (``weights`` None: the default weights'
-    settings); ``kwargs`` overrides the build settings.
-    """
-    import warnings
-
-    if kwargs is None:
-        kwargs = entry.build_kwargs(weights)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            with torch.device("meta"):
-                module = entry.builder(**kwargs)
-        except Exception:  # noqa: BLE001 - some builders compute on tensors at init
-            with _empty_parameters():
-                module = entry.builder(**kwargs).to("meta")
-    if entry.finish is not None:
-        entry.finish(module)
-    return module.eval()
-
-
-@functools.lru_cache(maxsize=256)
-def _input_size_problem(backbone: str, build: tuple, size: int, default: int) -> tuple[int | None, str] | None:
-    """None if the network takes ``size`` px input, else (the one size it takes or None, what failed)."""
-    import warnings
-
-    from featcache.extraction.layers import FeatureExtractor
-
-    entry = get_backbone(backbone)
-    model = skeleton(entry, kwargs=dict(build))
-    fixed = getattr(model, "image_size", None)  # ViT-style: position embeddings made for one size
-    if isinstance(fixed, int) and not isinstance(fixed, bool):
-        return None if fixed == size else (fixed, f"it is built for {fixed}x{fixed} px input only")
-
-    # Anything else: a forward pass on the meta device (shapes only, no memory, no compute) to the
-    # penultimate layer, at the requested size; trusted only where the default size passes.
-    extractor = FeatureExtractor(model)
-
-    def fails(s: int) -> str | None:
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                extractor(torch.empty(1, 3, s, s, device="meta"))
-        except Exception as e:  # noqa: BLE001 - any failure means: this size does not go through
-            detail = (str(e).strip().splitlines() or [""])[0][:160]
-            return f"{type(e).__name__}: {detail}" if detail else type(e).__name__
-        return None
-
-    why = fails(size)
-    if why is None or fails(default) is not None:
-        return None
-    return None, f"a forward pass at {size}x{size} px fails ({why})"
-
-
-def check_input_size(backbone: str, weights_label: str, build: tuple, *, size: int, default: int) -> None:
-    """Raise WeightsError when ``backbone`` built with ``build`` cannot take ``size`` px images."""
-    problem = _input_size_problem(backbone, tuple(build), int(size), int(default))
-    if problem is None:
-        return
-    fixed, why = problem
-    if fixed is not None:
-        fix = (f"drop --image-size (these weights use {default} px)" if fixed == default
-               else f"drop --image-size (these weights use {default} px) or pass --image-size {fixed}")
-        raise WeightsError(f"backbone {backbone} ({weights_label}) cannot take --image-size {size}: {why}. "
-                           f"Fix: {fix}")
-    larger = " or pass a larger size" if size < default else ""
-    raise WeightsError(f"backbone {backbone} ({weights_label}) cannot take --image-size {size}: {why}. "
-                       f"Fix: drop --image-size (these weights use {default} px){larger}")
-
-
-def describe_all(cache_dir: str | os.PathLike | None = None) -> list[dict]:
-    """name, source, penultimate dim, default weights and weights names of every backbone.
-
-    Dims need each architecture built (on the meta device, no weights); the table is
-    cached per torchvision version under ``cache_dir`` when one is given.
-    """
-    import torchvision
-
-    from featcache._version import __version__
-
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f".backbones-{__version__}-tv{torchvision.__version__}.json"
-        if cache_file.is_file():
-            try:
-                rows = json.loads(cache_file.read_text())
-                if [r["name"] for r in rows] == list_backbones():
-                    return rows
-            except (ValueError, KeyError, TypeError):
-                pass
-    rows = []
-    for name in list_backbones():
-        entry = get_backbone(name)
-        rows.append(
-            {
-                "name": name,
-                "source": entry.source,
-                "dim": penultimate_dim(skeleton(entry)),
-                "default_weights": entry.default_weights(),
-                "weights": entry.weights_names(),
-            }
-        )
-    if cache_file is not None:
-        from featcache.atomic import atomic_path
-
-        with contextlib.suppress(OSError), atomic_path(cache_file) as tmp:
-            tmp.write_text(json.dumps(rows))
-    return rows
+def registered_names() -> list[str]:
+    return sorted(_REGISTRY)

@@ -29,18 +29,12 @@ def torch_module():
     return torch
 
 
-def resolve_device(device: Any):
-    """``"auto"`` -> cuda if available else cpu; otherwise ``torch.device(device)``."""
-    torch = torch_module()
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise HeadInputError(
-            f"device={device!r} is not valid; expected 'auto', 'cpu', 'cuda' or 'cuda:N'; "
-            "fix the device parameter"
-        ) from None
+def head_device(device: Any):
+    """A head's ``device`` parameter resolved (:func:`featcache.devices.resolve_device`); a bad one is a HeadInputError."""
+    from featcache.devices import resolve_device  # torch: only when a torch head fits
+
+    return resolve_device(device, invalid=lambda d: HeadInputError(
+        f"device={d!r} is not valid; expected 'auto', 'cpu', 'cuda' or 'cuda:N'; fix the device parameter"))
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from featcache.train.heads._torch_train import (
     DataPlan,
     Net,
     cpu_threads,
-    resolve_device,
+    head_device,
     run_epochs,
     torch_module,
 )
@@ -95,7 +95,7 @@ class _TorchHead(HeadBase):
         torch = torch_module()
         self._check_params()
         hidden, dropout = self._hidden(), self._dropout()
-        device = resolve_device(self.device)
+        device = head_device(self.device)
         if is_lazy(X):
             Xmem, y_enc = None, self._validate_lazy_fit(X, y)
         else:

@@ -1,0 +1,36 @@
+"""What stage two offers and what it has done: the heads that can be trained, the results log as a table."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from featcache.train.heads import default_grid, get_head_class, list_heads
+from featcache.train.results import no_results_message, read_results, results_table
+
+
+def describe_heads() -> list[dict]:
+    """name, default sweep grid and first docstring line of every registered head."""
+    rows = []
+    for name in list_heads():
+        doc = (get_head_class(name).__doc__ or "").strip()
+        rows.append({"name": name, "grid": default_grid(name), "about": doc.splitlines()[0] if doc else ""})
+    return rows
+
+
+@dataclass
+class ResultRows:
+    """Rows of the results log, best first; ``empty_message`` says why there are none."""
+
+    rows: list[dict]
+    malformed: int
+    empty_message: str
+
+
+def result_rows(cache_dir: str | os.PathLike | None = None, *, feature_key: str | None = None,
+                data: str | None = None, sort_by: str = "test.accuracy", limit: int | None = None) -> ResultRows:
+    """The store's results log as table rows (filtered by feature key prefix and data, sorted, the best ``limit``)."""
+    from featcache.store.featureset import FeatureStore  # h5py only for the path of the log: `heads` stays light
+
+    records = read_results(FeatureStore(cache_dir).results_log, feature_key=feature_key, data=data)
+    rows = results_table(records, sort_by=sort_by)[:limit]
+    return ResultRows(rows, records.malformed, "" if rows else no_results_message(records))
