@@ -147,7 +147,7 @@ def decide(res: dict) -> dict:
 
 
 def backbones(only: str | None) -> list[str]:
-    from featcache.extraction.backbones.registry import list_backbones
+    from featcache.extraction.backbones import list_backbones
 
     names = only.split(",") if only else list_backbones()
     return sorted(names, key=lambda n: (_gflops(n), n))  # cheapest first: a cut-short run covers the most

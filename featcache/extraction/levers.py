@@ -53,11 +53,20 @@ FREEZE_MIN_WORK = 64 * 224 * 224
 # benchmarks/results/levers_all.json (benchmarks/lever_table.py; every torchvision
 # classification backbone at 64 px, levers on vs off). tests/test_levers.py checks these
 # sets against the table.
-LOSES_CHANNELS_LAST: frozenset[str] = frozenset({"resnet18", "resnet50"})
-LOSES_FREEZE: frozenset[str] = frozenset({"efficientnet_b0", "efficientnet_lite0"})
+LOSES_CHANNELS_LAST: frozenset[str] = frozenset({
+    "alexnet", "regnet_y_400mf", "regnet_y_800mf", "resnet18", "resnet50"})
+LOSES_FREEZE: frozenset[str] = frozenset({
+    "alexnet", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+    "efficientnet_lite0", "googlenet", "squeezenet1_0", "squeezenet1_1"})
 # Backbones the table measured: the levers are applied to these only; any other (a new
 # source, a local architecture, one the table run did not reach) runs plainly until measured.
-MEASURED: frozenset[str] = frozenset({"efficientnet_b0", "efficientnet_lite0", "resnet18", "resnet50"})
+MEASURED: frozenset[str] = frozenset({
+    "alexnet", "densenet121", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
+    "efficientnet_b3", "efficientnet_lite0", "googlenet", "mnasnet0_5", "mnasnet0_75", "mnasnet1_0",
+    "mnasnet1_3", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "regnet_x_1_6gf",
+    "regnet_x_400mf", "regnet_x_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_400mf",
+    "regnet_y_800mf", "resnet18", "resnet50", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "squeezenet1_0", "squeezenet1_1"})
 
 
 @dataclass(frozen=True)
