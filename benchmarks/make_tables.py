@@ -95,8 +95,19 @@ def scale(res: dict) -> str:
     return "\n".join(lines)
 
 
+def cli_latency(res: dict) -> str:
+    st = res["settings"]
+    lines = [header(res), "",
+             f"{st['data']} -> {st['backbone']} weights `{st.get('weights', 'DEFAULT')}`, all cached; fresh processes, "
+             f"median of {st['repeats']} (ratios taken within each repeat).", ""]
+    lines.append(_bench.table(res["rows"], [
+        ("command", "command"), ("wall_s", "wall s", 2), ("floor", "floor"), ("ratio", "x floor", 2),
+        ("goal", "goal", 1), ("verdict", "verdict")], markdown=True))
+    return "\n".join(lines)
+
+
 RENDER = {"compare_heads": compare_heads, "extract_throughput": extract_throughput, "cache_reuse": cache_reuse,
-          "scale": scale}
+          "scale": scale, "cli_latency": cli_latency}
 
 
 def main(argv=None) -> None:

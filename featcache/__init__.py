@@ -18,7 +18,7 @@ from featcache.errors import FeatcacheError
 
 #: public name -> the module that defines it (imported on first use)
 _LAZY = {
-    "extract": "featcache.extraction.engine", "ExtractResult": "featcache.extraction.engine",
+    "extract": "featcache.extraction.entry", "ExtractResult": "featcache.extraction.report",
     "DataSpec": "featcache.specs", "BackboneSpec": "featcache.specs", "RunSpec": "featcache.specs",
     "load_features": "featcache.store.views", "Features": "featcache.store.views",
     "FeatureStore": "featcache.store.featureset",

@@ -114,19 +114,27 @@ def cli():
 
 
 @cli.command()
+@click.option("--source", default=None, help="Only this source's backbones: torchvision, timm, ...")
+@click.option("--filter", "match", default=None, help="Only names containing this text (or matching a *? glob).")
+@click.option("--dims", is_flag=True,
+              help="Compute every listed timm dim (by default only when at most 64 listed rows lack one).")
 @cache_option
 @json_option
-def backbones(cache_dir, as_json):
+def backbones(source, match, dims, cache_dir, as_json):
     """List every backbone that can be extracted, with its feature dim and weights."""
     from featcache.extraction.backbones import describe_all  # lazy, as below: torch, h5py or sklearn only where used
 
-    rows = describe_all(cache_dir)
+    rows = describe_all(cache_dir, source=source, match=match, dims=dims)
     if as_json:
         _emit_json(rows)
         return
     for r in rows:
-        r["weights_list"] = ",".join(w + ("*" if w == r["default_weights"] else "") for w in r["weights"]) or "-"
+        r["weights_list"] = (",".join(w + ("*" if w == r["default_weights"] else "") for w in r["weights"]) or "-") + (
+            " (in cache)" if r.get("cached") else "")
+        r["dim"] = "?" if r["dim"] is None else r["dim"]
     click.echo(_table(rows, ["name", "dim", "source", "weights_list"]).replace("WEIGHTS_LIST", "WEIGHTS (*=DEFAULT)"))
+    if any(r["dim"] == "?" for r in rows):
+        click.echo("dim ?: not computed yet; narrow the list (--filter) or pass --dims", err=True)
 
 
 def _spec_options(cls, opts: list, arg: str, build: Callable[[dict], object]):
@@ -250,7 +258,7 @@ def _with_progress(run: RunSpec, hidden: bool) -> RunSpec:
 @json_option
 def extract(data, backbone, run, as_json):
     """Stage one: extract features of DATA into the store (a second run is a cache hit)."""
-    from featcache.extraction.engine import extract as extract_features  # (torch)
+    from featcache.extraction.entry import extract as extract_features  # (h5py; torch on a cache miss)
 
     result = extract_features(data, backbone, _with_progress(run, as_json))
     if os.environ.get("RANK", "0") != "0":
@@ -318,7 +326,7 @@ def _param_values(values: dict, extra_params: tuple[str, ...]) -> dict:
 def fit_head(head, features_ref, data, backbone, extra_params, run, as_json, **options):
     """Stage two: fit a head on cached features (--features), or on --data extracted on the way."""
     from featcache.train.params import params_and_grid  # (sklearn, for the heads' defaults)
-    from featcache.train.session import train_head  # (torch)
+    from featcache.train.session import train_head  # (sklearn; torch for torch heads or a cache miss)
 
     params, grid = params_and_grid(_param_values({k: options.pop(k) for k in PARAM_OPTIONS}, extra_params),
                                    _param_label)
@@ -339,7 +347,7 @@ def fit_head(head, features_ref, data, backbone, extra_params, run, as_json, **o
 @json_option
 def predict(head_path, data, output, run, as_json):
     """Label new images with a saved head (their features are reused or extracted)."""
-    from featcache.train.prediction import predict as predict_labels  # (torch)
+    from featcache.train.prediction import predict as predict_labels  # (sklearn; torch on a cache miss)
 
     pred = predict_labels(head_path, data, _with_progress(run, as_json or not output))
     if output:
@@ -489,11 +497,12 @@ def cache_gc(prune_rows, repair, cache_dir, as_json):
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 def run_cmd(pipeline_path, n_jobs, cache_dir, as_json, quiet):
     """Run a pipeline file: extract every backbone (reusing cached rows), fit every head, summarise."""
-    from featcache.pipeline.runner import load_pipeline, run_pipeline  # (torch)
+    from featcache.pipeline.runner import load_pipeline, run_pipeline  # (sklearn; torch on a cache miss)
 
     # --cache or FEATCACHE_CACHE beat the file's `cache`; the file's beats the default
     given = click.get_current_context().get_parameter_source("cache_dir") is not ParameterSource.DEFAULT
-    result = run_pipeline(load_pipeline(pipeline_path), cache_dir=cache_dir if given else None,
+    store = cache_dir if given else None
+    result = run_pipeline(load_pipeline(pipeline_path, cache_dir=store), cache_dir=store,
                           progress=not (as_json or quiet), n_jobs=n_jobs)
     if as_json:
         _emit_json(result.to_dict())

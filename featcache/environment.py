@@ -1,14 +1,25 @@
 """Where featcache keeps its store by default, and the library versions an artifact records."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
 from featcache._version import __version__
+
+
+def installed_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (None when it is not installed).
+
+    Read with :mod:`importlib.metadata`, so asking for torch's version does not import torch.
+    """
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def default_cache_dir() -> Path:
@@ -18,10 +29,10 @@ def default_cache_dir() -> Path:
 
 def versions() -> dict:
     """Versions of featcache and the libraries that shape its numbers (recorded in views and results)."""
-    import h5py  # these three only when an artifact is written: `import featcache` stays light
-    import torch
-    import torchvision
+    import h5py  # only when an artifact is written: `import featcache` stays light
 
-    return {"featcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "numpy": np.__version__,
-            "scikit-learn": version("scikit-learn"), "python": platform.python_version()}
+    # torch's and torchvision's from their metadata: recording them imports neither
+    return {"featcache": __version__, "torch": installed_version("torch"),
+            "torchvision": installed_version("torchvision"), "h5py": h5py.__version__,
+            "hdf5": h5py.version.hdf5_version, "numpy": np.__version__,
+            "scikit-learn": installed_version("scikit-learn"), "python": platform.python_version()}

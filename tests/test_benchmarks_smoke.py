@@ -115,3 +115,13 @@ def test_lever_table(tmp_path):
     assert row["backbone"] == "mobilenet_v3_small" and set(row["variants"]) == {"plain", "cl", "freeze", "cl_freeze"}
     assert row["decision"]["measured"] and row["decision"]["best_vs_plain"] >= 1.0
     assert res["sets"]["MEASURED"] == ["mobilenet_v3_small"]
+
+
+def test_cli_latency(tmp_path):
+    res = run_script("cli_latency", tmp_path)
+    rows = {r["command"]: r for r in res["rows"]}
+    assert {"floor bare", "floor sklearn", "help", "results", "extract (warm)", "fit-head logreg", "fit-head linear",
+            "predict (cached)", "run (all cached)"} == set(rows)
+    assert all(r["wall_s"] > 0 for r in rows.values()) and len(res["runs"]) == 1
+    for name in ("help", "results", "extract (warm)", "fit-head logreg", "run (all cached)"):
+        assert rows[name]["verdict"] in ("PASS", "MISS") and rows[name]["ratio"] > 0

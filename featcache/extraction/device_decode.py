@@ -1,6 +1,6 @@
 """``--decode device``: JPEG files decoded and preprocessed on the extraction device.
 
-Workers read the bytes and parse only the header (:func:`featcache.extraction.images.jpeg_bytes`);
+Workers read the bytes and parse only the header (:func:`featcache.extraction.imagefiles.jpeg_bytes`);
 the main thread decodes a batch at once with ``torchvision.io.decode_jpeg`` (nvJPEG on
 CUDA, libjpeg on CPU) and applies the same resize / crop / normalise as the worker
 path, on tensors. Pixels differ slightly from PIL's (IDCT and resize rounding), so the
@@ -15,7 +15,8 @@ import warnings
 
 import torch
 
-from featcache.extraction.images import RawJpeg, decode_image
+from featcache.extraction.imagefiles import decode_image
+from featcache.extraction.images import RawJpeg
 
 
 def _decode_all(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

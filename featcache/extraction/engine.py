@@ -10,20 +10,18 @@ computed.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from featcache.devices import resolve_device
-from featcache.errors import FeatcacheError, ImageDecodeError, Interrupted, UnknownNameError
+from featcache.errors import FeatcacheError, ImageDecodeError, Interrupted
 from featcache.extraction import distributed, levers
 from featcache.extraction.augment import augmented_manifest, identity_extra
 from featcache.extraction.backbones.registry import Preprocess
@@ -33,69 +31,15 @@ from featcache.extraction.identity import ResolvedIdentity, resolve_identity, wi
 from featcache.extraction.images import ImageRows, collate
 from featcache.extraction.layers import FeatureExtractor
 from featcache.extraction.manifest import Manifest
+from featcache.extraction.planning import check_run, plan_rows, rows_to_keep, write_dataset_view
+from featcache.extraction.report import ExtractResult, cache_hit_result, new_timings
 from featcache.extraction.sources import manifest_of
 from featcache.faults import failpoint
-from featcache.specs import ON_ERROR, BackboneSpec, DataSpec, RunSpec, specs_from_keywords
+from featcache.specs import BackboneSpec, DataSpec, RunSpec, specs_from_keywords
 from featcache.store.featureset import FeatureSet, FeatureStore
 from featcache.store.keys import FeatureIdentity
-from featcache.store.views import load_features
+from featcache.store.resolutions import Resolution, ResolutionIndex, spec_request
 
-
-
-@dataclass
-class ExtractResult:
-    view: str
-    feature_key: str
-    data: str
-    rows: int
-    dim: int
-    extracted: int
-    reused: int
-    cache_hit: bool
-    model_built: bool
-    skipped: list[dict] = field(default_factory=list)
-    ignored: int = 0
-    timings: dict = field(default_factory=dict)
-    identity: dict = field(default_factory=dict)
-    device: str = "cpu"
-    augmented: dict | None = None
-    workers: int = 0  # DataLoader decode workers of this run (0: decoding in the main process)
-    levers: str = "plain"  # inference levers the rows were computed with (featcache.extraction.levers)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def summary(self) -> str:
-        t = self.timings
-        head = f"{self.data}: {self.rows} rows x {self.dim} [{self.feature_key}]"
-        if self.cache_hit:
-            return (f"cache hit: {head} in {t.get('total_s', 0):.2f} s, no model built -> {self.view}"
-                    + self._augmented_summary())
-        rate = self.extracted / t["extract_s"] if t.get("extract_s") else 0.0
-        s = (f"{head}: extracted {self.extracted}, reused {self.reused}, skipped {len(self.skipped)} "
-             f"in {t.get('total_s', 0):.1f} s ({rate:.1f} img/s on {self.device}, {self._levers()}; "
-             f"decode {t.get('decode_s', 0):.1f} s "
-             f"{f'in {self.workers} workers' if self.workers else 'in the main process'}{self._device_decode()}, "
-             f"waiting on data {t.get('wait_s', 0):.1f} s, "
-             f"forward {t.get('forward_s', 0):.1f} s, write {t.get('write_s', 0):.1f} s) -> {self.view}")
-        if self.ignored:
-            s += f"; {self.ignored} non-image files ignored"
-        return s + self._augmented_summary()
-
-    def _levers(self) -> str:
-        setup = self.timings.get("levers_s")
-        return f"levers {self.levers}" + (f" set up in {setup:.1f} s" if setup else "")
-
-    def _device_decode(self) -> str:
-        s = self.timings.get("device_decode_s")
-        return f" + {s:.1f} s of JPEG on {self.device}" if s is not None else ""
-
-    def _augmented_summary(self) -> str:
-        a = self.augmented
-        if not a:
-            return ""
-        return (f"\naugmented: {a['rows']} rows ({a['copies']} per training image) [{a['feature_key']}]: extracted "
-                f"{a['extracted']}, reused {a['reused']} -> {a['view']}")
 
 
 def default_workers() -> int:
@@ -271,8 +215,9 @@ def extract(data: str | DataSpec | Manifest, backbone: BackboneSpec | str | None
     dev = resolve_device(run.device)
     dist = distributed.from_env(dev)
     dev = distributed.rank_device(dev, dist)
-    resolved = resolve_identity(spec, device=dev)
     store = FeatureStore(run.cache_dir)
+    # one process remembers its resolutions (torchrun ranks resolve on their own devices)
+    resolved = resolve_remembered(spec, run.device, dev, store.root if dist.world == 1 else None)
     manifest = data if isinstance(data, Manifest) else manifest_of(data, store.root)
     t0 = time.perf_counter()
     manifest.compute_digests(store.digest_cache)
@@ -280,25 +225,31 @@ def extract(data: str | DataSpec | Manifest, backbone: BackboneSpec | str | None
     job = _Job(store=store, run=run, device=dev, dist=dist)
     result = job.extract_set(manifest, resolved, t_start, digest_s)
     if spec.augment:
-        aug = job.extract_set(augmented_manifest(manifest, spec.augment, spec.augment_seed),
-                              with_extra(resolved, identity_extra(spec.augment_seed)), time.perf_counter())
-        result.augmented = {"view": aug.view, "feature_key": aug.feature_key, "copies": spec.augment,
-                            "rows": aug.rows, "extracted": aug.extracted, "reused": aug.reused,
-                            "cache_hit": aug.cache_hit}
-        result.model_built = result.model_built or aug.model_built
+        extra = identity_extra(spec.augment_seed)
+        aug_resolved = with_extra(resolved, extra)
+        if dist.world == 1:
+            remember(store.root, spec_request(spec, run.device, extra), aug_resolved, dev)
+        aug = job.extract_set(augmented_manifest(manifest, spec.augment, spec.augment_seed), aug_resolved,
+                              time.perf_counter())
+        result.with_augmented(aug, spec.augment)
     return result
 
 
-def check_run(run: RunSpec) -> None:
-    """The RunSpec values that cannot work, as errors naming the option."""
-    if run.on_error not in ON_ERROR:
-        raise UnknownNameError("--on-error policy", run.on_error, ON_ERROR)
-    if run.batch_size < 1:
-        raise FeatcacheError(f"--batch-size {run.batch_size}: expected a positive integer")
-    levers.check_compute(run.compute)
+def resolve_remembered(spec: BackboneSpec, device: str, dev: torch.device | None = None,
+                       index_root: str | os.PathLike | None = None) -> ResolvedIdentity:
+    """:func:`resolve_identity` of ``spec`` for the ``--device`` value ``device`` (resolved: ``dev``),
+    remembered in the resolution index of the store ``index_root`` when given."""
+    request = spec_request(spec, device) if index_root is not None else None  # a weights file's stat first
+    resolved = resolve_identity(spec, device=dev if dev is not None else device)
+    if request is not None:
+        remember(index_root, request, resolved, dev if dev is not None else resolve_device(device))
+    return resolved
 
 
-TIMINGS = ("digest_s", "build_s", "wait_s", "decode_s", "forward_s", "write_s", "view_s", "extract_s", "total_s")
+def remember(index_root: str | os.PathLike, request: dict, resolved: ResolvedIdentity, dev: torch.device) -> None:
+    """Remember that ``request`` resolves to ``resolved`` (on ``dev``) in the store's resolution index."""
+    w = resolved.weights
+    ResolutionIndex(index_root).remember(request, Resolution(resolved.identity.key, str(dev), w.path, w.digest))
 
 
 @dataclass
@@ -317,7 +268,7 @@ class _Job:
     def extract_set(self, manifest: Manifest, resolved: ResolvedIdentity, t_start: float,
                     digest_s: float = 0.0) -> ExtractResult:
         """Plan, compute the missing rows (this rank's share), publish the view, merge small shards."""
-        timings = dict.fromkeys(TIMINGS, 0.0)
+        timings = new_timings()
         timings["digest_s"] = digest_s
         fs = self.store.open(resolved.identity)
         view = fs.view_path(manifest.name, manifest.fingerprint())
@@ -328,19 +279,20 @@ class _Job:
         # being added to it, as they are in no view yet
         with fs.lock(shared=True):
             # rank 0 decides (a cache hit, or which rows are missing) so that every rank agrees
-            plan = _plan(fs, manifest, view, self.run.on_error) if dist.is_main else None
+            plan = plan_rows(fs, manifest, view, self.run.on_error) if dist.is_main else None
             hit, todo, skipped = dist.broadcast(plan)
             if hit:
-                return _cache_hit(view, timings, t_start, common)
+                return cache_hit_result(view, timings, t_start, common)
             chosen = dist.broadcast(self.settle_levers(fs, resolved.identity, len(todo)) if dist.is_main else None)
             mine = todo[dist.rank::dist.world]
             mine_done = self.compute_rows(fs, manifest, mine, resolved, timings, chosen) if mine else (0, False, [])
             ranks = dist.gather(mine_done)
             skipped = skipped + [b for r in ranks for b in r[2]]
             t0 = time.perf_counter()
-            keep, skipped = _rows_to_keep(manifest, skipped)
+            keep, skipped = rows_to_keep(manifest, skipped)
             if dist.is_main:
-                _write_view(fs, view, manifest, keep, skipped, resolved, dist.world)
+                write_dataset_view(fs, view, manifest, keep, skipped, weights_path=resolved.weights.path,
+                                   world=dist.world)
         dist.barrier()  # every rank has let go of the set: rank 0 may merge its small shards
         if dist.is_main:
             fs.compact()
@@ -394,59 +346,6 @@ class _Job:
         timings["write_s"] = writer.busy
         timings["extract_s"] = time.perf_counter() - t0
         return extracted, True, bad
-
-
-def _write_view(fs: FeatureSet, view, manifest: Manifest, keep: list[int], skipped: list[dict],
-                resolved: ResolvedIdentity, world: int) -> None:
-    fs.write_view(
-        view, [manifest.digests[i] for i in keep], ids=[manifest.ids[i] for i in keep],
-        labels=manifest.labels[keep] if len(keep) else np.zeros(0, np.int64),
-        split=[manifest.split[i] for i in keep], class_names=manifest.class_names,
-        attrs={"weights_path": resolved.weights.path or "", "data_source": manifest.source,
-               "data_root": manifest.root, "data_name": manifest.name, "fingerprint": manifest.fingerprint(),
-               "skipped": skipped, "ignored_files": len(manifest.ignored), "world_size": world})
-
-
-def _plan(fs: FeatureSet, manifest: Manifest, view, on_error: str):
-    """(cache hit?, positions to extract, files skipped already) for this run."""
-    if view.is_file():
-        return True, [], []
-    skipped = []
-    for i, d in enumerate(manifest.digests):
-        if d is None:
-            if on_error == "fail":
-                raise ImageDecodeError(f"cannot read {manifest.ids[i]!r}; check the file's permissions, or "
-                                       "pass --on-error skip to leave it out")
-            skipped.append({"id": manifest.ids[i], "error": "unreadable file"})
-    index = fs.row_index()
-    first: dict[str, int] = {}
-    for i, d in enumerate(manifest.digests):
-        if d is not None and d not in index and d not in first:
-            first[d] = i
-    return False, sorted(first.values()), skipped
-
-
-def _cache_hit(view, timings: dict, t_start: float, common: dict) -> ExtractResult:
-    f = load_features(view, mmap=True)
-    rows, dim = f.features.shape
-    skipped = json.loads(f.attrs.get("skipped", "[]"))
-    f.features.file.close()
-    timings["total_s"] = time.perf_counter() - t_start
-    return ExtractResult(view=str(view), rows=rows, dim=dim, extracted=0, reused=rows, cache_hit=True,
-                         model_built=False, skipped=skipped, timings=timings, **common)
-
-
-def _rows_to_keep(manifest: Manifest, skipped: list[dict]) -> tuple[list[int], list[dict]]:
-    """Positions that go into the view; content that failed to decode fails at every position holding it."""
-    position = {id_: i for i, id_ in enumerate(manifest.ids)}
-    bad_digests = {manifest.digests[position[s["id"]]] for s in skipped} - {None}
-    skipped = list(skipped)
-    skipped_ids = {s["id"] for s in skipped}
-    for id_, d in zip(manifest.ids, manifest.digests):
-        if d in bad_digests and id_ not in skipped_ids:
-            skipped.append({"id": id_, "error": "same content as a file that could not be decoded"})
-            skipped_ids.add(id_)
-    return [i for i, id_ in enumerate(manifest.ids) if id_ not in skipped_ids], skipped
 
 
 def ident_transform(ident: FeatureIdentity):

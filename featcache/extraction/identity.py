@@ -44,7 +44,7 @@ def resolve_identity(backbone: BackboneSpec | str, *, device: str = "auto", **op
     check_input_size(entry, choice, spec.image_size)
     ident = FeatureIdentity(
         backbone=entry.name,
-        source=entry.source,
+        source=f"{entry.source}=={entry.version}" if entry.version else entry.source,  # e.g. timm==1.0.31
         weights=choice.label,
         weights_digest=choice.digest,
         layer=spec.layer,

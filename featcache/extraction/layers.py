@@ -1,7 +1,8 @@
 """Reading one layer of a frozen network: hooks, early stop, pooling.
 
 ``penultimate`` is the input of the final classification layer (found by
-:func:`final_layer_name`); any other value names a module
+:func:`final_layer_name`), or, for a model with timm's feature API,
+``forward_head(forward_features(x), pre_logits=True)``; any other value names a module
 (``model.named_modules()``), whose output is read. The forward pass stops as
 soon as the layer has been read, so later layers cost nothing.
 """
@@ -51,6 +52,11 @@ def layer_names(module: nn.Module) -> list[str]:
     return [n for n, _ in module.named_modules() if n]
 
 
+def has_pre_logits(module: nn.Module) -> bool:
+    """True for models with timm's feature API (``forward_features``, ``forward_head(pre_logits=)``)."""
+    return callable(getattr(module, "forward_features", None)) and callable(getattr(module, "forward_head", None))
+
+
 class FeatureExtractor(nn.Module):
     """Wraps a frozen backbone; ``forward(images) -> (N, D)`` features of one layer."""
 
@@ -61,6 +67,11 @@ class FeatureExtractor(nn.Module):
         self.module = module.eval().requires_grad_(False)
         self.pool = pool
         self.layer = layer
+        self.pre_logits = layer == "penultimate" and has_pre_logits(module)
+        self._captured: torch.Tensor | None = None
+        if self.pre_logits:  # timm's own definition of the penultimate features: no hook needed
+            self.target, self._read_input = "forward_head(pre_logits=True)", True
+            return
         if layer == "penultimate":
             target, self._read_input = final_layer_name(module), True
         else:
@@ -72,7 +83,6 @@ class FeatureExtractor(nn.Module):
                 )
             target, self._read_input = layer, False
         self.target = target
-        self._captured: torch.Tensor | None = None
         sub = module.get_submodule(target)
         if self._read_input:
             sub.register_forward_pre_hook(self._pre_hook)
@@ -88,6 +98,9 @@ class FeatureExtractor(nn.Module):
         raise _Stop
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pre_logits:
+            x = self.module.forward_head(self.module.forward_features(images), pre_logits=True)
+            return pool_features(x, self.pool).float()
         self._captured = None
         try:
             self.module(images)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from featcache.extraction.images import FileReader
+from featcache.extraction.imagefiles import FileReader
 
 
 @dataclass

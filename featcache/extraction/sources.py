@@ -25,9 +25,8 @@ import numpy as np
 from PIL import Image
 
 from featcache.errors import DataError, UnknownNameError
-from featcache.extraction.images import IMAGE_EXTENSIONS
+from featcache.extraction.imagefiles import IMAGE_EXTENSIONS
 from featcache.extraction.manifest import Manifest, safe_id, slug
-from featcache.extraction.tvdata import from_torchvision
 from featcache.specs import DataSpec, field_names
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -411,6 +410,8 @@ def load_manifest(data: str, *, cache_dir: str | os.PathLike, path_column: str =
     if data.startswith("builtin:"):
         return builtin(data.split(":", 1)[1], cache_dir)
     if data.startswith("torchvision:"):
+        from featcache.extraction.tvdata import from_torchvision  # torch: only torchvision data needs it
+
         return from_torchvision(data.split(":", 1)[1], root=root, split=tv_split, download=download)
     if data.lower().endswith(".csv"):
         return from_csv(data, path_column=path_column, label_column=label_column, root=root,

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from featcache.extraction.images import to_rgb
+from featcache.extraction.imagefiles import to_rgb
 from featcache.extraction.manifest import Manifest, slug
 from featcache.store.digests import DIGEST_SIZE, digest_file
 from featcache.errors import DataError, UnknownNameError

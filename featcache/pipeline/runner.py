@@ -1,8 +1,9 @@
 """Pipelines: one TOML file declares an experiment; ``run_pipeline`` runs it with cache reuse.
 
 A pipeline names a data set, a split, a list of backbones and a list of heads.
-Running it extracts every backbone's features with :func:`featcache.extraction.engine.extract`
-(every row the store already holds is reused, so a second run extracts nothing),
+Running it extracts every backbone's features with :func:`featcache.extraction.entry.extract`
+(every row the store already holds is reused, so a second run extracts nothing, and a run
+whose rows are all cached imports no torch),
 fits every head on every backbone with :func:`featcache.train.fitting.fit_head`, and
 writes a summary next to the results. With ``[extract] augment = N`` each
 backbone also extracts (or reuses) N seeded augmented copies of every training
@@ -30,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from featcache.errors import FeatcacheError, Interrupted
-from featcache.extraction.engine import ExtractResult, extract
-from featcache.extraction.identity import resolve_identity
+from featcache.extraction.entry import extract, resolve_key
+from featcache.extraction.report import ExtractResult
 from featcache.extraction.manifest import Manifest
 from featcache.extraction.sources import manifest_of
 from featcache.pipeline.spec import (
@@ -46,6 +47,7 @@ from featcache.pipeline.spec import (
     SplitSpec,
     load_pipeline,
     parse_pipeline,
+    store_folder,
 )
 from featcache.atomic import atomic_write_text
 from featcache.store.featureset import FeatureStore
@@ -81,13 +83,7 @@ MIN_RATE_ROWS = 100
 
 def resolve_cache_dir(pipeline: Pipeline, cache_dir: str | os.PathLike | None = None) -> Path:
     """The store: ``cache_dir`` if given, else ``$FEATCACHE_CACHE``, else the pipeline's ``cache``, else ``cache``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("FEATCACHE_CACHE"):
-        return Path(os.environ["FEATCACHE_CACHE"])
-    if pipeline.cache:
-        return Path(pipeline.cache)
-    return Path("cache")
+    return store_folder(pipeline.cache, cache_dir)
 
 
 # --------------------------------------------------------------------------- results
@@ -352,7 +348,7 @@ class _Steps:
         """Every identity resolves before any work is done."""
         for b in self.pipeline.backbones:
             try:
-                resolve_identity(b.spec, device="cpu")  # checks only: "auto" precision as on the CPU
+                resolve_key(b.spec, self.run)  # from the resolution index when it knows the spec
             except FeatcacheError as e:
                 raise self.context(f"backbone {b.label!r}", e) from e
 

@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from featcache.errors import FeatcacheError, UnknownNameError
-from featcache.extraction.backbones import get_backbone, list_backbones
-from featcache.extraction.backbones.registry import BackboneEntry, looks_like_path
+from featcache.extraction.weights_names import looks_like_path
 from featcache.specs import BackboneSpec, DataSpec, RunSpec
+from featcache.store.resolutions import ResolutionIndex
 
 __all__ = [
     "BackboneSpec",
@@ -241,6 +241,15 @@ class _Ctx:
 
     def __init__(self, file: str):
         self.file = file
+        # backbones and (backbone, weights name) pairs the store resolved before: no registry needed
+        self.known_names: set[str] = set()
+        self.known_weights: set[tuple[str, str]] = set()
+
+    def know(self, store: Path) -> None:
+        """Take the backbones and weights names that the resolution index of ``store`` resolves here and now."""
+        options = ResolutionIndex(store).options_for()
+        self.known_names = {o["backbone"] for o in options}
+        self.known_weights = {(o["backbone"], o["weights"]) for o in options}
 
     def error(self, msg: str) -> PipelineError:
         return PipelineError(f"{self.file}: {msg}")
@@ -292,8 +301,9 @@ def _tupled(v: Any) -> Any:
     return v
 
 
-def load_pipeline(path: str | os.PathLike) -> Pipeline:
-    """Read and validate a pipeline TOML file (never executes anything in it)."""
+def load_pipeline(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> Pipeline:
+    """Read and validate a pipeline TOML file (never executes anything in it); ``cache_dir``: the store
+    it will run on, when not its own (see :func:`store_folder`)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise PipelineError(f"pipeline file {str(path)!r} does not exist; expected a TOML file such as "
@@ -306,12 +316,14 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
     except (OSError, UnicodeDecodeError) as e:
         raise PipelineError(f"cannot read pipeline file {str(p)!r} ({e})") from None
     stem = re.sub(r"[^A-Za-z0-9_.+-]+", "-", p.stem).strip("-.") or "pipeline"
-    return parse_pipeline(doc, base_dir=p.resolve().parent, source=str(p), default_name=stem)
+    return parse_pipeline(doc, base_dir=p.resolve().parent, source=str(p), default_name=stem, cache_dir=cache_dir)
 
 
 def parse_pipeline(doc: dict, *, base_dir: str | os.PathLike = ".", source: str = "<pipeline>",
-                   default_name: str = "pipeline") -> Pipeline:
-    """Validate a parsed TOML document; relative paths resolve against ``base_dir``."""
+                   default_name: str = "pipeline", cache_dir: str | os.PathLike | None = None) -> Pipeline:
+    """Validate a parsed TOML document; relative paths resolve against ``base_dir``. Backbone and
+    weights names that the store's resolution index (``cache_dir``, else as :func:`store_folder`
+    says) resolved before need no registry: parsing then imports no torch."""
     ctx = _Ctx(source)
     base = Path(base_dir).resolve()
     if not isinstance(doc, dict):
@@ -324,12 +336,21 @@ def parse_pipeline(doc: dict, *, base_dir: str | os.PathLike = ".", source: str 
     data = _parse_data(doc, ctx, base)
     split = _parse_split(doc.get("split", {}), ctx)
     extract = _parse_extract(doc.get("extract", {}), ctx)
+    cache = _resolve_path(doc["cache"], base) if doc.get("cache") else None
+    ctx.know(store_folder(cache, cache_dir))
     backbones = _parse_backbones(doc.get("backbones"), ctx, base, extract)
     heads = _parse_heads(doc.get("heads"), ctx, {b.label for b in backbones})
-    cache = doc.get("cache")
     return Pipeline(name=name, description=doc.get("description", ""), data=data, split=split, extract=extract,
-                    backbones=backbones, heads=heads, cache=_resolve_path(cache, base) if cache else None,
-                    path=source)
+                    backbones=backbones, heads=heads, cache=cache, path=source)
+
+
+def store_folder(pipeline_cache: str | None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The store: ``cache_dir`` if given, else ``$FEATCACHE_CACHE``, else the pipeline's ``cache``, else ``cache``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("FEATCACHE_CACHE"):
+        return Path(os.environ["FEATCACHE_CACHE"])
+    return Path(pipeline_cache or "cache")
 
 
 def _spec_values(ctx: _Ctx, table: dict, where: str, cls, keys) -> dict:
@@ -405,33 +426,42 @@ def _parse_backbones(items, ctx: _Ctx, base: Path, extract: ExtractSpec) -> tupl
         ctx.check(b, where, _BACKBONE)
         if "name" not in b:
             raise ctx.error(f"{where} has no name; expected e.g. name = \"resnet18\" (see `featcache backbones`)")
-        entry = _backbone_entry(b["name"], where, ctx)
+        _check_backbone(b["name"], where, ctx)
         values = _spec_values(ctx, b, where, BackboneSpec, _BACKBONE)
-        values["weights"] = _weights(entry, values.get("weights", "DEFAULT"), where, ctx, base)
+        values["weights"] = _weights(b["name"], values.get("weights", "DEFAULT"), where, ctx, base)
         if values.get("image_size") is not None:
             ctx.positive(where, "image_size", values["image_size"], 8)
         spec = BackboneSpec(backbone=b["name"], augment=extract.augment, augment_seed=extract.augment_seed,
                             **values)
         if not spec.layer:
             raise ctx.error(f'{where} layer is empty; expected "penultimate" or a module name such as "features"')
-        label = b.get("label", b["name"])
+        label = b.get("label", b["name"].replace(":", "-"))  # timm:x -> timm-x: labels name files
         _check_label(ctx, where, label, [o.label for o in out], "backbones")
         out.append(LabelledBackbone(label=label, spec=spec))
     return tuple(out)
 
 
-def _backbone_entry(name: str, where: str, ctx: _Ctx) -> BackboneEntry:
+def _check_backbone(name: str, where: str, ctx: _Ctx, weights: str | None = None) -> None:
+    """``name`` is a backbone and ``weights`` (when given) one of its weights names: known from the
+    store's resolution index (no torch), else asked of the backbone registry."""
+    if name in ctx.known_names and (weights is None or (name, weights) in ctx.known_weights):
+        return
+    # torch: the registry is torchvision's
+    from featcache.extraction.backbones import get_backbone, list_backbones
+
     try:
-        return get_backbone(name)
+        entry = get_backbone(name)
     except UnknownNameError:
         raise UnknownNameError("backbone", name, list_backbones(),
                                hint=f"{where} in {ctx.file}; `featcache backbones` lists them") from None
+    if weights is not None:
+        entry.resolve_weights(weights)  # a name: validated now, loaded at extraction
 
 
-def _weights(entry: BackboneEntry, weights: str, where: str, ctx: _Ctx, base: Path) -> str:
+def _weights(name: str, weights: str, where: str, ctx: _Ctx, base: Path) -> str:
     """A weights name, validated now (loaded at extraction), or a file path made absolute."""
     if weights.lower() in ("none", "default") or not looks_like_path(weights):
-        entry.resolve_weights(weights)
+        _check_backbone(name, where, ctx, weights)
         return weights
     path = _resolve_path(weights, base)
     if not Path(path).is_file():

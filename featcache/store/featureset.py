@@ -199,6 +199,18 @@ class FeatureStore:
                                  "move the folder away and re-run to rebuild it")
         return fs
 
+    def open_key(self, key: str) -> FeatureSet | None:
+        """The set stored under ``key``, its identity read from disk; None when there is none, or when
+        its identity is unreadable or does not hash to ``key`` (the full path then reports it)."""
+        path = self.features_dir / key / "identity.json"
+        if not path.is_file():
+            return None
+        try:
+            ident = self._read_identity(path)
+        except StoreError:
+            return None
+        return FeatureSet(self, key, ident) if ident.key == key else None
+
     def _read_identity(self, path: Path) -> FeatureIdentity:
         try:
             d = json.loads(path.read_text())

@@ -63,6 +63,8 @@ class FeatureIdentity:
 
     @property
     def key(self) -> str:
-        """``<backbone>-<12 hex>``: readable, and unique to the identity."""
+        """``<backbone>-<12 hex>``: readable, and unique to the identity. A ``:`` in the backbone
+        name becomes ``-`` (``timm-convnext_tiny.fb_in1k-...``): keys name folders, and ``KEY:DATA``
+        names a view."""
         digest = hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:12]
-        return f"{self.backbone}-{digest}"
+        return f"{self.backbone.replace(':', '-')}-{digest}"

@@ -3,7 +3,8 @@
 verify checks every file: identity.json readable and of this format, each row
 shard opens with the expected datasets and the identity's dim and dtype, no
 NaN/inf, row digests unique, each view complete and equal to the rows it was
-built from. gc removes temporary files left by dead writers, merges shards
+built from, and the resolution index (``resolutions.sqlite``, see
+featcache.store.resolutions) readable and consistent with weights files and identities. gc removes temporary files left by dead writers, merges shards
 (dropping duplicate rows), optionally drops rows no view references
 (``prune_rows``), and with ``repair`` moves damaged files away so that the next
 extraction recomputes what they held.
@@ -22,6 +23,7 @@ from featcache.atomic import hostname
 from featcache.errors import StoreError
 from featcache.store.views import check_view
 from featcache.store.featureset import FeatureSet, FeatureStore
+from featcache.store.resolutions import check_index
 from featcache.store.shards import BLOCK_BYTES, shard_checksum
 
 TMP_GRACE_SECONDS = 24 * 3600  # a temp file of another host is only removed when this old
@@ -73,6 +75,7 @@ def _tmp_files(fs: FeatureSet) -> list[Path]:
 def verify(cache_dir=None, *, check_values: bool = True) -> VerifyReport:
     store = FeatureStore(cache_dir)
     rep = VerifyReport()
+    rep.problems += [Problem(*p) for p in check_index(store.root)]
     if not store.features_dir.is_dir():
         return rep
     for d in sorted(store.features_dir.iterdir()):

@@ -4,12 +4,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from featcache.train.heads import default_grid, get_head_class, list_heads
+from featcache.store.featureset import FeatureStore
 from featcache.train.results import no_results_message, read_results, results_table
 
 
 def describe_heads() -> list[dict]:
     """name, default sweep grid and first docstring line of every registered head."""
+    from featcache.train.heads import default_grid, get_head_class, list_heads  # sklearn: `results` stays light
+
     rows = []
     for name in list_heads():
         doc = (get_head_class(name).__doc__ or "").strip()
@@ -29,8 +31,6 @@ class ResultRows:
 def result_rows(cache_dir: str | os.PathLike | None = None, *, feature_key: str | None = None,
                 data: str | None = None, sort_by: str = "test.accuracy", limit: int | None = None) -> ResultRows:
     """The store's results log as table rows (filtered by feature key prefix and data, sorted, the best ``limit``)."""
-    from featcache.store.featureset import FeatureStore  # h5py only for the path of the log: `heads` stays light
-
     records = read_results(FeatureStore(cache_dir).results_log, feature_key=feature_key, data=data)
     rows = results_table(records, sort_by=sort_by)[:limit]
     return ResultRows(rows, records.malformed, "" if rows else no_results_message(records))

@@ -15,7 +15,6 @@ head's default is a tuple.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
 import json
 import os
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from featcache.environment import installed_version
 from featcache.atomic import atomic_path
 from featcache.errors import HeadError, UnknownNameError
 from featcache.train.heads import get_head_class
@@ -57,10 +57,7 @@ class LoadedHead:
 
 
 def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return installed_version(dist) or "unknown"
 
 
 def library_versions() -> dict[str, str]:

@@ -12,14 +12,17 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from featcache.errors import FeatcacheError, HeadError
-from featcache.extraction.engine import ExtractResult, extract
-from featcache.extraction.identity import resolve_identity, spec_from_identity
-from featcache.specs import BackboneSpec, DataSpec, RunSpec, specs_from_keywords
+from featcache.extraction.entry import extract, resolve_key
+from featcache.extraction.report import ExtractResult
+from featcache.specs import OWNER, BackboneSpec, DataSpec, RunSpec, specs_from_keywords
+from featcache.store.featureset import FeatureStore
+from featcache.store.keys import FeatureIdentity
+from featcache.store.resolutions import ResolutionIndex, request_spec
 from featcache.store.views import load_features
 from featcache.train.persist import LoadedHead, check_feature_key, load_head
 
@@ -55,10 +58,11 @@ def predict(head_path: str | os.PathLike, data: str | DataSpec, run: RunSpec | N
     and nothing is extracted.
     """
     loaded = load_head(head_path)
-    spec = head_backbone_spec(loaded, head_path)  # checks that it gives the head's feature key
-    data, given, run = specs_from_keywords(data, spec, run, **{"labelled": False, "label_column": None, **options})
+    data, _, run = specs_from_keywords(data, None, run, **{"labelled": False, "label_column": None, **options})
+    spec = head_backbone_spec(loaded, head_path, run)  # checks that it gives the head's feature key
+    given = replace(spec, **{k: v for k, v in options.items() if OWNER.get(k) is BackboneSpec})
     if given != spec:  # options given to predict() that change the features
-        check_feature_key(loaded, resolve_identity(given, device=run.device).identity.key)
+        check_feature_key(loaded, resolve_key(given, run))
     r: ExtractResult = extract(data, given, run)
     check_feature_key(loaded, r.feature_key)
     f = load_features(r.view)
@@ -70,13 +74,20 @@ def predict(head_path: str | os.PathLike, data: str | DataSpec, run: RunSpec | N
     return Prediction(rows=rows, head=loaded.name, feature_key=r.feature_key, extraction=r.to_dict())
 
 
-def head_backbone_spec(loaded: LoadedHead, head_path) -> BackboneSpec:
-    """The BackboneSpec of a head's features, rebuilt from its recorded identity; a HeadError when it
-    does not give the head's feature key."""
+def head_backbone_spec(loaded: LoadedHead, head_path, run: RunSpec | None = None) -> BackboneSpec:
+    """The BackboneSpec of a head's features, from the resolution index of ``run``'s store when it
+    knows the head's key (no torch), else rebuilt from the head's recorded identity; a HeadError
+    when that does not give the head's feature key."""
     identity = (loaded.metadata or {}).get("identity")
     if not identity or not isinstance(identity, dict):
         raise HeadError(f"head file {head_path} does not record the identity of its features; re-fit it with "
                         "`featcache fit-head`")
+    known = indexed_spec(loaded, identity, run or RunSpec())
+    if known is not None:
+        return known
+    # torch: rebuilding a spec from an identity needs the backbone registry
+    from featcache.extraction.identity import resolve_identity, spec_from_identity
+
     try:
         spec = spec_from_identity(identity, (loaded.metadata or {}).get("weights_path"))
         key = resolve_identity(spec).identity.key
@@ -93,3 +104,21 @@ def head_backbone_spec(loaded: LoadedHead, head_path) -> BackboneSpec:
             "computes feature identities differently); nothing was extracted; re-fit the head with "
             "`featcache fit-head` on the features you want to use")
     return spec
+
+
+def indexed_spec(loaded: LoadedHead, identity: dict, run: RunSpec) -> BackboneSpec | None:
+    """A BackboneSpec giving the head's feature key, from the store's resolution index (no torch);
+    None when the index knows none, or when the recorded identity does not give the key."""
+    try:
+        if FeatureIdentity.from_dict(identity).key != loaded.feature_key:
+            return None  # the full path says what is wrong
+    except (KeyError, TypeError, ValueError):
+        return None
+    index = ResolutionIndex(FeatureStore(run.cache_dir).root)
+    known = [o for o in index.options_for(loaded.feature_key) if not o.get("extra")]
+    if not known:
+        return None
+    same = [o for o in known if o["device"] == run.device]
+    spec = request_spec((same or known)[0])
+    # resolved for another device: its "auto" precision may resolve otherwise here, the identity's may not
+    return spec if same else replace(spec, precision=identity["precision"])

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from featcache.errors import FeatcacheError
 from featcache.extraction.augment import find_augmented_view
-from featcache.extraction.engine import ExtractResult, extract
+from featcache.extraction.entry import extract
 from featcache.extraction.manifest import Manifest
+from featcache.extraction.report import ExtractResult
 from featcache.specs import BackboneSpec, DataSpec, RunSpec
 from featcache.store.views import Features, load_features
 from featcache.train.fitting import FitResult, check_fit_arguments, fit_head

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from featcache.errors import UnknownNameError, WeightsError
+from featcache.extraction.weights_names import looks_like_path
 from featcache.store.digests import hash_file
 
 # --------------------------------------------------------------------------- preprocessing
@@ -42,6 +43,9 @@ class Preprocess:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     antialias: bool = True
+    # "center": resize the shorter side, keep the aspect ratio; "squash": resize both sides to
+    # ``resize`` (timm's crop_mode='squash'). Left out of to_dict when "center" (keys stay as they were).
+    crop_mode: str = "center"
 
     @classmethod
     def from_transforms(cls, t) -> "Preprocess":
@@ -74,6 +78,8 @@ class Preprocess:
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.crop_mode == "center":
+            del d["crop_mode"]
         return d
 
     def build(self):
@@ -81,7 +87,7 @@ class Preprocess:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms._presets import ImageClassification
 
-        return ImageClassification(
+        transform = ImageClassification(
             crop_size=self.crop,
             resize_size=self.resize,
             mean=self.mean,
@@ -89,6 +95,9 @@ class Preprocess:
             interpolation=InterpolationMode(self.interpolation),
             antialias=self.antialias,
         )
+        if self.crop_mode == "squash":
+            transform.resize_size = [self.resize, self.resize]  # both sides: the aspect ratio is not kept
+        return transform
 
 
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -116,11 +125,23 @@ def file_digest(path: str | os.PathLike) -> str:
     return hash_file(path, "sha256")
 
 
-def looks_like_path(spec: str) -> bool:
-    return os.sep in spec or "/" in spec or spec.endswith((".pth", ".pt", ".bin", ".ckpt")) or os.path.exists(spec)
+def read_safetensors(path: str) -> dict:
+    try:
+        from safetensors.torch import load_file  # optional: installed with the timm extra
+    except ImportError:
+        raise WeightsError(f"weights file {path!r} is a .safetensors file, which needs the package safetensors; "
+                           "install it with: pip install safetensors, or save the state dict with torch.save") from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise WeightsError(f"cannot read weights file {path!r} ({type(e).__name__}: {str(e)[:160]}); expected a "
+                           "safetensors state dict (safetensors.torch.save_file(model.state_dict(), PATH))") from None
 
 
 def load_state_dict_file(path: str) -> dict:
+    """A state dict from ``path``, read without running code: safetensors, or torch.load(weights_only=True)."""
+    if str(path).endswith(".safetensors"):
+        return read_safetensors(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
@@ -208,6 +229,7 @@ class BackboneEntry:
     build_kwargs: Callable[[WeightsChoice | None], dict] = _no_build_kwargs
     finish: Callable[[nn.Module], None] | None = None
     optional_state: tuple[str, ...] = ()
+    version: str = ""  # version of the source library, where it changes the numbers (in the key: source==version)
 
     def resolve_weights(self, spec: str = "DEFAULT") -> WeightsChoice:
         choice = self._resolve_weights(str(spec))
@@ -225,8 +247,8 @@ class BackboneEntry:
             p = Path(spec).expanduser()
             if not p.is_file():
                 raise WeightsError(
-                    f"weights file {spec!r} does not exist; expected a state-dict file "
-                    "(torch.save(model.state_dict(), PATH)), DEFAULT, a weights name, or none"
+                    f"weights file {spec!r} for backbone {self.name} does not exist; expected a state-dict file "
+                    "(torch.save(model.state_dict(), PATH), or a .safetensors file), DEFAULT, a weights name, or none"
                 )
             return WeightsChoice(
                 label=f"file:{p.name}",
@@ -268,12 +290,52 @@ def register_backbone(entry: BackboneEntry) -> BackboneEntry:
     return entry
 
 
+@dataclass(frozen=True)
+class BackboneSource:
+    """A source of many backbones named ``<prefix>NAME``, made into entries only when asked for.
+
+    ``names()`` lists them (it may import the source's library); ``entry(name)`` returns the entry
+    for a name (or raises a FeatcacheError naming the fix); ``describe(cache_dir, names, dims)``
+    returns the rows of ``featcache backbones`` for some of its names (``dims``: compute every dim);
+    ``missing()`` says how to install the source's library when it is not installed (else None).
+    """
+
+    name: str
+    prefix: str
+    names: Callable[[], list[str]]
+    entry: Callable[[str], BackboneEntry]
+    describe: Callable[..., list[dict]]
+    missing: Callable[[], str | None] = lambda: None
+
+
+_SOURCES: dict[str, BackboneSource] = {}
+_LOOKED_UP: dict[str, BackboneEntry] = {}  # entries of sources, by the names they were asked for
+
+
+def register_source(source: BackboneSource) -> BackboneSource:
+    if source.prefix in _SOURCES:
+        raise ValueError(f"backbone source {source.prefix!r} is already registered")
+    _SOURCES[source.prefix] = source
+    return source
+
+
+def registered_sources() -> list[BackboneSource]:
+    return list(_SOURCES.values())
+
+
 def registered(name: str) -> BackboneEntry:
-    """The entry registered as ``name`` (:func:`featcache.extraction.backbones.get_backbone` loads every source first)."""
-    try:
+    """The entry registered as ``name``, or made by the source whose prefix it has
+    (:func:`featcache.extraction.backbones.get_backbone` loads every source first)."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise UnknownNameError("backbone", name, _REGISTRY, hint="`featcache backbones` lists them") from None
+    source = next((s for p, s in _SOURCES.items() if name.startswith(p)), None)
+    if source is None:  # close matches among every name (timm's too: `vit_small` -> `timm:vit_small...`)
+        valid = [*_REGISTRY, *(n for s in _SOURCES.values() for n in s.names())]
+        raise UnknownNameError("backbone", name, valid, hint="`featcache backbones` lists them")
+    if name not in _LOOKED_UP:
+        entry = source.entry(name)
+        _LOOKED_UP[name] = _LOOKED_UP.setdefault(entry.name, entry)  # an alias shares its canonical entry
+    return _LOOKED_UP[name]
 
 
 def registered_names() -> list[str]:

@@ -26,7 +26,16 @@ from featcache.train.heads.registry import (
     register_head,
 )
 from featcache.train.heads.sklearn_heads import KNNHead, LogRegHead, NCMHead, SVMHead
-from featcache.train.heads.torch_heads import LinearHead, MLPHead
+
+#: heads that train with torch: listed at once, imported when first used
+TORCH_HEADS = {"LinearHead": "linear", "MLPHead": "mlp"}
+HEADS.declare("featcache.train.heads.torch_heads", tuple(TORCH_HEADS.values()))
+
+
+def __getattr__(name: str):  # LinearHead, MLPHead: imported on first use
+    if name in TORCH_HEADS:
+        return HEADS[TORCH_HEADS[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BLOCK_BYTES",

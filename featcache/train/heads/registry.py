@@ -2,24 +2,62 @@
 from __future__ import annotations
 
 import copy
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 from featcache.errors import HeadError, UnknownNameError
 
+
+class HeadRegistry(Mapping):
+    """name -> head class. Names declared with :meth:`declare` (heads that need torch) are listed
+    at once, but their module is imported only when the class is asked for, so the
+    scikit-learn heads never pay for importing torch."""
+
+    def __init__(self):
+        self.classes: dict[str, type] = {}
+        self.pending: dict[str, str] = {}  # name -> module that registers it when imported
+
+    def declare(self, module: str, names: tuple[str, ...]) -> None:
+        """``module`` registers ``names`` (with ``@register_head``) when it is imported."""
+        for name in names:
+            self.pending.setdefault(name, module)
+
+    def register(self, name: str, cls: type) -> None:
+        owner = self.classes.get(name)
+        if owner is not None or self.pending.get(name, cls.__module__) != cls.__module__:
+            by = owner.__name__ if owner is not None else self.pending[name]
+            raise HeadError(
+                f"head name {name!r} is already registered (by {by}); "
+                f"expected a new name for {cls.__name__}; pick another name"
+            )
+        self.pending.pop(name, None)
+        self.classes[name] = cls
+
+    def __getitem__(self, name: str) -> type:
+        if name not in self.classes and name in self.pending:
+            importlib.import_module(self.pending[name])  # registers the class (and imports what it needs)
+        return self.classes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self.classes, *(n for n in self.pending if n not in self.classes)])
+
+    def __len__(self) -> int:
+        return len(set(self.classes) | set(self.pending))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.classes or name in self.pending
+
+
 #: name -> head class (filled by the ``@register_head`` decorators of the head modules).
-HEADS: dict[str, type] = {}
+HEADS = HeadRegistry()
 
 
 def register_head(name: str) -> Callable[[type], type]:
     """Class decorator registering a head class under ``name``; a duplicate name raises."""
 
     def decorator(cls: type) -> type:
-        if name in HEADS:
-            raise HeadError(
-                f"head name {name!r} is already registered (by {HEADS[name].__name__}); "
-                f"expected a new name for {cls.__name__}; pick another name"
-            )
-        HEADS[name] = cls
+        HEADS.register(name, cls)
         cls.head_name = name
         return cls
 
@@ -60,7 +98,7 @@ def default_grid(name: str) -> dict[str, list]:
 def head_name(head: Any) -> str:
     """Registered name of a head instance (or class)."""
     cls = head if isinstance(head, type) else type(head)
-    for name, registered in HEADS.items():
+    for name, registered in HEADS.classes.items():
         if registered is cls:
             return name
     raise HeadError(
