@@ -246,6 +246,7 @@ def main(argv=None) -> dict:
 
 def print_report(res: dict) -> None:
     print()
+    print(f"== lever_table: {len(res['rows'])} backbones at {res['settings']['size']} px, levers on vs off ==")
     print(_bench.table([{"backbone": r["backbone"], "size": r.get("size"), **{
         f"{k}_ips": (r["variants"].get(k) or {}).get("img_per_s") for k in VARIANTS},
         "setup": (r["variants"].get("cl_freeze") or {}).get("setup_s"),
