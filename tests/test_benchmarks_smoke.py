@@ -110,7 +110,7 @@ def test_extract_throughput_cpu_section(tmp_path):
 
 
 def test_lever_table(tmp_path):
-    res = run_script("lever_table", tmp_path, "--partial", str(tmp_path / "partial.jsonl"))
+    res = run_script("lever_table", tmp_path, "--partial", str(tmp_path / "partial.jsonl"), "--name", "lever_table")
     (row,) = res["rows"]
     assert row["backbone"] == "mobilenet_v3_small" and set(row["variants"]) == {"plain", "cl", "freeze", "cl_freeze"}
     assert row["decision"]["measured"] and row["decision"]["best_vs_plain"] >= 1.0
