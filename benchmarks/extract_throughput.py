@@ -24,6 +24,21 @@ The child also reports its own VmHWM and the largest reaped child's ru_maxrss
 Efficiency = ours img/s / model img/s and speed-up = ours / tutorial are computed
 per repeat (the runs of one repeat are back to back) and reported as medians.
 
+``--cpu-section`` (issue 12): resnet18, resnet50, efficientnet_b0 and efficientnet_lite0 at
+their native 224 px on photo-like JPEG files of 500x375 and 4000x3000 (12 megapixels;
+benchmarks/_photos.py), per backbone and photo set, in fresh processes, repeats outermost:
+
+* ``ours``     ``featcache.extract`` with its default ``--compute auto`` (the levers the rule picks);
+* ``levers``   model only, on the same decoded batches, round-robin: the plain eager forward and
+               the forward with the levers the rule picks for that many images, plus the max
+               relative difference of their features;
+* ``tutorial`` as above (plain eager).
+
+It also measures, once per photo set, the per-image cost of decoding + preprocessing on one
+core, full PIL decode vs ``--decode draft``, and whether draft's pixels are the same.
+Ratios are taken per repeat (ours / plain model, ours / tutorial, levers / plain) and
+reported as medians; results in ``results/extract_throughput_cpu.json``.
+
 Fast default (2 CPU cores, a few minutes): resnet18 with seeded random weights
 (--weights none: ImageNet weights cannot be downloaded here; the speed is the
 same), 256x256 JPEG files resized to 64 px, batch 64, 400 and 4,000 images, 3
@@ -42,6 +57,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
+import _photos  # noqa: E402
 
 GOAL_EFF_CPU, GOAL_EFF_GPU, GOAL_RSS_GROWTH_MB = 0.80, 0.90, 100.0
 
@@ -88,13 +104,13 @@ def child_ours(a) -> dict:
         t0 = time.perf_counter()
         r = extract(a.folder, backbone=a.backbone, weights=a.weights, image_size=a.image_size,
                     batch_size=a.batch_size, workers=a.workers, device=a.device, precision=a.precision,
-                    decode=a.decode, cache_dir=cache)
+                    decode=a.decode, compute=a.compute, cache_dir=cache)
         wall = time.perf_counter() - t0
         assert r.extracted == a.n and not r.cache_hit, (r.extracted, a.n, r.cache_hit)
         return {"method": "ours", "n": a.n, "wall_s": wall, "img_per_s": a.n / wall, "timings": r.timings,
                 "device": r.device, "feature_key": r.feature_key, "dim": r.dim,
                 "workers": a.workers if a.workers is not None else _default_workers(),
-                "store_bytes": _bench.folder_bytes(cache)}
+                "store_bytes": _bench.folder_bytes(cache), "levers": r.levers}
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
@@ -170,7 +186,70 @@ def child_model(a) -> dict:
             "timings": {"forward_s": wall}, "distinct_images_cycled": k}
 
 
-CHILDREN = {"ours": child_ours, "tutorial": child_tutorial, "model": child_model}
+def child_levers(a) -> dict:
+    """Model only, plain eager vs the levers the rule picks for ``a.n`` images, round-robin on the same
+    decoded batches; plus the max relative difference of their features."""
+    import copy
+
+    import torch
+
+    from featcache.extraction import levers
+    from featcache.extraction.images import IMAGE_EXTENSIONS, decode_image
+
+    model, tf, dev, prec = _model_and_transform(a)
+    paths = sorted(p for p in Path(a.folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    k = min(len(paths), 2 * a.batch_size)
+    batches = [torch.stack([tf(decode_image(str(p))) for p in paths[i:i + a.batch_size]])
+               for i in range(0, k, a.batch_size)]
+    crop = batches[0].shape[-1]
+    chosen = levers.choose(a.backbone, dev, compute=a.compute, precision=prec, images=a.n, pixels=crop * crop)
+    fast, setup_s = levers.prepare_timed(copy.deepcopy(model), chosen, levers.to_input(batches[0][:16], chosen))
+    ways = {"plain": (model, levers.PLAIN), "levers": (fast, chosen)}
+    secs: dict = {w: [] for w in ways}
+    outs: dict = {}
+    with torch.inference_mode():
+        model(batches[0])  # warm-up (kernel selection), not timed
+        for _ in range(a.rounds):
+            for w, (m, lev) in ways.items():
+                t0 = time.perf_counter()
+                outs[w] = torch.cat([m(levers.to_input(b, lev)) for b in batches])
+                secs[w].append(time.perf_counter() - t0)
+    ref = outs["plain"]
+    rel = float((outs["levers"] - ref).abs().max() / ref.abs().max())
+    rate = {w: k / _bench.median(s) for w, s in secs.items()}
+    return {"method": "levers", "n": a.n, "images_cycled": k, "rounds": a.rounds, "levers": chosen.describe(),
+            "setup_s": setup_s, "plain_img_per_s": rate["plain"], "levers_img_per_s": rate["levers"],
+            "img_per_s": rate["levers"], "wall_s": k / rate["levers"], "max_rel_diff": rel,
+            "cpu_bf16_native": levers.cpu_bf16_native()}
+
+
+def child_decode(a) -> dict:
+    """Per-image decode + preprocess cost on one core, full PIL decode vs ``--decode draft``, and how far
+    draft's pixels land from the full decode's (after the same resize, crop and normalisation)."""
+    import torch
+
+    from featcache.extraction.images import IMAGE_EXTENSIONS, decode_image
+
+    _, tf, _, _ = _model_and_transform(a)
+    resize = tf.resize_size[0]
+    paths = sorted(p for p in Path(a.folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:a.n]
+    secs: dict = {"full": [], "draft": []}
+    diff = 0.0
+    for p in paths:
+        out = {}
+        for way, draft in (("full", None), ("draft", resize)):
+            t0 = time.perf_counter()
+            out[way] = tf(decode_image(str(p), draft=draft))
+            secs[way].append(time.perf_counter() - t0)
+        diff = max(diff, float((out["full"] - out["draft"]).abs().max()))
+    return {"method": "decode", "n": len(paths), "img_per_s": 1 / _bench.median(secs["full"]),
+            "full_ms": 1e3 * _bench.median(secs["full"]), "draft_ms": 1e3 * _bench.median(secs["draft"]),
+            "draft_max_abs_diff_normalised": diff, "draft_same_pixels": diff == 0.0, "torch_threads":
+            torch.get_num_threads()}
+
+
+CHILDREN = {"ours": child_ours, "tutorial": child_tutorial, "model": child_model, "levers": child_levers,
+            "decode": child_decode}
 
 
 # --------------------------------------------------------------------------- parent
@@ -179,7 +258,8 @@ CHILDREN = {"ours": child_ours, "tutorial": child_tutorial, "model": child_model
 def child_cmd(a, method: str, folder: Path, n: int) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--folder", str(folder), "--n", str(n),
            "--backbone", a.backbone, "--weights", a.weights, "--batch-size", str(a.batch_size),
-           "--device", a.device, "--precision", a.precision, "--decode", a.decode]
+           "--device", a.device, "--precision", a.precision, "--decode", a.decode, "--compute", a.compute,
+           "--rounds", str(a.rounds)]
     if a.image_size:
         cmd += ["--image-size", str(a.image_size)]
     if a.workers is not None:
@@ -209,6 +289,16 @@ def parse(argv=None):
     p.add_argument("--decode", default="workers", choices=["workers", "draft", "device"],
                    help="how ours decodes JPEG files: see `featcache extract --help` (the model-only and "
                         "tutorial ways always decode fully with PIL)")
+    p.add_argument("--compute", default="auto", choices=["auto", "plain"], help="ours' --compute (CPU levers)")
+    p.add_argument("--cpu-section", action="store_true", help="the CPU section: --backbones at their native "
+                   "size on --photos (photo-like JPEG files), ours vs plain and levered model-only vs tutorial")
+    p.add_argument("--backbones", default="resnet18,resnet50,efficientnet_b0,efficientnet_lite0",
+                   help="--cpu-section: comma list of backbones")
+    p.add_argument("--photos", default="500x375:120,4000x3000:64",
+                   help="--cpu-section: comma list of WIDTHxHEIGHT:IMAGES photo sets")
+    p.add_argument("--from-partial", default=None, help="--cpu-section: publish the runs of a cut-short run "
+                   "(its JSON file) instead of measuring")
+    p.add_argument("--rounds", type=int, default=3, help="model-only rounds per child of the levers method")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads of the main process "
                    "in every method (default: torch's own choice, one per core)")
     p.add_argument("--repeats", type=int, default=None, help="default 3 (5 with --full, 1 with --quick)")
@@ -225,6 +315,12 @@ def parse(argv=None):
     full, quick = a.full, a.quick
     a.backbone = a.backbone or ("resnet50" if full else "resnet18")
     a.weights = a.weights or ("DEFAULT" if a.backbone == "efficientnet_lite0" else "none")
+    if a.cpu_section:
+        if a.quick:
+            a.backbones, a.photos, a.rounds = "resnet18", "160x120:16", 1
+        a.batch_size, a.repeats = a.batch_size or (16 if a.quick else 32), a.repeats or (1 if a.quick else 3)
+        a.name = "extract_throughput_cpu" if a.name == "extract_throughput" else a.name
+        return a
     if a.image_size is None and not full:
         a.image_size = 16 if quick else 64
     a.batch_size = a.batch_size or (128 if full else 32 if quick else 64)
@@ -237,6 +333,8 @@ def parse(argv=None):
 
 def main(argv=None) -> dict:
     a = parse(argv)
+    if a.cpu_section and not a.child:
+        return cpu_section(a)
     if a.child:
         import_s = _bench.warm_imports()
         if a.torch_threads is not None:
@@ -425,6 +523,140 @@ def plot(res: dict, path: Path) -> None:
     st = res["settings"]
     fig.suptitle(f"{st['backbone']} ({st['weights']}) {st['image_size']} px, batch {st['batch_size']}, "
                  f"{res['machine']['cpu_model']} x{res['machine']['usable_cores']}", fontsize=9)
+    _bench.save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- CPU section
+
+CPU_GOALS = {"ours_vs_plain": 1.3, "ours_vs_tutorial_small": 1.25, "ours_vs_tutorial_12mp": 1.5}
+
+
+def cpu_section(a) -> dict:
+    """Every backbone x photo set: ours, the levers child (plain and levered model only), the tutorial way.
+
+    ``--from-partial FILE`` publishes the runs a cut-short run left in FILE (its ``<name>.json``)."""
+    info = _bench.machine_info(a.device)
+    sets = _photo_sets(a)
+    print(f"extract_throughput --cpu-section: {a.backbones} at native size, batch {a.batch_size}, photo sets "
+          f"{[(s, n) for s, _, n in sets]}, {a.repeats} repeats; machine: {_bench.describe_machine(info)}", flush=True)
+    if a.from_partial:
+        doc = json.loads(Path(a.from_partial).read_text())
+        runs, decode = doc["runs"], doc.get("decode") or _decode_costs(a, sets)
+    else:
+        decode = _decode_costs(a, sets)
+        runs = _cpu_runs(a, sets, decode)
+    result = {"benchmark": "extract_throughput --cpu-section", "command": _bench.command_line(),
+              "settings": {"backbones": a.backbones, "photos": a.photos, "batch_size": a.batch_size, "quick": a.quick,
+                           "repeats": a.repeats, "rounds": a.rounds, "compute": a.compute, "decode": a.decode,
+                           "images": "photo-like JPEG files, see benchmarks/_photos.py"},
+              "machine": _bench.finish_info(info), "summary": summarise_cpu(runs), "decode": decode, "runs": runs}
+    return _bench.publish(result, a.out, a.name, lambda path: plot_cpu(result, path), print_cpu)
+
+
+def _photo_sets(a) -> list[tuple[str, Path, int]]:
+    sets = []
+    for spec in a.photos.split(","):
+        size, n = spec.split(":")
+        w, h = (int(v) for v in size.split("x"))
+        sets.append((size, _photos.photo_pool(int(n), w, h, data_dir=a.data_dir or _bench.DEFAULT_DATA_DIR), int(n)))
+    return sets
+
+
+def _decode_costs(a, sets) -> dict:
+    b = argparse.Namespace(**{**vars(a), "backbone": "resnet18", "weights": "none"})
+    decode = {label: _bench.run_child(child_cmd(b, "decode", folder, 8)) for label, folder, _ in sets}
+    for label, d in decode.items():
+        d.pop("memory_samples", None)
+        print("  " + _decode_line(label, d), flush=True)
+    return decode
+
+
+def _cpu_runs(a, sets, decode: dict) -> list[dict]:
+    """Repeats outermost and the method order rotated, so a cut-short run has every configuration once."""
+    runs: list[dict] = []
+    for rep in range(a.repeats):
+        for backbone in a.backbones.split(","):
+            b = argparse.Namespace(**{**vars(a), "backbone": backbone,
+                                      "weights": "DEFAULT" if backbone == "efficientnet_lite0" else "none"})
+            for label, folder, n in sets:
+                order = ["ours", "levers", "tutorial"]
+                for method in order[rep % 3:] + order[:rep % 3]:
+                    res = _bench.run_child(child_cmd(b, method, folder, n))
+                    res.pop("memory_samples", None)
+                    res.update(repeat=rep, backbone=backbone, photos=label)
+                    runs.append(res)
+                    print(f"  repeat {rep + 1}/{a.repeats} {backbone:18s} {label:9s} {method:8s}: "
+                          f"{res['img_per_s']:7.1f} img/s" + (f" (plain {res['plain_img_per_s']:.1f}, levers "
+                          f"{res['levers']})" if method == "levers" else ""), flush=True)
+                _bench.atomic_write_json(Path(a.out) / f"{a.name}.json",
+                                         {"complete": False, "decode": decode, "runs": runs})
+    return runs
+
+
+def summarise_cpu(runs: list[dict]) -> list[dict]:
+    rows = []
+    for key in dict.fromkeys((r["backbone"], r["photos"]) for r in runs):
+        mine = [r for r in runs if (r["backbone"], r["photos"]) == key]
+        by_rep: dict = {}
+        for r in mine:
+            by_rep.setdefault(r["repeat"], {})[r["method"]] = r
+        full = [m for m in by_rep.values() if len(m) == 3]
+
+        def ratio(num, den):
+            return _bench.median(num(m) / den(m) for m in full)
+
+        ours, tut = (lambda m: m["ours"]["img_per_s"]), (lambda m: m["tutorial"]["img_per_s"])
+        plain, lev = (lambda m: m["levers"]["plain_img_per_s"]), (lambda m: m["levers"]["levers_img_per_s"])
+        first = full[0] if full else {}
+        rows.append({
+            "backbone": key[0], "photos": key[1], "repeats": len(full),
+            "levers": first.get("ours", {}).get("levers"),
+            "ours": _bench.median(ours(m) for m in full), "plain_model": _bench.median(plain(m) for m in full),
+            "levers_model": _bench.median(lev(m) for m in full), "tutorial": _bench.median(tut(m) for m in full),
+            "ours_vs_plain": ratio(ours, plain), "ours_vs_tutorial": ratio(ours, tut),
+            "levers_vs_plain": ratio(lev, plain), "ours_vs_levers_model": ratio(ours, lev),
+            "max_rel_diff": max((m["levers"]["max_rel_diff"] for m in full), default=None),
+            "levers_setup_s": _bench.median(m["ours"]["timings"].get("levers_s") for m in full),
+            "ours_wait_s": _bench.median(m["ours"]["timings"].get("wait_s") for m in full),
+            "ours_forward_s": _bench.median(m["ours"]["timings"].get("forward_s") for m in full),
+            "ours_decode_s": _bench.median(m["ours"]["timings"].get("decode_s") for m in full),
+            "tutorial_decode_s": _bench.median(m["tutorial"]["timings"].get("decode_s") for m in full),
+            "n": first.get("ours", {}).get("n")})
+    return rows
+
+
+def _decode_line(label: str, d: dict) -> str:
+    return (f"decode + preprocess to 224 px, {label}: full {d['full_ms']:.0f} ms/img, draft {d['draft_ms']:.0f} "
+            f"ms/img (one core); draft's pixels differ by up to {d['draft_max_abs_diff_normalised']:.3f} "
+            "(normalised units)")
+
+
+def print_cpu(res: dict) -> None:
+    print()
+    for label, d in res.get("decode", {}).items():
+        print(_decode_line(label, d))
+    print(f"== extract_throughput --cpu-section: median of {res['settings']['repeats']} paired repeats ==")
+    print(_bench.table(res["summary"], [
+        ("backbone", "backbone"), ("photos", "photos"), ("n", "images"), ("levers", "levers"),
+        ("ours", "ours img/s", 1), ("plain_model", "plain model img/s", 1), ("levers_model", "levers model img/s", 1),
+        ("tutorial", "tutorial img/s", 1), ("ours_vs_plain", "ours/plain model", 2),
+        ("ours_vs_tutorial", "ours/tutorial", 2), ("levers_vs_plain", "levers/plain model", 2),
+        ("max_rel_diff", "max rel diff", 7), ("levers_setup_s", "levers set-up s", 1),
+        ("ours_wait_s", "ours waiting on data s", 1)]))
+
+
+def plot_cpu(res: dict, path: Path) -> None:
+    rows = res["summary"]
+    fig = _bench.new_figure(max(8.0, 1.1 * len(rows)), 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    ways = [("ours", "#1f77b4"), ("plain_model", "#999999"), ("levers_model", "#2ca02c"), ("tutorial", "#ff7f0e")]
+    for j, (w, c) in enumerate(ways):
+        ax.bar([i + (j - 1.5) * 0.2 for i in range(len(rows))], [r[w] or 0 for r in rows], 0.2, color=c, label=w)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r['backbone']}\n{r['photos']}" for r in rows], fontsize=7)
+    ax.set_ylabel("images / s (median)")
+    ax.set_title(f"CPU, native size, {res['machine']['cpu_model']} x{res['machine']['usable_cores']}", fontsize=9)
+    ax.legend(fontsize=7)
     _bench.save_figure(fig, path)
 
 

@@ -25,6 +25,7 @@ DTYPES = ("float32", "float16")
 DECODE_MODES = ("workers", "draft", "device")
 ON_ERROR = ("fail", "skip")
 TV_SPLITS = ("all", "train", "test")
+COMPUTE_MODES = ("auto", "plain")  # featcache.extraction.levers
 
 
 def option(default, *, choices: tuple | None = None, example: str | None = None):
@@ -84,6 +85,9 @@ class RunSpec:
     flush_every: float = 60.0  # seconds between row flushes
     flush_rows: int = 8192  # rows between row flushes
     progress: bool = False
+    # CPU inference levers (float rounding only, so not in the key): "auto" by rule, or the ones the
+    # feature set recorded; "plain" = the plain eager forward (featcache.extraction.levers)
+    compute: str = option("auto", choices=COMPUTE_MODES)
 
 
 SPECS = (DataSpec, BackboneSpec, RunSpec)

@@ -94,6 +94,29 @@ def test_scale(tmp_path):
     assert "arXiv:1708.07747" in res["published_source"]
 
 
+def test_extract_throughput_cpu_section(tmp_path):
+    out = tmp_path / "results"
+    env = {**os.environ, "FEATCACHE_BENCH_DATA": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, str(BENCH / "extract_throughput.py"), "--cpu-section", "--quick", "--out",
+                           str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    res = json.loads((out / "extract_throughput_cpu.json").read_text())
+    (row,) = res["summary"]
+    assert row["backbone"] == "resnet18" and row["repeats"] == 1 and row["levers"]
+    for k in ("ours", "plain_model", "levers_model", "tutorial", "ours_vs_plain", "ours_vs_tutorial"):
+        assert row[k] > 0, k
+    assert row["max_rel_diff"] <= 1e-5
+    assert res["decode"]["160x120"]["full_ms"] > 0
+
+
+def test_lever_table(tmp_path):
+    res = run_script("lever_table", tmp_path, "--partial", str(tmp_path / "partial.jsonl"), "--name", "lever_table")
+    (row,) = res["rows"]
+    assert row["backbone"] == "mobilenet_v3_small" and set(row["variants"]) == {"plain", "cl", "freeze", "cl_freeze"}
+    assert row["decision"]["measured"] and row["decision"]["best_vs_plain"] >= 1.0
+    assert res["sets"]["MEASURED"] == ["mobilenet_v3_small"]
+
+
 def test_cli_latency(tmp_path):
     res = run_script("cli_latency", tmp_path)
     rows = {r["command"]: r for r in res["rows"]}

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from featcache.devices import resolve_device
 from featcache.errors import FeatcacheError, ImageDecodeError, Interrupted
-from featcache.extraction import distributed
+from featcache.extraction import distributed, levers
 from featcache.extraction.augment import augmented_manifest, identity_extra
 from featcache.extraction.backbones.registry import Preprocess
 from featcache.extraction.decoders import decode_mode
@@ -141,7 +141,8 @@ def _merge(pos, images, bad, jpeg_pos, jpeg_images, jpeg_bad, device: torch.devi
 def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], digests: list[str],
                  transform, writer: _Writer, *, device: torch.device, precision: str, batch_size: int,
                  workers: int, on_error: str, ids: list[str], progress: bool, timings: dict,
-                 decode: str = "workers", resize: int | None = None) -> list[dict]:
+                 decode: str = "workers", resize: int | None = None,
+                 compute: levers.Levers = levers.PLAIN) -> list[dict]:
     """Decode -> forward -> writer for the given rows; returns the skipped files."""
     loader = torch.utils.data.DataLoader(
         ImageRows(reader, positions, transform, decode=decode, resize=resize), batch_size=batch_size, shuffle=False,
@@ -150,7 +151,7 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
     )
     digest_at = dict(zip(positions, digests))
     skipped: list[dict] = []
-    channels_last = device.type == "cuda"
+    channels_last = device.type == "cuda" or compute.channels_last
     bar = tqdm(total=len(positions), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
                desc="extract", smoothing=0.1)
     it = iter(loader)
@@ -282,8 +283,9 @@ class _Job:
             hit, todo, skipped = dist.broadcast(plan)
             if hit:
                 return cache_hit_result(view, timings, t_start, common)
+            chosen = dist.broadcast(self.settle_levers(fs, resolved.identity, len(todo)) if dist.is_main else None)
             mine = todo[dist.rank::dist.world]
-            mine_done = self.compute_rows(fs, manifest, mine, resolved, timings) if mine else (0, False, [])
+            mine_done = self.compute_rows(fs, manifest, mine, resolved, timings, chosen) if mine else (0, False, [])
             ranks = dist.gather(mine_done)
             skipped = skipped + [b for r in ranks for b in r[2]]
             t0 = time.perf_counter()
@@ -299,10 +301,18 @@ class _Job:
         extracted = sum(r[0] for r in ranks)
         return ExtractResult(view=str(view), rows=len(keep), dim=fs.dim() or 0, extracted=extracted,
                              reused=len(keep) - extracted, cache_hit=False, model_built=any(r[1] for r in ranks),
-                             skipped=skipped, timings=timings, workers=self.workers, **common)
+                             skipped=skipped, timings=timings, workers=self.workers, levers=chosen.describe(),
+                             **common)
+
+    def settle_levers(self, fs: FeatureSet, ident: FeatureIdentity, images: int) -> levers.Levers:
+        """The inference levers of this set's rows: its record, or the rule's choice for a new set."""
+        pixels = int(ident.preprocess["crop"]) ** 2
+        wanted = levers.choose(ident.backbone, self.device, compute=self.run.compute, precision=ident.precision,
+                               images=images, pixels=pixels)
+        return levers.settle(fs, wanted, self.run.compute)
 
     def compute_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int], resolved: ResolvedIdentity,
-                     timings: dict) -> tuple[int, bool, list[dict]]:
+                     timings: dict, chosen: levers.Levers = levers.PLAIN) -> tuple[int, bool, list[dict]]:
         """Build the model and run it over rows ``mine``: (rows written, model built, files skipped)."""
         t0 = time.perf_counter()
         ident = resolved.identity
@@ -312,6 +322,9 @@ class _Job:
             extractor = extractor.to(memory_format=torch.channels_last)
         timings["build_s"] = time.perf_counter() - t0
         run = self.run
+        crop = int(ident.preprocess["crop"])
+        extractor, timings["levers_s"] = levers.prepare_timed(
+            extractor, chosen, torch.zeros(min(run.batch_size, EXACT_ROWS), 3, crop, crop))
         writer = _Writer(fs, run.flush_rows, run.flush_every)
         writer.start()
         t0 = time.perf_counter()
@@ -321,7 +334,7 @@ class _Job:
                 writer, device=self.device, precision=ident.precision, batch_size=run.batch_size,
                 workers=self.workers, on_error=run.on_error, ids=manifest.ids,
                 progress=run.progress and self.dist.is_main, timings=timings,
-                decode=decode_mode(ident.decoder), resize=int(ident.preprocess["resize"]))
+                decode=decode_mode(ident.decoder), resize=int(ident.preprocess["resize"]), compute=chosen)
         except KeyboardInterrupt:
             saved = writer.finish()
             raise Interrupted(f"interrupted: {saved} new rows saved in {fs.key}; run the same command again "

@@ -12,7 +12,7 @@ import numpy as np
 
 from featcache.errors import FeatcacheError, ImageDecodeError, UnknownNameError
 from featcache.extraction.manifest import Manifest
-from featcache.specs import ON_ERROR, RunSpec
+from featcache.specs import COMPUTE_MODES, ON_ERROR, RunSpec
 from featcache.store.featureset import FeatureSet
 
 def check_run(run: RunSpec) -> None:
@@ -21,6 +21,8 @@ def check_run(run: RunSpec) -> None:
         raise UnknownNameError("--on-error policy", run.on_error, ON_ERROR)
     if run.batch_size < 1:
         raise FeatcacheError(f"--batch-size {run.batch_size}: expected a positive integer")
+    if run.compute not in COMPUTE_MODES:
+        raise UnknownNameError("--compute mode", run.compute, COMPUTE_MODES)
 
 
 def plan_rows(fs: FeatureSet, manifest: Manifest, view, on_error: str):

@@ -38,6 +38,7 @@ class ExtractResult:
     device: str = "cpu"
     augmented: dict | None = None
     workers: int = 0  # DataLoader decode workers of this run (0: decoding in the main process)
+    levers: str = "plain"  # inference levers the rows were computed with (featcache.extraction.levers)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,13 +51,18 @@ class ExtractResult:
                     + self._augmented_summary())
         rate = self.extracted / t["extract_s"] if t.get("extract_s") else 0.0
         s = (f"{head}: extracted {self.extracted}, reused {self.reused}, skipped {len(self.skipped)} "
-             f"in {t.get('total_s', 0):.1f} s ({rate:.1f} img/s on {self.device}; decode {t.get('decode_s', 0):.1f} s "
+             f"in {t.get('total_s', 0):.1f} s ({rate:.1f} img/s on {self.device}, {self._levers()}; "
+             f"decode {t.get('decode_s', 0):.1f} s "
              f"{f'in {self.workers} workers' if self.workers else 'in the main process'}{self._device_decode()}, "
              f"waiting on data {t.get('wait_s', 0):.1f} s, "
              f"forward {t.get('forward_s', 0):.1f} s, write {t.get('write_s', 0):.1f} s) -> {self.view}")
         if self.ignored:
             s += f"; {self.ignored} non-image files ignored"
         return s + self._augmented_summary()
+
+    def _levers(self) -> str:
+        setup = self.timings.get("levers_s")
+        return f"levers {self.levers}" + (f" set up in {setup:.1f} s" if setup else "")
 
     def _device_decode(self) -> str:
         s = self.timings.get("device_decode_s")

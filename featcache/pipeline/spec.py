@@ -17,7 +17,7 @@ schema is documented in ``docs/pipelines.md``; in short::
     [data]        source (required) and the other DataSpec fields: path_column, label_column,
                   split_column, root, tv_split, labelled, download
     [split]       val_fraction, test_fraction, seed
-    [extract]     the RunSpec fields (batch_size, workers, device, on_error, flush_every, flush_rows;
+    [extract]     the RunSpec fields (batch_size, workers, device, on_error, flush_every, flush_rows, compute;
                   speed / policy only), and augment, augment_seed (cached augmented copies: a
                   feature set of their own, for every backbone)
     [[backbones]] name (required), label, and the BackboneSpec fields: weights, layer, pool,

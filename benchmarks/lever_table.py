@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""The lever table: every registered backbone, inference levers on vs off, on the CPU.
+
+For each backbone (``featcache backbones``; random init, ``--weights none``: the speed
+and the rounding behaviour do not depend on the weights' values), in a fresh process:
+the FeatureExtractor (penultimate layer, avg pool) at 64 px (or the backbone's own size
+where it cannot take 64 px), one batch of 16 seeded random images, four variants built
+side by side:
+
+* ``plain``      eager NCHW float32 (``--compute plain``)
+* ``cl``         channels_last model and input
+* ``freeze``     torch.jit.trace + freeze + optimize_for_inference, NCHW
+* ``cl_freeze``  the same on the channels_last model
+
+The forward of each variant is timed round-robin (``--repeats`` rounds, median), set-up
+time (trace, freeze, first call) is recorded, and every variant's features are compared
+with plain at the traced batch (16 rows) and at another batch size (24 rows, so a graph
+that baked in the batch size is caught): max relative difference = max |a - b| / max |b|.
+
+Decision per backbone (what ``featcache.extraction.levers`` encodes): channels_last is
+kept where ``cl`` is at least as fast as ``plain`` and within 1e-5; freeze is kept where
+it traced, stays within 1e-5 at both batch sizes, and is at least as fast as the same
+model without it. The script writes ``results/levers_all.json`` and prints the sets
+``LOSES_CHANNELS_LAST``, ``LOSES_FREEZE`` and ``MEASURED`` to paste into levers.py;
+tests/test_levers.py checks that levers.py matches the committed table.
+
+Results accumulate in ``--partial`` (one JSON line per backbone), so an interrupted run
+resumes; ``--publish`` writes the table from whatever is there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # noqa: E402
+
+VARIANTS = ("plain", "cl", "freeze", "cl_freeze")
+ROWS, OTHER_ROWS, TOLERANCE = 16, 24, 1e-5
+
+
+# --------------------------------------------------------------------------- child
+
+
+def _extractor(name: str, size: int):
+    """(FeatureExtractor in eval mode, input size used)."""
+    import torch
+
+    from featcache.errors import FeatcacheError
+    from featcache.extraction.layers import FeatureExtractor
+    from featcache.extraction.identity import resolve_identity
+
+    try:
+        ident, entry, choice = resolve_identity(name, weights="none", image_size=size)
+    except FeatcacheError:  # fixed-size networks (ViT, ...): their own size
+        ident, entry, choice = resolve_identity(name, weights="none")
+    torch.manual_seed(0)
+    return FeatureExtractor(entry.build(choice)).eval(), int(ident.preprocess["crop"])
+
+
+def _variants(model, x):
+    """{variant: (module, input, set-up s or None, error or None)}."""
+    import copy
+
+    import torch
+
+    from featcache.extraction.levers import Levers, prepare_timed
+
+    out = {"plain": (model, x, None, None)}
+    for name, lev in (("cl", Levers(channels_last=True)), ("freeze", Levers(freeze=True)),
+                      ("cl_freeze", Levers(channels_last=True, freeze=True))):
+        xin = x.contiguous(memory_format=torch.channels_last) if lev.channels_last else x
+        try:
+            mod, setup = prepare_timed(copy.deepcopy(model), lev, xin)
+            out[name] = (mod, xin, setup if lev.freeze else None, None)
+        except Exception as e:  # noqa: BLE001 - recorded in the table
+            out[name] = (None, xin, None, f"{type(e).__name__}: {str(e)[:300]}")
+    return out
+
+
+def _rel(a, b) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def child(a) -> dict:
+    import torch
+
+    from featcache.extraction.levers import to_input, Levers
+
+    model, size = _extractor(a.child, a.size)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(ROWS, 3, size, size, generator=gen)
+    x2 = torch.randn(OTHER_ROWS, 3, size, size, generator=gen)
+    res = {"backbone": a.child, "size": size, "variants": {}}
+    with torch.inference_mode():
+        ref, ref2 = model(x), model(x2)
+        vs = _variants(model, x)
+        times = {k: [] for k in vs}
+        t_budget = time.perf_counter() + a.budget_s
+        for rep in range(a.repeats):
+            for k, (mod, xin, _, err) in vs.items():
+                if mod is not None:
+                    t0 = time.perf_counter()
+                    mod(xin)
+                    times[k].append(time.perf_counter() - t0)
+            if time.perf_counter() > t_budget:
+                break
+        for k, (mod, xin, setup, err) in vs.items():
+            row = {"error": err, "setup_s": setup}
+            if mod is not None:
+                lev = Levers(channels_last=k.startswith("cl"))
+                row.update(forward_s=_bench.median(times[k]), rounds=len(times[k]),
+                           img_per_s=ROWS / _bench.median(times[k]), max_rel_diff=_rel(mod(xin), ref),
+                           max_rel_diff_other_batch=_rel(mod(to_input(x2, lev)), ref2))
+            res["variants"][k] = row
+    return res
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def decide(res: dict) -> dict:
+    """Which levers pay for one backbone (see the module docstring)."""
+    v = res["variants"]
+
+    def ok(k):
+        r = v.get(k) or {}
+        return (not r.get("error") and r.get("img_per_s") is not None
+                and max(r["max_rel_diff"], r["max_rel_diff_other_batch"]) <= TOLERANCE)
+
+    if not ok("plain"):
+        return {"measured": False, "channels_last": False, "freeze": False}
+    cl = ok("cl") and v["cl"]["img_per_s"] >= v["plain"]["img_per_s"]
+    base, frozen = ("cl", "cl_freeze") if cl else ("plain", "freeze")
+    fr = ok(frozen) and v[frozen]["img_per_s"] >= v[base]["img_per_s"]
+    best = frozen if fr else base
+    return {"measured": True, "channels_last": cl, "freeze": fr, "best": best,
+            "best_vs_plain": v[best]["img_per_s"] / v["plain"]["img_per_s"],
+            "cl_vs_plain": v["cl"]["img_per_s"] / v["plain"]["img_per_s"] if ok("cl") else None}
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def backbones(only: str | None) -> list[str]:
+    from featcache.extraction.backbones import list_backbones
+
+    names = only.split(",") if only else list_backbones()
+    return sorted(names, key=lambda n: (_gflops(n), n))  # cheapest first: a cut-short run covers the most
+
+
+def _gflops(name: str) -> float:
+    """GFLOPs per image of the default weights at their own size (torchvision's metadata; 0.4 if unknown)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        return float(get_model_weights(name).DEFAULT.meta.get("_ops", 0.4))
+    except (ValueError, KeyError, AttributeError):
+        return 0.4
+
+
+def measure_all(a) -> list[dict]:
+    partial = Path(a.partial)
+    done = {}
+    if partial.is_file():
+        for line in partial.read_text().splitlines():
+            r = json.loads(line)
+            done[r["backbone"]] = r
+    for name in backbones(a.only):
+        if name in done:
+            continue
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--size", str(a.size),
+               "--repeats", str(a.repeats), "--budget-s", str(a.budget_s)]
+        cmd += ["--threads", str(a.threads)] if a.threads else []
+        t0 = time.perf_counter()
+        try:
+            r = _bench.run_child(cmd, timeout=a.timeout_s)
+            r.pop("memory_samples", None)
+        except RuntimeError as e:
+            r = {"backbone": name, "error": str(e).splitlines()[0][:300], "variants": {}}
+        r["wall_s"] = time.perf_counter() - t0
+        r["decision"] = decide(r) if r.get("variants") else {"measured": False, "channels_last": False,
+                                                             "freeze": False}
+        with open(partial, "a") as f:
+            f.write(json.dumps(r, default=_bench._json_default) + "\n")
+        done[name] = r
+        d = r["decision"]
+        print(f"  {name:22s} {r.get('size', '-')!s:>4} px  cl {d.get('cl_vs_plain') or 0:5.2f}x  best "
+              f"{d.get('best', '-'):9s} {d.get('best_vs_plain') or 0:5.2f}x  ({r['wall_s']:.0f} s)"
+              + (f"  ERROR {r['error']}" if r.get("error") else ""), flush=True)
+    return [done[n] for n in backbones(a.only) if n in done]
+
+
+def sets(rows: list[dict]) -> dict:
+    measured = [r for r in rows if r["decision"]["measured"]]
+    return {"MEASURED": sorted(r["backbone"] for r in measured),
+            "LOSES_CHANNELS_LAST": sorted(r["backbone"] for r in measured if not r["decision"]["channels_last"]),
+            "LOSES_FREEZE": sorted(r["backbone"] for r in measured if not r["decision"]["freeze"])}
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=64, help="input size in px (default 64)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds over the four variants (median)")
+    p.add_argument("--budget-s", type=float, default=60.0, help="stop adding rounds after this many seconds")
+    p.add_argument("--timeout-s", type=float, default=600.0, help="per-backbone limit; beyond it: not measured")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of each child (default: torch's "
+                   "own, one per core; 1 keeps a shared machine's scheduling out of the comparison)")
+    p.add_argument("--only", default=None, help="comma list of backbones (default: all registered)")
+    p.add_argument("--partial", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "featcache-levers.jsonl"))
+    p.add_argument("--quick", action="store_true", help="smoke test: mobilenet_v3_small at 32 px, 1 round")
+    p.add_argument("--publish", action="store_true", help="write the table from --partial without measuring")
+    p.add_argument("--out", default=str(_bench.RESULTS_DIR))
+    p.add_argument("--name", default="levers_all")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.only, a.size, a.repeats = a.only or "mobilenet_v3_small", 32, 1
+    return a
+
+
+def main(argv=None) -> dict:
+    a = parse(argv)
+    if a.child:
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        res = child(a)
+        print(json.dumps(res, default=_bench._json_default))
+        return res
+    info = _bench.machine_info("cpu")
+    print(f"lever_table: {len(backbones(a.only))} backbones at {a.size} px, batch {ROWS}; "
+          f"machine: {_bench.describe_machine(info)}", flush=True)
+    rows = measure_all(a) if not a.publish else [json.loads(x) for x in Path(a.partial).read_text().splitlines()]
+    result = {"benchmark": "lever_table", "command": _bench.command_line(),
+              "settings": {"quick": a.quick, "size": a.size, "threads": a.threads, "rows": ROWS,
+                           "other_rows": OTHER_ROWS, "repeats": a.repeats, "tolerance": TOLERANCE, "weights": "none (seeded random init)"},
+              "machine": _bench.finish_info(info), "sets": sets(rows), "rows": rows}
+    return _bench.publish(result, a.out, a.name, lambda path: plot(result, path), print_report)
+
+
+def print_report(res: dict) -> None:
+    print()
+    print(f"== lever_table: {len(res['rows'])} backbones at {res['settings']['size']} px, levers on vs off ==")
+    print(_bench.table([{"backbone": r["backbone"], "size": r.get("size"), **{
+        f"{k}_ips": (r["variants"].get(k) or {}).get("img_per_s") for k in VARIANTS},
+        "setup": (r["variants"].get("cl_freeze") or {}).get("setup_s"),
+        "rel": max([(r["variants"].get(k) or {}).get("max_rel_diff") or 0 for k in VARIANTS]),
+        "best": r["decision"].get("best", "-"), "x": r["decision"].get("best_vs_plain")} for r in res["rows"]],
+        [("backbone", "backbone"), ("size", "px"), ("plain_ips", "plain img/s", 1), ("cl_ips", "cl", 1),
+         ("freeze_ips", "freeze", 1), ("cl_freeze_ips", "cl+freeze", 1), ("setup", "freeze set-up s", 1),
+         ("rel", "max rel diff", 7), ("best", "chosen"), ("x", "chosen / plain", 2)]))
+    for k, v in res["sets"].items():
+        print(f"{k} = frozenset({v!r})")
+
+
+def plot(res: dict, path: Path) -> None:
+    rows = [r for r in res["rows"] if r["decision"].get("measured")]
+    fig = _bench.new_figure(max(8.0, 0.16 * len(rows)), 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["decision"].get("cl_vs_plain") or 0 for r in rows], 0.4, label="channels_last")
+    ax.bar([x + 0.2 for x in xs], [r["decision"]["best_vs_plain"] for r in rows], 0.4, label="chosen levers")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([r["backbone"] for r in rows], rotation=90, fontsize=6)
+    ax.set_ylabel("forward speed / plain eager")
+    ax.set_title(f"inference levers at {res['settings']['size']} px, batch {res['settings']['rows']}, "
+                 f"{res['machine']['cpu_model']} x{res['machine']['usable_cores']}", fontsize=9)
+    ax.legend(fontsize=7)
+    _bench.save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()

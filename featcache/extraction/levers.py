@@ -1,0 +1,186 @@
+"""Inference levers: a faster CPU forward pass, chosen by a fixed rule and recorded with the feature set.
+
+Two levers, both exact up to float rounding (features within ~1e-6 relative of the
+plain eager forward; measured for every torchvision backbone in
+``benchmarks/results/levers_all.json``):
+
+* ``channels_last`` - NHWC memory layout for the model and its input (oneDNN's
+  preferred layout for convolutions);
+* ``freeze`` - ``torch.jit.trace`` + ``torch.jit.freeze`` + ``optimize_for_inference``:
+  weights become constants, batch norm folds into convolutions, oneDNN fuses
+  convolution + activation. It costs seconds of set-up (tracing, folding, the first
+  call's weight packing), so it is only used when the run has enough work to repay it
+  (:data:`FREEZE_MIN_WORK` images x input pixels).
+
+The choice is a deterministic rule over the backbone, the device, the compute precision
+and the amount of work (never a timing taken at run time), and it is made once per
+feature set: the first run that computes rows records it in ``compute.json`` beside
+``identity.json``; every later run into that set (a resumed, grown, or torchrun job)
+reads the record and computes the same way, so all rows of a set come from one
+computation, bit for bit. A set that has rows but no record was computed before the
+levers existed: plainly, and it stays plain. The levers only change float rounding, so
+they are not part of the feature key (``--precision`` is). Details: docs/compute.md.
+
+bfloat16 changes the numbers by far more than rounding, so it stays the explicit
+``--precision bfloat16`` (part of the key); :func:`cpu_bf16_native` tells whether this
+CPU runs it natively (AVX512-BF16 or AMX) rather than emulated.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from featcache.atomic import atomic_write_text
+from featcache.errors import FeatcacheError, UnknownNameError
+from featcache.specs import COMPUTE_MODES
+from featcache.store.featureset import FeatureSet
+
+RECORD = "compute.json"
+RECORD_VERSION = 1
+
+# Freeze only when images x input pixels reach this: 64 images at 224 px, 784 at 64 px.
+# Freezing resnet18 took 1.4 s on an idle 2-core Xeon (2-8 s on a loaded one) and saved ~45 ms
+# per 224-px image (eager channels_last 15.7 -> frozen 29.6 img/s), so it repays itself after
+# ~30-60 images at 224 px; deeper networks cost more to freeze and save more per image.
+FREEZE_MIN_WORK = 64 * 224 * 224
+
+# Backbones where a lever loses (slower, or fails to trace) in the committed table
+# benchmarks/results/levers_all.json (benchmarks/lever_table.py; every torchvision
+# classification backbone at 64 px, levers on vs off). tests/test_levers.py checks these
+# sets against the table.
+LOSES_CHANNELS_LAST: frozenset[str] = frozenset({
+    "alexnet", "regnet_y_400mf", "regnet_y_800mf", "resnet18", "resnet50"})
+LOSES_FREEZE: frozenset[str] = frozenset({
+    "alexnet", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+    "efficientnet_lite0", "googlenet", "squeezenet1_0", "squeezenet1_1"})
+# Backbones the table measured: the levers are applied to these only; any other (a new
+# source, a local architecture, one the table run did not reach) runs plainly until measured.
+MEASURED: frozenset[str] = frozenset({
+    "alexnet", "densenet121", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
+    "efficientnet_b3", "efficientnet_lite0", "googlenet", "mnasnet0_5", "mnasnet0_75", "mnasnet1_0",
+    "mnasnet1_3", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "regnet_x_1_6gf",
+    "regnet_x_400mf", "regnet_x_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_400mf",
+    "regnet_y_800mf", "resnet18", "resnet50", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "squeezenet1_0", "squeezenet1_1"})
+
+
+@dataclass(frozen=True)
+class Levers:
+    """Which levers a feature set's rows are computed with."""
+
+    channels_last: bool = False
+    freeze: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        return [k for k, on in asdict(self).items() if on]
+
+    def describe(self) -> str:
+        return "+".join(self.names) or "plain"
+
+    @classmethod
+    def from_names(cls, names: list[str]) -> "Levers":
+        known = set(asdict(cls()))
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise FeatcacheError(f"{RECORD} names unknown levers {bad}; expected some of {sorted(known)}. It was "
+                                 "written by a newer featcache: upgrade, or extract into a fresh --cache")
+        return cls(**{n: True for n in names})
+
+
+PLAIN = Levers()
+
+
+def check_compute(compute: str) -> None:
+    if compute not in COMPUTE_MODES:
+        raise UnknownNameError("--compute mode", compute, COMPUTE_MODES)
+
+
+def choose(backbone: str, device: torch.device, *, compute: str = "auto", precision: str = "float32",
+           images: int = 0, pixels: int = 224 * 224) -> Levers:
+    """The rule: which levers a new feature set gets (``pixels``: input pixels per image)."""
+    check_compute(compute)
+    if compute == "plain" or device.type != "cpu" or backbone not in MEASURED:
+        return PLAIN
+    freeze = (precision == "float32" and images * pixels >= FREEZE_MIN_WORK and backbone not in LOSES_FREEZE)
+    return Levers(channels_last=backbone not in LOSES_CHANNELS_LAST, freeze=freeze)
+
+
+def recorded(fs: FeatureSet) -> Levers | None:
+    """The levers recorded for this set; PLAIN for a set with rows but no record; None for a new set."""
+    path = Path(fs.dir) / RECORD
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return Levers.from_names(list(doc["levers"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise FeatcacheError(f"{path} is unreadable ({type(e).__name__}: {e}); expected a JSON object with "
+                                 "'levers'. If the set has no rows yet, delete the file; else restore it") from None
+    return PLAIN if fs.shards() else None
+
+
+def settle(fs: FeatureSet, wanted: Levers, compute: str) -> Levers:
+    """The levers this run uses: the set's record, or ``wanted`` (then recorded) for a new set."""
+    have = recorded(fs)
+    if have is None:  # written before any row (a run that fails first leaves only this file, which ls skips)
+        atomic_write_text(Path(fs.dir) / RECORD, json.dumps(
+            {"version": RECORD_VERSION, "levers": wanted.names, "torch": torch.__version__}, indent=2))
+        return wanted
+    if compute == "plain" and have != PLAIN:
+        raise FeatcacheError(
+            f"--compute plain: the feature set {fs.key} was computed with the levers {have.describe()} (see "
+            f"{Path(fs.dir) / RECORD}), and all rows of a set are computed the same way; drop --compute plain "
+            "to add rows to it, or pass a fresh --cache to compute plainly")
+    return have
+
+
+def prepare(extractor: torch.nn.Module, levers: Levers, example: torch.Tensor) -> torch.nn.Module:
+    """Apply ``levers`` to an extractor on the CPU; ``example`` is one padded batch (its shape is traced)."""
+    extractor = extractor.eval()
+    if levers.channels_last:
+        extractor = extractor.to(memory_format=torch.channels_last)
+        example = example.contiguous(memory_format=torch.channels_last)
+    if levers.freeze:
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks torch.jit deprecated
+                traced = torch.jit.trace(extractor, example, check_trace=False)
+                extractor = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        except Exception as e:  # noqa: BLE001 - any tracing failure gets the same advice
+            raise FeatcacheError(f"freezing {type(extractor).__name__} for the CPU failed ({type(e).__name__}: "
+                                 f"{e}); pass --compute plain, and report the backbone") from None
+        with torch.inference_mode():
+            extractor(example)  # warm-up: the frozen graph packs its weights on the first call
+    return extractor
+
+
+def prepare_timed(extractor: torch.nn.Module, levers: Levers, example: torch.Tensor):
+    """(prepared extractor, set-up seconds): what the levers cost once per process."""
+    t0 = time.perf_counter()
+    return prepare(extractor, levers, example), time.perf_counter() - t0
+
+
+def to_input(x: torch.Tensor, levers: Levers) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if levers.channels_last else x
+
+
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_native(cpuinfo: str | None = None) -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return any(f in flags for f in _BF16_FLAGS)

@@ -1,0 +1,169 @@
+"""CPU inference levers: the rule, the record kept with a feature set, and exactness."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import featcache
+from featcache.errors import FeatcacheError, UnknownNameError
+from featcache.extraction import levers
+from featcache.extraction.layers import FeatureExtractor
+from featcache.extraction.levers import PLAIN, Levers
+from featcache.store.featureset import FeatureStore
+from featcache.extraction.identity import resolve_identity
+
+from conftest import make_image
+
+CPU = torch.device("cpu")
+TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "levers_all.json"
+KW = dict(backbone="resnet18", weights="none", image_size=32, workers=0, batch_size=16)
+
+
+@pytest.fixture
+def both_levers_pay(monkeypatch):
+    """A table in which both levers pay for resnet18 (the committed one is tested on its own)."""
+    monkeypatch.setattr(levers, "MEASURED", frozenset({"resnet18"}))
+    monkeypatch.setattr(levers, "LOSES_CHANNELS_LAST", frozenset())
+    monkeypatch.setattr(levers, "LOSES_FREEZE", frozenset())
+
+
+def test_rule_is_plain_for_plain_cuda_bfloat16_and_unmeasured_backbones(both_levers_pay):
+    big = dict(images=10_000, pixels=224 * 224)
+    assert levers.choose("resnet18", CPU, **big) == Levers(channels_last=True, freeze=True)
+    assert levers.choose("resnet18", CPU, compute="plain", **big) == PLAIN
+    assert levers.choose("resnet18", torch.device("cuda"), **big) == PLAIN  # CUDA keeps its own path
+    assert levers.choose("resnet18", CPU, precision="bfloat16", **big) == Levers(channels_last=True)
+    assert levers.choose("not_in_the_table", CPU, **big) == PLAIN
+
+
+def test_freeze_only_when_the_work_repays_its_set_up(both_levers_pay):
+    at = levers.FREEZE_MIN_WORK // (64 * 64)
+    assert not levers.choose("resnet18", CPU, images=at - 1, pixels=64 * 64).freeze
+    assert levers.choose("resnet18", CPU, images=at, pixels=64 * 64).freeze
+    assert not levers.choose("resnet18", CPU, images=at - 1, pixels=64 * 64).freeze
+
+
+def test_rule_drops_a_lever_where_the_table_says_it_loses(both_levers_pay, monkeypatch):
+    monkeypatch.setattr(levers, "LOSES_CHANNELS_LAST", frozenset({"resnet18"}))
+    monkeypatch.setattr(levers, "LOSES_FREEZE", frozenset({"resnet18"}))
+    assert levers.choose("resnet18", CPU, images=10_000) == PLAIN
+
+
+def test_unknown_compute_mode_names_the_choices():
+    with pytest.raises(UnknownNameError, match="--compute mode .fast.*auto"):
+        levers.choose("resnet18", CPU, compute="fast")
+
+
+def test_committed_table_matches_the_rule():
+    doc = json.loads(TABLE.read_text())
+    assert set(doc["sets"]["MEASURED"]) == set(levers.MEASURED)
+    assert set(doc["sets"]["LOSES_CHANNELS_LAST"]) == set(levers.LOSES_CHANNELS_LAST)
+    assert set(doc["sets"]["LOSES_FREEZE"]) == set(levers.LOSES_FREEZE)
+    for row in doc["rows"]:  # every lever kept was within 1e-5 and not slower than without it
+        d = row["decision"]
+        if d["measured"]:
+            assert d["best_vs_plain"] >= 1.0
+
+
+@pytest.fixture
+def feature_set(tmp_path):
+    ident, _, _ = resolve_identity("resnet18", weights="none", image_size=32)
+    return FeatureStore(tmp_path / "cache").open(ident)
+
+
+def test_first_run_records_its_levers_and_later_runs_reuse_them(feature_set):
+    assert levers.recorded(feature_set) is None
+    fast = Levers(channels_last=True, freeze=True)
+    assert levers.settle(feature_set, fast, "auto") == fast
+    assert (Path(feature_set.dir) / levers.RECORD).is_file()
+    assert levers.settle(feature_set, PLAIN, "auto") == fast  # the record wins over a new choice
+    with pytest.raises(FeatcacheError, match="--compute plain.*channels_last\\+freeze.*fresh --cache"):
+        levers.settle(feature_set, PLAIN, "plain")
+
+
+def test_a_set_with_rows_but_no_record_stays_plain(feature_set):
+    w = feature_set.writer(4)
+    w.append(["a" * 32], np.zeros((1, 4), np.float32))
+    w.flush()
+    assert levers.settle(feature_set, Levers(channels_last=True), "auto") == PLAIN
+
+
+def test_a_damaged_record_is_an_error_that_says_what_to_do(feature_set):
+    path = Path(feature_set.dir) / levers.RECORD
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(FeatcacheError, match="unreadable.*'levers'"):
+        levers.recorded(feature_set)
+    path.write_text(json.dumps({"levers": ["warp_drive"]}))
+    with pytest.raises(FeatcacheError, match="warp_drive.*upgrade"):
+        levers.recorded(feature_set)
+
+
+@pytest.mark.parametrize("lev", [Levers(channels_last=True), Levers(freeze=True),
+                                 Levers(channels_last=True, freeze=True)])
+def test_each_lever_is_exact_to_rounding_and_keeps_rows_independent_of_batch_mates(lev):
+    torch.manual_seed(0)
+    model = FeatureExtractor(torchvision.models.resnet18(weights=None)).eval()
+    x = torch.randn(24, 3, 32, 32)
+    with torch.inference_mode():
+        ref = model(x)
+        fast = levers.prepare(model, lev, levers.to_input(x[:16], lev))
+        whole = fast(levers.to_input(x, lev))
+        padded = fast(levers.to_input(torch.cat([x[8:], x[-1:].expand(8, 3, 32, 32)]), lev))[:16]
+    assert float((whole - ref).abs().max() / ref.abs().max()) <= 1e-5
+    assert torch.equal(whole[8:], padded)  # a row's bits do not depend on the rows batched with it
+
+
+def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_path, monkeypatch, both_levers_pay):
+    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)  # freeze even these 12 tiny images
+    cache = tmp_path / "cache"
+    first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
+    assert first.levers == "channels_last+freeze" and first.timings["levers_s"] > 0
+    assert "levers channels_last+freeze set up in" in first.summary()
+    record = json.loads((cache / "features" / first.feature_key / levers.RECORD).read_text())
+    assert record["levers"] == ["channels_last", "freeze"]
+    plain = featcache.extract(str(image_folder), cache_dir=tmp_path / "plain", compute="plain", **KW)
+    assert plain.feature_key == first.feature_key and plain.levers == "plain"  # rounding only: same key
+    a, b = featcache.load_features(first.view).features, featcache.load_features(plain.view).features
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+
+    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 10**12)  # the rule would not freeze one new image...
+    make_image(image_folder / "dog" / "new.png", seed=999)
+    grown = featcache.extract(str(image_folder), cache_dir=cache, **KW)
+    assert grown.extracted == 1 and grown.levers == "channels_last+freeze"  # ...the record does
+    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)
+    fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)  # uninterrupted, same levers
+    np.testing.assert_array_equal(featcache.load_features(grown.view).features,
+                                  featcache.load_features(fresh.view).features)
+
+
+def test_compute_plain_into_a_set_computed_with_levers_is_refused(image_folder, cache_dir, both_levers_pay):
+    featcache.extract(str(image_folder), cache_dir=cache_dir, **KW)
+    make_image(image_folder / "dog" / "new.png", seed=998)
+    with pytest.raises(FeatcacheError, match="--compute plain"):
+        featcache.extract(str(image_folder), cache_dir=cache_dir, compute="plain", **KW)
+
+
+def test_cli_offers_compute_and_rejects_unknown_modes(image_folder, cache_dir):
+    from click.testing import CliRunner
+
+    from featcache.cli import cli
+
+    args = ["extract", "--data", str(image_folder), "--backbone", "resnet18", "--weights", "none",
+            "--image-size", "32", "--workers", "0", "--cache", str(cache_dir)]
+    bad = CliRunner().invoke(cli, [*args, "--compute", "fast"])
+    assert bad.exit_code != 0 and "auto" in bad.output and "plain" in bad.output
+    ok = CliRunner().invoke(cli, [*args, "--compute", "plain", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["levers"] == "plain"
+
+
+@pytest.mark.parametrize("flags,native", [("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
+                                          ("fpu amx_bf16 amx_tile", True), ("", False)])
+def test_bf16_support_is_read_from_the_cpu_flags(flags, native):
+    assert levers.cpu_bf16_native(f"processor\t: 0\nflags\t\t: {flags}\n") is native
