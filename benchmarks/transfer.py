@@ -254,7 +254,8 @@ def cnn_row(a, view, data: Path, idx: dict) -> dict:
 def finetune_row(a, view, data: Path, idx: dict) -> dict:
     import torch
 
-    from featcache.extraction.backbones.registry import final_layer_name, get_backbone
+    from featcache.extraction.backbones import get_backbone
+    from featcache.extraction.layers import final_layer_name
 
     start = (time.perf_counter(), cpu_seconds())
     entry = get_backbone("efficientnet_lite0")

@@ -141,7 +141,8 @@ VARIATIONS = [{}, {"backbone": "efficientnet_lite0", "weights": "DEFAULT", "imag
 #: `featcache extract` options that do not enter the identity (RunSpec, DataSpec, output)
 NOT_IDENTITY = {"data", "cache_dir", "as_json", "quiet", "batch_size", "workers", "on_error", "path_column",
                 "label_column", "split_column", "root", "tv_split", "download", "no_labels", "flush_every",
-                "flush_rows", "progress", "labelled"}
+                "flush_rows", "progress", "labelled",
+                "compute"}  # inference levers change only float rounding; recorded per feature set, not keyed
 
 
 def _specs(case: dict):

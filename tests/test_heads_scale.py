@@ -130,7 +130,11 @@ def test_lazy_training_matrix_with_nan_is_refused(data, tmp_path):
 
 
 # ----------------------------------------------------------------- neighbours
-def test_top_k_cosine_is_exact_and_independent_of_chunks(data, monkeypatch):
+@pytest.mark.parametrize("search", ["numpy", "torch"])
+def test_top_k_cosine_is_exact_and_independent_of_chunks(data, monkeypatch, search):
+    import featcache.train.heads.neighbors as neighbors_mod
+
+    monkeypatch.setattr(neighbors_mod, "TORCH_MIN_WORK", 0 if search == "torch" else 10**30)
     X_train, X_test, _, _ = data
     train = X_train / np.linalg.norm(X_train, axis=1, keepdims=True)
     queries = X_test / np.linalg.norm(X_test, axis=1, keepdims=True)

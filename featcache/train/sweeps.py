@@ -352,10 +352,8 @@ def sweep(
     """Fit every combination of ``grid`` on train, score accuracy on val, keep the best.
 
     ``make_estimator(params)`` must return a fresh object with ``fit(X, y)`` and
-    ``predict(X)`` (sklearn- or torch-based). Combinations are the cartesian product of
-    the grid's lists in the dict's key order; ties in validation accuracy go to the
-    first combination in that order. Only train and val are seen: there is no test
-    argument.
+    ``predict(X)``. Combinations are the cartesian product of the grid's lists in key order;
+    ties go to the first combination in that order. Only train and val are seen.
 
     Estimators with a ``path_param`` swept by the grid (the featcache heads ``logreg``,
     ``svm``, ``knn``, ``ncm``) are fitted in this process along a warm-started path (see
@@ -370,14 +368,12 @@ def sweep(
     every worker.
 
     Workers use joblib's ``loky`` backend (``make_estimator`` must be picklable by
-    cloudpickle: functions, lambdas, ``functools.partial`` all work). The arrays are
-    written once to a temporary folder and loaded once per worker; each worker's torch
-    thread count is set to ``cpu_count // workers``. ``workers`` and ``in_process`` of
-    the result say where the fits ran.
+    cloudpickle); the arrays are written once and loaded once per worker, each with
+    ``cpu_count // workers`` torch threads. The result's ``workers`` and ``in_process``
+    say where the fits ran.
 
-    The returned ``best_estimator`` is the one fitted on the training split (not
-    refitted on train+val). Raises :class:`EvaluationError` for a bad grid or
-    mismatched arrays, :class:`HeadError` when a fit fails (naming its params).
+    ``best_estimator`` is the one fitted on the training split (not refitted on train+val).
+    Raises :class:`EvaluationError` (bad grid, mismatched arrays) or :class:`HeadError`.
     """
     from joblib import effective_n_jobs  # joblib is imported by sweeps only
 

@@ -4,7 +4,9 @@
 bfloat16 product per chunk, torch) and keeps the best candidates of each row, re-scored
 exactly in float64; a chunk's similarity matrix is sized from the available memory
 (:func:`featcache.train.heads.blocks.chunk_rows`), so the full (queries x training rows)
-matrix never exists. torch is imported by that function only. :func:`vote` turns neighbours into
+matrix never exists. The candidate search uses torch (bfloat16) only for searches of at
+least ``TORCH_MIN_WORK`` multiply-adds, where it saves more than importing torch costs; smaller
+ones use numpy float32, so stage two on small data never loads torch. :func:`vote` turns neighbours into
 class probabilities exactly as scikit-learn's ``KNeighborsClassifier`` (``uniform`` or
 ``distance`` weights, exact matches taking all the weight).
 """
@@ -35,6 +37,9 @@ def normalized_copy(blocks: FeatureBlocks) -> np.ndarray:
 #: bfloat16 dot products of unit vectors are off by up to a few 1e-3, so every training row
 #: within that band of the k-th neighbour must stay a candidate.
 RERANK_MARGIN = 32
+#: multiply-adds from which the candidate search uses torch (numpy float32 would take ~4 s here,
+#: about what importing torch costs; benchmarks/README.md has the measured speeds)
+TORCH_MIN_WORK = 20_000_000_000
 _RERANK_ROWS = 128
 
 
@@ -42,29 +47,54 @@ def top_k_cosine(queries: np.ndarray, train: np.ndarray, k: int) -> tuple[np.nda
     """Indices (m, k) and cosine similarities (m, k) of the ``k`` most similar rows of
     ``train`` (unit rows) for each unit row of ``queries``, most similar first.
 
-    The search is one bfloat16 matrix product per chunk of queries (torch; AMX / AVX-512
-    BF16 on recent CPUs) and torch's top-k; its ``k + RERANK_MARGIN`` best candidates are
+    The search is one matrix product per chunk of queries: numpy float32, or for searches of
+    ``TORCH_MIN_WORK`` multiply-adds and more torch bfloat16 (AMX / AVX-512 BF16 on recent
+    CPUs) with torch's top-k; its ``k + RERANK_MARGIN`` best candidates are
     then re-scored exactly in float64 row by row, so that the answer equals an exact search
     (unless more than ``RERANK_MARGIN`` rows tie with the k-th within bfloat16 rounding),
     does not depend on which other rows share a chunk, and ties go to the lower index.
     """
-    import torch  # top-k and bfloat16 products: 3-5x faster than numpy here (benchmarks/README.md)
-
     m, n = len(queries), len(train)
     c = min(n, k + RERANK_MARGIN)
     idx = np.empty((m, k), dtype=np.int64)
     sims = np.empty((m, k), dtype=np.float64)
-    train_bf16 = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)).bfloat16()
+    candidates = _torch_candidates(train) if m * n * train.shape[1] >= TORCH_MIN_WORK else _numpy_candidates(train)
     step = chunk_rows(n * 2 * 3, least=_RERANK_ROWS)
     for a in range(0, m, step):
         q = queries[a : a + step]
-        q_bf16 = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).bfloat16()
-        cand = torch.topk(q_bf16 @ train_bf16.T, c, dim=1, sorted=False).indices.numpy()
+        cand = candidates(q, c)
         for r in range(0, len(q), _RERANK_ROWS):
             rows = slice(r, r + _RERANK_ROWS)
             i_k, s_k = _rerank(q[rows], train, cand[rows], k)
             idx[a + r : a + r + len(i_k)], sims[a + r : a + r + len(i_k)] = i_k, s_k
     return idx, sims
+
+
+def _numpy_candidates(train: np.ndarray):
+    """Candidate search by a float32 product and ``argpartition`` (no torch to import)."""
+    train32 = np.ascontiguousarray(train, dtype=np.float32)
+
+    def candidates(q: np.ndarray, c: int) -> np.ndarray:
+        s = np.ascontiguousarray(q, dtype=np.float32) @ train32.T
+        if c >= s.shape[1]:  # every row is a candidate; the exact re-ranking orders them
+            return np.broadcast_to(np.arange(s.shape[1]), s.shape).copy()
+        return np.argpartition(-s, c - 1, axis=1)[:, :c]
+
+    return candidates
+
+
+def _torch_candidates(train: np.ndarray):
+    """Candidate search by a bfloat16 product and torch's top-k: 3-5x faster than numpy on
+    large problems, where that saves more than importing torch costs."""
+    import torch  # only for searches large enough to pay for the import (TORCH_MIN_WORK)
+
+    train_bf16 = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)).bfloat16()
+
+    def candidates(q: np.ndarray, c: int) -> np.ndarray:
+        q_bf16 = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).bfloat16()
+        return torch.topk(q_bf16 @ train_bf16.T, c, dim=1, sorted=False).indices.numpy()
+
+    return candidates
 
 
 def _rerank(q: np.ndarray, train: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
