@@ -308,25 +308,36 @@ def image_pool(n: int, *, size: int, fmt: str = "jpeg", n_classes: int = 10, see
         raise ValueError(f"format {fmt!r}: expected jpeg or png")
     base = Path(data_dir) if data_dir else DEFAULT_DATA_DIR
     dest = base / f"shapes-{fmt}-{size}px-{n_classes}c-seed{seed}-q{quality}-n{n}"
-    if (dest / ".complete").is_file():
-        return dest
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=base))
-    try:
+
+    def fill(tmp: Path) -> dict:
         for c in range(n_classes):
             (tmp / f"class_{c:02d}").mkdir()
-        workers = workers or max(1, min(usable_cores(), 8))
-        step = max(1, math.ceil(n / (workers * 4)))
+        procs = workers or max(1, min(usable_cores(), 8))
+        step = max(1, math.ceil(n / (procs * 4)))
         jobs = [(str(tmp), a, min(n, a + step), n_classes, size, fmt, seed, quality) for a in range(0, n, step)]
-        if workers > 1 and n > 200:
+        if procs > 1 and n > 200:
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(max_workers=workers) as ex:
+            with ProcessPoolExecutor(max_workers=procs) as ex:
                 list(ex.map(_write_range, jobs))
         else:
             for j in jobs:
                 _write_range(j)
-        (tmp / ".complete").write_text(json.dumps({"n": n, "size": size, "format": fmt, "seed": seed}))
+        return {"n": n, "size": size, "format": fmt, "seed": seed}
+
+    return folder_built_once(dest, fill)
+
+
+def folder_built_once(dest: Path, fill) -> Path:
+    """``dest``, built once: ``fill(tmp)`` writes the files into a temporary folder beside it and
+    returns a JSON-able description; the folder is marked complete and renamed, so a half-written
+    folder is never used, and a concurrent builder that finished first wins."""
+    if (dest / ".complete").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        (tmp / ".complete").write_text(json.dumps(fill(tmp)))
         try:
             os.rename(tmp, dest)
         except OSError:

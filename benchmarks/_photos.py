@@ -14,14 +14,13 @@ Image ``i`` depends only on (seed, i, size), so pools are rebuilt identically.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import _bench  # benchmarks/ is on sys.path for every script that imports this module
 
 CLIPART = Path("/usr/share/openclipart/png")
 N_CLASSES = 4
@@ -54,21 +53,14 @@ def photo(i: int, width: int, height: int, seed: int = 0, clipart: list[Path] | 
 def photo_pool(n: int, width: int, height: int, *, data_dir: str | os.PathLike, seed: int = 0,
                quality: int = 90) -> Path:
     """A folder of ``n`` photo-like JPEG files (``class_k/img_i.jpg``), built once and reused."""
-    base = Path(data_dir)
-    dest = base / f"photos-{width}x{height}-q{quality}-seed{seed}-n{n}"
-    if (dest / ".complete").is_file():
-        return dest
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=base))
-    try:
+    dest = Path(data_dir) / f"photos-{width}x{height}-q{quality}-seed{seed}-n{n}"
+
+    def fill(tmp: Path) -> dict:
         art = _clipart_files()
         for i in range(n):
             path = tmp / f"class_{i % N_CLASSES}" / f"img_{i:06d}.jpg"
             path.parent.mkdir(exist_ok=True)
             photo(i, width, height, seed, art).save(path, format="JPEG", quality=quality, subsampling=2)
-        (tmp / ".complete").write_text(json.dumps({"n": n, "size": [width, height], "seed": seed,
-                                                  "clipart": bool(art)}))
-        os.rename(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+        return {"n": n, "size": [width, height], "seed": seed, "clipart": bool(art)}
+
+    return _bench.folder_built_once(dest, fill)
