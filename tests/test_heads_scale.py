@@ -236,3 +236,47 @@ def test_warm_start_from_another_fit_is_ignored_when_it_does_not_fit(data, block
     head = make_head("logreg").fit(X_train, y_train, warm_start=other)  # other features: cold start
     cold = make_head("logreg").fit(X_train, y_train)
     np.testing.assert_allclose(head.coef_, cold.coef_)
+
+
+def test_lbfgs_history_is_bounded_by_memory():
+    from featcache.train.heads.solvers import HISTORY_BYTES, MAX_HISTORY, history_size
+
+    assert history_size(12_810) == MAX_HISTORY  # 1,280 features x 10 classes
+    big = 100_000
+    assert 10 <= history_size(big) < MAX_HISTORY
+    assert history_size(big) * 16 * big <= HISTORY_BYTES
+    assert history_size(10**9) == 10  # never below scipy's default
+
+
+def test_optimiser_runs_on_one_blas_thread_and_data_passes_on_all(data, monkeypatch):
+    """The L-BFGS bookkeeping is limited to one BLAS thread; the objective gets them all back."""
+    from threadpoolctl import threadpool_info
+
+    import featcache.train.heads.solvers as solvers
+
+    def blas_threads():
+        return max(m["num_threads"] for m in threadpool_info() if m["user_api"] == "blas")
+
+    before = blas_threads()
+    seen = []
+    real = solvers.LinearObjective._evaluate
+
+    def spy(self, theta):
+        seen.append(blas_threads())
+        return real(self, theta)
+
+    monkeypatch.setattr(solvers.LinearObjective, "_evaluate", spy)
+    seen_outside = []
+    real_min = solvers.minimize
+
+    def spy_min(*args, **kwargs):
+        seen_outside.append(blas_threads())
+        return real_min(*args, **kwargs)
+
+    monkeypatch.setattr(solvers, "minimize", spy_min)
+    monkeypatch.setattr(sklearn_heads, "SKLEARN_MAX_MACS", 0)  # the blockwise solver
+    X_train, _, y_train, _ = data
+    make_head("logreg", max_iter=5).fit(X_train, y_train)
+    assert seen and set(seen) == {before}
+    assert seen_outside == [1]
+    assert blas_threads() == before
