@@ -193,6 +193,7 @@ def child_levers(a) -> dict:
 
     import torch
 
+    from featcache import devices
     from featcache.extraction import levers
     from featcache.extraction.images import IMAGE_EXTENSIONS, decode_image
 
@@ -220,7 +221,7 @@ def child_levers(a) -> dict:
     return {"method": "levers", "n": a.n, "images_cycled": k, "rounds": a.rounds, "levers": chosen.describe(),
             "setup_s": setup_s, "plain_img_per_s": rate["plain"], "levers_img_per_s": rate["levers"],
             "img_per_s": rate["levers"], "wall_s": k / rate["levers"], "max_rel_diff": rel,
-            "cpu_bf16_native": levers.cpu_bf16_native()}
+            "cpu_bf16_native": devices.cpu_bf16_native()}
 
 
 def child_decode(a) -> dict:

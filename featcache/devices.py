@@ -1,6 +1,7 @@
 """Where tensors run: ``--device`` and ``--precision`` resolved for this machine (imports torch)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -36,3 +37,28 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return "float32"
+
+
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_native(cpuinfo: str | None = None) -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return any(f in flags for f in _BF16_FLAGS)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True when ``device`` multiplies bfloat16 matrices natively (a CUDA GPU that supports it,
+    or a CPU with AVX512-BF16 / AMX)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_bf16_native()

@@ -230,6 +230,10 @@ def test_bad_hyperparameters_are_reported(small):
         make_head("knn", weights="nearest").fit(X, y)
     with pytest.raises(HeadError, match=r"device='tpu9'"):
         make_head("linear", device="tpu9").fit(X, y)
+    with pytest.raises(HeadError, match=r"precision='fp8' .*'auto' or 'float32' or 'bfloat16'"):
+        make_head("mlp", precision="fp8").fit(X, y)
+    with pytest.raises(HeadError, match=r"batch_size='big' .*a positive int or 'auto'"):
+        make_head("linear", batch_size="big").fit(X, y)
 
 
 def test_wrong_number_of_features(small):
@@ -285,6 +289,40 @@ def test_torch_training_history(blobs):
     assert head.mean_.shape == head.scale_.shape == (64,)
     full = make_head("linear", max_epochs=5, early_stopping=False).fit(X_train, y_train)
     assert full.n_epochs_ == full.best_epoch_ == 5 and full.validation_scores_.size == 0
+
+
+def test_auto_batch_grows_with_the_data_and_scales_the_learning_rate():
+    from featcache.train.heads._torch_train import LARGE_BATCH_FROM, batch_and_lr
+
+    assert batch_and_lr("auto", 1e-3, LARGE_BATCH_FROM - 1) == (256, 1e-3)
+    batch, lr = batch_and_lr("auto", 1e-3, LARGE_BATCH_FROM)
+    assert batch == 1024 and lr == pytest.approx(2e-3)  # sqrt(1024 / 256) = 2
+    assert batch_and_lr(64, 1e-2, 10**6) == (64, 1e-2)  # an explicit batch size is used as given
+
+
+def test_bfloat16_training_only_where_native_and_large_enough(monkeypatch):
+    import torch
+
+    import featcache.devices as devices
+    from featcache.train.heads._torch_train import BF16_MIN_MACS, training_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)
+    assert training_dtype("auto", cpu, BF16_MIN_MACS) is torch.bfloat16
+    assert training_dtype("auto", cpu, BF16_MIN_MACS - 1) is None
+    assert training_dtype("float32", cpu, 10 * BF16_MIN_MACS) is None
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: False)
+    assert training_dtype("auto", cpu, 10 * BF16_MIN_MACS) is None
+    assert training_dtype("bfloat16", cpu, 1) is torch.bfloat16
+
+
+def test_bfloat16_training_is_reproducible_and_learns(blobs):
+    X_train, X_test, y_train, y_test = blobs
+    a = fast_head("mlp", precision="bfloat16", random_state=1).fit(X_train, y_train)
+    b = fast_head("mlp", precision="bfloat16", random_state=1).fit(X_train, y_train)
+    np.testing.assert_array_equal(a.predict_proba(X_test), b.predict_proba(X_test))
+    assert (a.predict(X_test) == y_test).mean() > 0.9
+    assert all(w.dtype == np.float32 for w in a.coefs_)  # weights stay float32
 
 
 def test_tiny_training_set_disables_early_stopping():

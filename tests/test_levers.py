@@ -12,6 +12,7 @@ import torchvision
 import featcache
 from featcache.errors import FeatcacheError, UnknownNameError
 from featcache.extraction import levers
+from featcache import devices
 from featcache.extraction.layers import FeatureExtractor
 from featcache.extraction.levers import PLAIN, Levers
 from featcache.store.featureset import FeatureStore
@@ -166,4 +167,4 @@ def test_cli_offers_compute_and_rejects_unknown_modes(image_folder, cache_dir):
 @pytest.mark.parametrize("flags,native", [("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
                                           ("fpu amx_bf16 amx_tile", True), ("", False)])
 def test_bf16_support_is_read_from_the_cpu_flags(flags, native):
-    assert levers.cpu_bf16_native(f"processor\t: 0\nflags\t\t: {flags}\n") is native
+    assert devices.cpu_bf16_native(f"processor\t: 0\nflags\t\t: {flags}\n") is native

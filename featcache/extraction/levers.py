@@ -22,7 +22,7 @@ levers existed: plainly, and it stays plain. The levers only change float roundi
 they are not part of the feature key (``--precision`` is). Details: docs/compute.md.
 
 bfloat16 changes the numbers by far more than rounding, so it stays the explicit
-``--precision bfloat16`` (part of the key); :func:`cpu_bf16_native` tells whether this
+``--precision bfloat16`` (part of the key); :func:`featcache.devices.cpu_bf16_native` tells whether this
 CPU runs it natively (AVX512-BF16 or AMX) rather than emulated.
 """
 from __future__ import annotations
@@ -169,18 +169,3 @@ def to_input(x: torch.Tensor, levers: Levers) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if levers.channels_last else x
 
 
-_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_bf16_native(cpuinfo: str | None = None) -> bool:
-    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[-1].split())
-    return any(f in flags for f in _BF16_FLAGS)

@@ -22,6 +22,24 @@ VAL_CACHE_BYTES = 256 * 2**20
 #: synchronisation is ruinous on a busy machine.
 MACS_PER_THREAD = 64 * 2**20
 _EVAL_ROWS = 8192
+#: ``precision="auto"`` trains under bfloat16 autocast where the device multiplies bfloat16
+#: natively and a mini-batch has at least this many multiply-adds (the forward and backward
+#: products in bfloat16, the weights, optimiser state and loss in float32). On 2 AMX cores an
+#: epoch of the 1,280-512-10 mlp over 45,900 rows takes 0.29 s instead of 0.66 s at batch 1,024;
+#: at batch 256 (168 M multiply-adds) bfloat16 gains nothing, and the linear head is too small.
+BF16_MIN_MACS = 256 * 2**20
+PRECISIONS = ("auto", "float32", "bfloat16")
+#: ``batch_size="auto"``: 256 rows per step, or LARGE_BATCH from LARGE_BATCH_FROM training rows
+#: on (at least 32 steps per epoch), with the learning rate scaled by sqrt(batch / 256).
+BASE_BATCH, LARGE_BATCH, LARGE_BATCH_FROM = 256, 1024, 32 * 1024
+
+
+def batch_and_lr(batch_size, lr: float, n_train: int) -> tuple[int, float]:
+    """Rows per step and learning rate for a head's ``batch_size`` (int or "auto") and ``lr``."""
+    if batch_size != "auto":
+        return int(batch_size), lr
+    batch = LARGE_BATCH if n_train >= LARGE_BATCH_FROM else BASE_BATCH
+    return batch, lr * math.sqrt(batch / BASE_BATCH)
 
 
 def torch_module():
@@ -52,6 +70,18 @@ def cpu_threads(device, macs_per_batch: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def training_dtype(precision: str, device, macs_per_batch: int):
+    """The autocast dtype of the training products (None: float32) for a head's ``precision``."""
+    torch = torch_module()
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    from featcache.devices import native_bf16  # torch: only when a torch head fits
+
+    return torch.bfloat16 if macs_per_batch >= BF16_MIN_MACS and native_bf16(device) else None
 
 
 class DataPlan:
@@ -236,22 +266,27 @@ def evaluate(net: Net, plan: DataPlan) -> tuple[float, float]:
     return correct / max(count, 1), loss_sum / max(count, 1)
 
 
-def run_epochs(head, net: Net, plan: DataPlan, gen) -> dict[str, Any]:
+def run_epochs(head, net: Net, plan: DataPlan, gen, *, batch: int, lr: float,
+               amp_dtype=None) -> dict[str, Any]:
     """The training loop with early stopping; leaves the best weights in ``net``.
+
+    ``batch`` rows per step at learning rate ``lr``. ``amp_dtype`` (e.g. ``torch.bfloat16``): the training forward and backward run under
+    autocast to it; validation runs in float32.
 
     Patience counts epochs without a better validation accuracy (as scikit-learn's
     ``MLPClassifier``); the weights kept are those of the best accuracy, ties going to the
     lower validation loss.
     """
     torch = plan.torch
-    optimizer = AdamW(net, lr=float(head.lr), weight_decay=float(head.weight_decay))
-    batch_size = int(head.batch_size)
+    optimizer = AdamW(net, lr=lr, weight_decay=float(head.weight_decay))
     losses, val_scores, val_losses = [], [], []
     best, best_acc, best_loss, best_epoch, stale, epoch = None, -1.0, math.inf, 0, 0, 0
     for epoch in range(1, int(head.max_epochs) + 1):
         total, seen = torch.zeros((), device=plan.device), 0
-        for x, y in plan.train_batches(gen, batch_size):
-            loss = torch.nn.functional.cross_entropy(net(x, train=True), y)
+        for x, y in plan.train_batches(gen, batch):
+            with torch.autocast(plan.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = net(x, train=True)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -32,12 +32,15 @@ from sklearn.model_selection import StratifiedShuffleSplit
 
 from featcache.errors import HeadError
 from featcache.train.heads._torch_train import (
+    PRECISIONS,
     DataPlan,
     Net,
+    batch_and_lr,
     cpu_threads,
     head_device,
     run_epochs,
     torch_module,
+    training_dtype,
 )
 from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, seed_from
 from featcache.train.heads.registry import register_head
@@ -75,13 +78,17 @@ class _TorchHead(HeadBase):
             bad("lr", "a positive number")
         if not (is_num(self.weight_decay) and self.weight_decay >= 0):
             bad("weight_decay", "a number >= 0")
-        for name in ("batch_size", "max_epochs", "patience"):
+        if not (self.batch_size == "auto" or is_int(self.batch_size) and self.batch_size >= 1):
+            bad("batch_size", "a positive int or 'auto'")
+        for name in ("max_epochs", "patience"):
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
                 bad(name, "a positive int")
         if not (is_num(self.validation_fraction) and 0 < self.validation_fraction < 1):
             bad("validation_fraction", "a number strictly between 0 and 1")
         if not isinstance(self.early_stopping, (bool, np.bool_)):
             bad("early_stopping", "True or False")
+        if self.precision not in PRECISIONS:
+            bad("precision", " or ".join(repr(p) for p in PRECISIONS))
 
     # ---------------------------------------------------------------- fit
     def fit(self, X, y):
@@ -101,17 +108,21 @@ class _TorchHead(HeadBase):
             Xmem = None
         n_features, n_classes = self.n_features_in_, len(self.classes_)
         seed = seed_from(self.random_state)
+        val_idx = self._validation_split(y_enc, n_classes, seed)
+        n_train = len(y_enc) - (0 if val_idx is None else len(val_idx))
+        batch, lr = batch_and_lr(self.batch_size, float(self.lr), n_train)
         plan = DataPlan(
-            X, Xmem, y_enc, self._validation_split(y_enc, n_classes, seed),
-            n_features=n_features, batch_size=int(self.batch_size), device=device,
+            X, Xmem, y_enc, val_idx,
+            n_features=n_features, batch_size=batch, device=device,
         )
         self.mean_, self.scale_ = plan.mean, plan.scale
         gen = torch.Generator().manual_seed(seed)  # initialisation and shuffling
         sizes = [n_features, *hidden, n_classes]
         net = Net(sizes, dropout, device, gen, seed)
-        macs = int(self.batch_size) * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        macs = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        amp_dtype = training_dtype(self.precision, device, macs)
         with cpu_threads(device, macs):
-            history = run_epochs(self, net, plan, gen)
+            history = run_epochs(self, net, plan, gen, batch=batch, lr=lr, amp_dtype=amp_dtype)
         self.coefs_, self.intercepts_ = net.export()
         for key, value in history.items():
             setattr(self, key, value)
@@ -177,10 +188,17 @@ class _TorchHead(HeadBase):
 
 _COMMON_DOC = """
     Training parameters: ``lr`` (AdamW learning rate), ``weight_decay`` (AdamW decoupled
-    weight decay, not applied to biases), ``batch_size``, ``max_epochs``, ``patience``
+    weight decay, not applied to biases), ``batch_size`` (rows per step; 'auto' = 256, or 1,024
+    from 32,768 training rows on, with ``lr`` then scaled by sqrt(batch / 256), Adam's usual rule,
+    so ``lr`` stays the rate of a 256-row batch; an int is used as given, with ``lr`` as given),
+    ``max_epochs``, ``patience``
     (epochs without validation-accuracy improvement before stopping),
     ``validation_fraction``, ``early_stopping``, ``random_state`` (int seed; None draws
-    one), ``device`` ('auto' = cuda if available else cpu).
+    one), ``device`` ('auto' = cuda if available else cpu), ``precision`` of the training
+    products: 'float32', 'bfloat16' (autocast; weights, optimiser and loss stay float32) or
+    'auto' = bfloat16 where the device computes it natively (AMX / AVX512-BF16 CPUs, recent
+    GPUs) and a mini-batch is large enough to gain (``BF16_MIN_MACS``), else float32.
+    Predictions are computed in float64 from the learned weights either way.
 """
 
 
@@ -196,13 +214,14 @@ class LinearHead(_TorchHead):
         self,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
-        batch_size: int = 256,
+        batch_size: int | str = "auto",
         max_epochs: int = 100,
         patience: int = 10,
         validation_fraction: float = 0.1,
         early_stopping: bool = True,
         random_state=0,
         device: str = "auto",
+        precision: str = "auto",
     ):
         self.lr = lr
         self.weight_decay = weight_decay
@@ -213,6 +232,7 @@ class LinearHead(_TorchHead):
         self.early_stopping = early_stopping
         self.random_state = random_state
         self.device = device
+        self.precision = precision
 
 
 @register_head("mlp")
@@ -231,13 +251,14 @@ class MLPHead(_TorchHead):
         dropout: float = 0.2,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
-        batch_size: int = 256,
+        batch_size: int | str = "auto",
         max_epochs: int = 100,
         patience: int = 10,
         validation_fraction: float = 0.1,
         early_stopping: bool = True,
         random_state=0,
         device: str = "auto",
+        precision: str = "auto",
     ):
         self.hidden_sizes = hidden_sizes
         self.dropout = dropout
@@ -250,6 +271,7 @@ class MLPHead(_TorchHead):
         self.early_stopping = early_stopping
         self.random_state = random_state
         self.device = device
+        self.precision = precision
 
     def _hidden(self) -> tuple[int, ...]:
         sizes = self.hidden_sizes
