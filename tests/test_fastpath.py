@@ -286,3 +286,14 @@ def test_deleting_the_index_loses_nothing(warm):
     assert _from_cache(warm) == (None, None)
     assert featcache.extract(str(warm["data"]), **CLI_KW, cache_dir=warm["cache"]).feature_key == warm["key"]
     assert _from_cache(warm)[0].feature_key == warm["key"]
+
+
+def test_results_loads_no_heavy_library(warm):
+    """`featcache results` reads a JSON-lines log: no torch, HDF5, scikit-learn or scipy."""
+    code = ("import sys; from featcache.cli import cli\n"
+            f"cli.main(['results', '--cache', {str(warm['cache'])!r}], prog_name='featcache', standalone_mode=False)\n"
+            "print(sorted(m for m in ('torch', 'h5py', 'sklearn', 'scipy', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    *table, loaded = proc.stdout.strip().splitlines()
+    assert loaded == "[]" and len(table) >= 2

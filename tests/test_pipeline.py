@@ -450,3 +450,38 @@ def test_shipped_pipeline_runs_on_a_stand_in(name, tmp_path):
     if name == "vehicles_vgg16":
         assert [b.dim for b in r.backbones] == [512, 4096]  # 25088 at 224 px; 512 x 1 x 1 at 32 px
     assert Path(r.summary_json).is_file() and Path(r.summary_png).is_file()
+
+
+def test_summary_figure_is_redrawn_only_when_what_it_shows_changes(tmp_path, monkeypatch):
+    import featcache.pipeline.runner as runner
+
+    drawn = []
+
+    def fake_plot(points, path, **kwargs):
+        drawn.append([p["fit_s"] for p in points])
+        Path(path).write_bytes(b"png")
+        return Path(path)
+
+    monkeypatch.setattr(runner, "plot_pipeline_summary", fake_plot)
+
+    def row(test_acc=0.8, fit_s=0.010):
+        return runner.HeadRow(backbone="r18", backbone_name="resnet18", feature_key="k", head="logreg",
+                              head_name="logreg", params={}, val_acc=0.7, test_acc=test_acc, balanced_acc=None,
+                              macro_f1=None, fit_s=fit_s, predict_s=0.0, head_path="x")
+
+    png = tmp_path / "summary.png"
+
+    def run(r):
+        path, inputs = runner._plot_summary([r], ["r18"], png, "t")
+        (tmp_path / "summary.json").write_text(json.dumps({"summary_png_inputs": inputs}))
+        return path
+
+    assert run(row()) == png and len(drawn) == 1
+    run(row(fit_s=0.011))  # timing jitter: the same figure
+    assert len(drawn) == 1
+    run(row(fit_s=0.05))  # 0.7 decades slower: visibly moved
+    run(row(fit_s=0.05, test_acc=0.81))  # a new score
+    assert len(drawn) == 3
+    png.unlink()
+    run(row(fit_s=0.05, test_acc=0.81))  # a missing figure is drawn again
+    assert len(drawn) == 4

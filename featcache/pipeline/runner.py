@@ -22,7 +22,9 @@ The summary also estimates the extraction time the cache saved (see
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -161,6 +163,8 @@ class PipelineResult:
     started: str
     summary_json: str | None = None
     summary_png: str | None = None
+    #: digest of what summary.png shows (:func:`_figure_inputs`); an unchanged one is not redrawn
+    summary_png_inputs: str | None = None
     #: {"copies": N, "seed": S} when the heads trained on N augmented copies per training image
     augment: dict | None = None
 
@@ -196,6 +200,7 @@ class PipelineResult:
             "backbones": [asdict(b) for b in self.backbones],
             "results": [asdict(r) for r in self.results],
             "summary_json": self.summary_json, "summary_png": self.summary_png,
+            "summary_png_inputs": self.summary_png_inputs,
         }
 
     def table(self) -> str:
@@ -301,12 +306,37 @@ def _previous_rate(store_root: Path, feature_key: str, device: str) -> dict | No
     return best
 
 
-def _plot_summary(rows: list[HeadRow], backbones: list[str], path: Path, title: str) -> Path | None:
-    """``summary.png`` via :func:`featcache.train.plots.plot_pipeline_summary`; None when no row has a score."""
+#: summary.png plots fit times on a log axis; a rerun whose fit times moved by less than this
+#: fraction of a decade (and whose rows and scores are the same) keeps the figure it has.
+FIGURE_TIME_RESOLUTION = 0.2
+
+
+def _figure_inputs(points: list[dict], backbones: list[str], metric: str, title: str) -> str:
+    """Digest of what summary.png shows: rows, scores to 4 decimals, fit times to
+    FIGURE_TIME_RESOLUTION decades (the timings of a rerun jitter; its figure looks the same)."""
+    shown = [(p["backbone"], p["head"], None if p["score"] is None else round(p["score"], 4),
+              round(math.log10(max(p["fit_s"], 1e-6)) / FIGURE_TIME_RESOLUTION)) for p in points]
+    return hashlib.sha256(json.dumps([shown, backbones, metric, title]).encode()).hexdigest()[:16]
+
+
+def _previous_figure_inputs(summary_json: Path) -> str | None:
+    try:
+        return json.loads(summary_json.read_text(encoding="utf-8")).get("summary_png_inputs")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _plot_summary(rows: list[HeadRow], backbones: list[str], path: Path, title: str) -> tuple[Path | None, str]:
+    """``summary.png`` via :func:`featcache.train.plots.plot_pipeline_summary` (None when no row
+    has a score) and the digest of its inputs; the figure is drawn only when that digest differs
+    from the one in the summary.json beside it, or the figure is missing."""
     scored = [r for r in rows if _score(r) is not None]
     metric = "test accuracy" if all(r.test_acc is not None for r in scored) else "test (or val) accuracy"
     points = [{"backbone": r.backbone, "head": r.head, "score": _score(r), "fit_s": r.fit_s} for r in rows]
-    return plot_pipeline_summary(points, path, backbones=backbones, metric=metric, title=title)
+    inputs = _figure_inputs(points, backbones, metric, title)
+    if scored and path.is_file() and _previous_figure_inputs(path.with_name("summary.json")) == inputs:
+        return path, inputs
+    return plot_pipeline_summary(points, path, backbones=backbones, metric=metric, title=title), inputs
 
 
 def run_pipeline(pipeline: Pipeline | str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
@@ -438,8 +468,9 @@ class _Steps:
                                 backbones=runs, results=rows, total_s=0.0, started=started,
                                 augment={"copies": x.augment, "seed": x.augment_seed} if x.augment else None)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        png = _plot_summary(rows, [b.label for b in p.backbones], self.out_dir / "summary.png",
-                            title=f"pipeline {p.name} ({manifest.name}, {len(manifest)} images)")
+        png, result.summary_png_inputs = _plot_summary(
+            rows, [b.label for b in p.backbones], self.out_dir / "summary.png",
+            title=f"pipeline {p.name} ({manifest.name}, {len(manifest)} images)")
         result.summary_png = str(png) if png else None
         result.summary_json = str(self.out_dir / "summary.json")
         result.total_s = time.perf_counter() - t_start

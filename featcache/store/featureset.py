@@ -36,6 +36,7 @@ from featcache.environment import default_cache_dir, versions
 from featcache.errors import StoreError, UnknownNameError
 from featcache.faults import failpoint
 from featcache.store.digests import DigestCache
+from featcache.store.layout import results_log, store_root
 from featcache.store.keys import FORMAT_VERSION, FeatureIdentity, canonical_json
 from featcache.store.shards import DIGEST_DTYPE, SHARD_BYTES, RowShards, ShardWriter, write_hdf5_atomically
 
@@ -175,7 +176,7 @@ class FeatureStore:
     """A folder of feature sets, one per identity."""
 
     def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root = store_root(root)
         self.features_dir = self.root / "features"
 
     @property
@@ -184,7 +185,7 @@ class FeatureStore:
 
     @property
     def results_log(self) -> Path:
-        return self.root / "results.jsonl"
+        return results_log(self.root)
 
     def open(self, identity: FeatureIdentity) -> FeatureSet:
         """The feature set of ``identity``; a stored identity.json must match it. A new set is

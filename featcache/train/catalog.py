@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from featcache.store.featureset import FeatureStore
+from featcache.store.layout import results_log
 from featcache.train.results import format_table_row, no_results_message, read_results, results_table  # noqa: F401
 # (format_table_row: re-exported for `featcache results`, which imports this module only when it runs)
 
@@ -32,6 +32,6 @@ class ResultRows:
 def result_rows(cache_dir: str | os.PathLike | None = None, *, feature_key: str | None = None,
                 data: str | None = None, sort_by: str = "test.accuracy", limit: int | None = None) -> ResultRows:
     """The store's results log as table rows (filtered by feature key prefix and data, sorted, the best ``limit``)."""
-    records = read_results(FeatureStore(cache_dir).results_log, feature_key=feature_key, data=data)
+    records = read_results(results_log(cache_dir), feature_key=feature_key, data=data)
     rows = results_table(records, sort_by=sort_by, intervals=True)[:limit]
     return ResultRows(rows, records.malformed, "" if rows else no_results_message(records))
