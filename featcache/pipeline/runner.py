@@ -22,9 +22,7 @@ The summary also estimates the extraction time the cache saved (see
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -163,8 +161,8 @@ class PipelineResult:
     started: str
     summary_json: str | None = None
     summary_png: str | None = None
-    #: digest of what summary.png shows (:func:`_figure_inputs`); an unchanged one is not redrawn
-    summary_png_inputs: str | None = None
+    #: what summary.png shows (:func:`_plot_summary`): a rerun that would draw the same is not redrawn
+    summary_png_inputs: dict | None = None
     #: {"copies": N, "seed": S} when the heads trained on N augmented copies per training image
     augment: dict | None = None
 
@@ -306,37 +304,55 @@ def _previous_rate(store_root: Path, feature_key: str, device: str) -> dict | No
     return best
 
 
-#: summary.png plots fit times on a log axis; a rerun whose fit times moved by less than this
-#: fraction of a decade (and whose rows and scores are the same) keeps the figure it has.
-FIGURE_TIME_RESOLUTION = 0.2
+#: summary.png plots fit times on a log axis. A rerun whose rows, scores and labels are those the
+#: figure shows, and whose fit times are each within this factor of the drawn ones, keeps it.
+FIGURE_TIME_FACTOR = 2.0
 
 
-def _figure_inputs(points: list[dict], backbones: list[str], metric: str, title: str) -> str:
-    """Digest of what summary.png shows: rows, scores to 4 decimals, fit times to
-    FIGURE_TIME_RESOLUTION decades (the timings of a rerun jitter; its figure looks the same)."""
-    shown = [(p["backbone"], p["head"], None if p["score"] is None else round(p["score"], 4),
-              round(math.log10(max(p["fit_s"], 1e-6)) / FIGURE_TIME_RESOLUTION)) for p in points]
-    return hashlib.sha256(json.dumps([shown, backbones, metric, title]).encode()).hexdigest()[:16]
+def _same_figure(drawn: Any, shown: dict) -> bool:
+    """True when ``shown`` (this run's figure inputs) would draw what ``drawn`` (the inputs of the
+    figure on disk, from summary.json) shows: the same rows, labels and scores (4 decimals), and
+    every fit time within FIGURE_TIME_FACTOR of the drawn one (a rerun's timings jitter)."""
+    if not isinstance(drawn, dict) or {k: v for k, v in drawn.items() if k != "points"} != {
+            k: v for k, v in shown.items() if k != "points"}:
+        return False
+    old, new = drawn.get("points"), shown["points"]
+    if not isinstance(old, list) or len(old) != len(new):
+        return False
+    try:
+        for o, n in zip(old, new):
+            if (o["backbone"], o["head"], o["score"]) != (n["backbone"], n["head"], n["score"]):
+                return False
+            ratio = max(float(n["fit_s"]), 1e-3) / max(float(o["fit_s"]), 1e-3)
+            if not 1 / FIGURE_TIME_FACTOR <= ratio <= FIGURE_TIME_FACTOR:
+                return False
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
-def _previous_figure_inputs(summary_json: Path) -> str | None:
+def _drawn_figure(summary_json: Path) -> Any:
+    """The figure inputs recorded in an earlier summary.json (None when unreadable)."""
     try:
         return json.loads(summary_json.read_text(encoding="utf-8")).get("summary_png_inputs")
     except (OSError, ValueError, AttributeError):
         return None
 
 
-def _plot_summary(rows: list[HeadRow], backbones: list[str], path: Path, title: str) -> tuple[Path | None, str]:
+def _plot_summary(rows: list[HeadRow], backbones: list[str], path: Path, title: str) -> tuple[Path | None, dict]:
     """``summary.png`` via :func:`featcache.train.plots.plot_pipeline_summary` (None when no row
-    has a score) and the digest of its inputs; the figure is drawn only when that digest differs
-    from the one in the summary.json beside it, or the figure is missing."""
+    has a score) and the inputs of the figure on disk. The figure is drawn only when it is
+    missing or differs from the drawn one (:func:`_same_figure`); otherwise it stays, with the
+    inputs it was drawn from."""
     scored = [r for r in rows if _score(r) is not None]
     metric = "test accuracy" if all(r.test_acc is not None for r in scored) else "test (or val) accuracy"
-    points = [{"backbone": r.backbone, "head": r.head, "score": _score(r), "fit_s": r.fit_s} for r in rows]
-    inputs = _figure_inputs(points, backbones, metric, title)
-    if scored and path.is_file() and _previous_figure_inputs(path.with_name("summary.json")) == inputs:
-        return path, inputs
-    return plot_pipeline_summary(points, path, backbones=backbones, metric=metric, title=title), inputs
+    points = [{"backbone": r.backbone, "head": r.head, "fit_s": r.fit_s,
+               "score": None if _score(r) is None else round(_score(r), 4)} for r in rows]
+    shown = {"backbones": list(backbones), "metric": metric, "title": title, "points": points}
+    drawn = _drawn_figure(path.with_name("summary.json"))
+    if scored and path.is_file() and _same_figure(drawn, shown):
+        return path, drawn
+    return plot_pipeline_summary(points, path, backbones=backbones, metric=metric, title=title), shown
 
 
 def run_pipeline(pipeline: Pipeline | str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
