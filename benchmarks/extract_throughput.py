@@ -204,7 +204,7 @@ def child_levers(a) -> dict:
                for i in range(0, k, a.batch_size)]
     crop = batches[0].shape[-1]
     chosen = levers.choose(a.backbone, dev, compute=a.compute, precision=prec, images=a.n, pixels=crop * crop)
-    fast, setup_s = levers.prepare_timed(copy.deepcopy(model), chosen, levers.to_input(batches[0][:16], chosen))
+    fast, setup_s = levers.prepare_timed(copy.deepcopy(model), chosen, levers.to_input(batches[0][:levers.TRACE_ROWS], chosen))
     ways = {"plain": (model, levers.PLAIN), "levers": (fast, chosen)}
     secs: dict = {w: [] for w in ways}
     outs: dict = {}

@@ -68,14 +68,14 @@ def _variants(model, x):
 
     import torch
 
-    from featcache.extraction.levers import Levers, prepare_timed
+    from featcache.extraction.levers import TRACE_ROWS, Levers, prepare_timed
 
     out = {"plain": (model, x, None, None)}
     for name, lev in (("cl", Levers(channels_last=True)), ("freeze", Levers(freeze=True)),
                       ("cl_freeze", Levers(channels_last=True, freeze=True))):
         xin = x.contiguous(memory_format=torch.channels_last) if lev.channels_last else x
         try:
-            mod, setup = prepare_timed(copy.deepcopy(model), lev, xin)
+            mod, setup = prepare_timed(copy.deepcopy(model), lev, xin[:TRACE_ROWS])  # as extract does
             out[name] = (mod, xin, setup if lev.freeze else None, None)
         except Exception as e:  # noqa: BLE001 - recorded in the table
             out[name] = (None, xin, None, f"{type(e).__name__}: {str(e)[:300]}")

@@ -1,6 +1,7 @@
 """CPU inference levers: the rule, the record kept with a feature set, and exactness."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -113,11 +114,26 @@ def test_each_lever_is_exact_to_rounding_and_keeps_rows_independent_of_batch_mat
     x = torch.randn(24, 3, 32, 32)
     with torch.inference_mode():
         ref = model(x)
-        fast = levers.prepare(model, lev, levers.to_input(x[:16], lev))
+        fast = levers.prepare(model, lev, levers.to_input(x[:levers.TRACE_ROWS], lev))
         whole = fast(levers.to_input(x, lev))
         padded = fast(levers.to_input(torch.cat([x[8:], x[-1:].expand(8, 3, 32, 32)]), lev))[:16]
     assert float((whole - ref).abs().max() / ref.abs().max()) <= 1e-5
     assert torch.equal(whole[8:], padded)  # a row's bits do not depend on the rows batched with it
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "densenet121"])
+def test_a_graph_traced_on_a_small_batch_runs_full_batches_bit_for_bit(name):
+    """extract traces on TRACE_ROWS rows: the graph must not be specialised to that batch size."""
+    torch.manual_seed(0)
+    model = FeatureExtractor(getattr(torchvision.models, name)(weights=None)).eval()
+    x = torch.randn(32, 3, 32, 32)
+    lev = Levers(freeze=True)
+    with torch.inference_mode():
+        small = levers.prepare(copy.deepcopy(model), lev, x[:levers.TRACE_ROWS])(x)
+        big = levers.prepare(copy.deepcopy(model), lev, x[:16])(x)
+        ref = model(x)
+    assert small.shape == ref.shape and torch.equal(small, big)
+    assert float((small - ref).abs().max() / ref.abs().max()) <= 1e-5
 
 
 def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_path, monkeypatch, both_levers_pay):

@@ -324,7 +324,7 @@ class _Job:
         run = self.run
         crop = int(ident.preprocess["crop"])
         extractor, timings["levers_s"] = levers.prepare_timed(
-            extractor, chosen, torch.zeros(min(run.batch_size, EXACT_ROWS), 3, crop, crop))
+            extractor, chosen, torch.zeros(min(run.batch_size, levers.TRACE_ROWS), 3, crop, crop))
         writer = _Writer(fs, run.flush_rows, run.flush_every)
         writer.start()
         t0 = time.perf_counter()

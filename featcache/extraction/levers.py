@@ -48,6 +48,12 @@ RECORD_VERSION = 1
 # per 224-px image (eager channels_last 15.7 -> frozen 29.6 img/s), so it repays itself after
 # ~30-60 images at 224 px; deeper networks cost more to freeze and save more per image.
 FREEZE_MIN_WORK = 64 * 224 * 224
+# Rows of the example batch the graph is traced and warmed up with: the frozen graph is not
+# specialised to the batch size (every measured backbone gives the same bits for a 32-row
+# batch whether traced with 2 or 16 rows; tests/test_levers.py), and each of those two
+# calls runs the model, so a small example makes the set-up cheap: resnet50 at 224 px
+# 2.5 s with 16 rows, 0.6 s with 2.
+TRACE_ROWS = 2
 
 # Backbones where a lever loses (slower, or fails to trace) in the committed table
 # benchmarks/results/levers_all.json (benchmarks/lever_table.py; every torchvision
@@ -140,7 +146,8 @@ def settle(fs: FeatureSet, wanted: Levers, compute: str) -> Levers:
 
 
 def prepare(extractor: torch.nn.Module, levers: Levers, example: torch.Tensor) -> torch.nn.Module:
-    """Apply ``levers`` to an extractor on the CPU; ``example`` is one padded batch (its shape is traced)."""
+    """Apply ``levers`` to an extractor on the CPU; ``example``: a batch of the input's shape
+    (:data:`TRACE_ROWS` rows: the traced graph runs batches of any size)."""
     extractor = extractor.eval()
     if levers.channels_last:
         extractor = extractor.to(memory_format=torch.channels_last)
