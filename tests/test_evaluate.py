@@ -587,3 +587,28 @@ def test_plot_errors(tmp_path):
     with pytest.raises(FeatcacheError, match="none of the"):
         plot_scatter([{"a": 1}], "x", "y", "a", tmp_path / "s.png")
     assert not os.listdir(tmp_path)
+
+
+def test_a_linear_grid_over_lr_and_weight_decay_is_trained_at_once(monkeypatch):
+    import joblib
+
+    from featcache.train.heads import make_head
+    from featcache.train.heads.torch_heads import LinearHead
+
+    monkeypatch.setattr(joblib, "Parallel", _NoParallel)
+    calls = []
+    real = LinearHead.fit_together.__func__
+    monkeypatch.setattr(LinearHead, "fit_together", classmethod(lambda cls, h, X, y: calls.append(len(h)) or real(cls, h, X, y)))
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 6)).astype(np.float32)
+    y = (X[:, 0] + 0.3 * X[:, 1] > 0).astype(int)
+    grid = {"lr": [1e-3, 1e-2], "weight_decay": [0.0, 1e-2]}
+    res = sweep(lambda p: make_head("linear", max_epochs=5, **p), grid, X[:200], y[:200], X[200:], y[200:], n_jobs=2)
+    assert calls == [4] and res.workers == 1 and len(res.rows) == 4
+    alone = make_head("linear", max_epochs=5, **res.best_params).fit(X[:200], y[:200])
+    assert (alone.predict(X[200:]) == y[200:]).mean() == pytest.approx(res.best_score)
+    # a grid that also varies another parameter is fitted point by point
+    calls.clear()
+    sweep(lambda p: make_head("linear", **p), {"lr": [1e-3, 1e-2], "max_epochs": [2, 3]},
+          X[:200], y[:200], X[200:], y[200:], n_jobs=1)
+    assert calls == []

@@ -403,3 +403,26 @@ def test_lazy_features_with_nan_are_refused(tmp_path, blobs):
     with h5py.File(tmp_path / "bad.h5", "r") as f:
         with pytest.raises(HeadInputError, match=r"NaN.*row 300"):
             make_head("linear", max_epochs=2).fit(f["x"], y_train)
+
+
+def test_a_linear_grid_trained_together_equals_separate_fits(blobs):
+    from featcache.train.heads.torch_heads import LinearHead
+
+    X_train, X_test, y_train, _ = blobs
+    combos = [dict(lr=lr, weight_decay=wd) for lr in (3e-4, 3e-3) for wd in (1e-4, 1e-2)]
+    together = LinearHead.fit_together([fast_head("linear", **c) for c in combos], X_train, y_train)
+    for c, head in zip(combos, together):
+        alone = fast_head("linear", **c).fit(X_train, y_train)
+        assert (head.n_epochs_, head.best_epoch_) == (alone.n_epochs_, alone.best_epoch_)
+        np.testing.assert_allclose(head.loss_curve_, alone.loss_curve_, rtol=1e-5)
+        np.testing.assert_allclose(head.predict_proba(X_test), alone.predict_proba(X_test), atol=1e-6)
+        assert head.get_params() == alone.get_params()
+
+
+def test_a_diverging_point_of_a_grid_trained_together_is_named(blobs):
+    from featcache.train.heads.torch_heads import LinearHead
+
+    X_train, _, y_train, _ = blobs
+    heads = [make_head("linear", lr=lr, max_epochs=3) for lr in (1e-3, 1e30)]
+    with pytest.raises(HeadError, match=r"diverged .*lr=1e\+30"):
+        LinearHead.fit_together(heads, X_train * 1e20, y_train)

@@ -12,6 +12,11 @@ started from the previous fit (``fit(X, y, warm_start=previous)``), as glmnet an
 ``LogisticRegressionCV`` do. Rows are still reported in grid order and ties still go to the
 first combination in grid order.
 
+Grids trained at once: when the estimator's class has ``fit_together(estimators, X, y)`` and
+the combinations differ only in its ``together_params`` (the ``linear`` head: ``lr`` and
+``weight_decay``), the whole grid is fitted by one call in this process (one pass over the
+data per epoch for every combination); each row's ``fit_seconds`` is its share of that call.
+
 With ``n_jobs=-1`` (the default) the first combination is fitted in this process
 and timed; worker processes are started only when the remaining fits are expected
 to take clearly longer than starting them (:data:`WORKER_START_S`). Features read
@@ -302,6 +307,45 @@ def _run_path(board: _Board, order: list[int], make_estimator, data: tuple) -> N
         previous = res["estimator"]
 
 
+def together(make_estimator, combos: list[dict]) -> list | None:
+    """The estimators of ``combos`` when their class trains a whole grid at once
+    (``fit_together``) and they differ only in its ``together_params``; else None."""
+    if len(combos) < 2:
+        return None
+    try:
+        ests = [make_estimator(dict(c)) for c in combos]
+    except Exception:  # noqa: BLE001 - reported by the fit of that combination
+        return None
+    cls = type(ests[0])
+    free = set(getattr(cls, "together_params", ()))
+    if not callable(getattr(cls, "fit_together", None)) or any(type(e) is not cls for e in ests):
+        return None
+
+    def fixed(e) -> dict:
+        return {k: repr(v) for k, v in e.get_params().items() if k not in free}
+
+    return ests if all(fixed(e) == fixed(ests[0]) for e in ests) else None
+
+
+def _run_together(board: _Board, ests: list, data: tuple) -> None:
+    """Fit every combination with one ``fit_together`` call, then score each on val."""
+    X_train, y_train, X_val, y_val = data
+    t0 = time.perf_counter()
+    try:
+        type(ests[0]).fit_together(ests, X_train, y_train)
+    except Exception as e:  # noqa: BLE001 - reported like the failure of a single fit
+        _raise_fit_error({k: [c[k] for c in board.combos] for k in board.combos[0]},
+                         {"ok": False, "error": f"{type(e).__name__}: {e}", "message": str(e),
+                          "featcache_error": isinstance(e, FeatcacheError), "exception": e,
+                          "traceback": traceback.format_exc()})
+    share = (time.perf_counter() - t0) / len(ests)
+    for i, est in enumerate(ests):
+        t1 = time.perf_counter()
+        pred = np.asarray(est.predict(X_val)).reshape(-1)
+        board.consume(i, {"ok": True, "estimator": est, "val_score": float(np.mean(pred == np.asarray(y_val))),
+                          "fit_seconds": share, "predict_seconds": time.perf_counter() - t1})
+
+
 def _run_in_process(board: _Board, make_estimator, data: tuple, *, auto: bool, workers: int) -> int:
     """Fit combinations here, in grid order, until workers pay off (auto); returns how many."""
     start, combos = 0, board.combos
@@ -356,8 +400,9 @@ def sweep(
     ties go to the first combination in that order. Only train and val are seen.
 
     Estimators with a ``path_param`` swept by the grid (the featcache heads ``logreg``,
-    ``svm``, ``knn``, ``ncm``) are fitted in this process along a warm-started path (see
-    the module docstring). For the others, ``n_jobs=-1`` or ``None`` (auto, the default)
+    ``svm``, ``knn``, ``ncm``) are fitted in this process along a warm-started path, and a
+    grid the estimator trains at once (``fit_together``: the ``linear`` head over ``lr`` and
+    ``weight_decay``) by one call in this process (see the module docstring). For the others, ``n_jobs=-1`` or ``None`` (auto, the default)
     fits the first combination in this process and times it; the remaining ones go to up
     to ``cpu_count`` worker processes only when that is expected to save time despite the
     workers' start-up (:data:`WORKER_START_S`), otherwise the next one is fitted here and
@@ -388,6 +433,10 @@ def sweep(
     order = path_order(make_estimator, combos)
     if order is not None:
         _run_path(board, order, make_estimator, data)
+        return board.result(workers=1, in_process=len(combos))
+    grid = together(make_estimator, combos)
+    if grid is not None:
+        _run_together(board, grid, data)
         return board.result(workers=1, in_process=len(combos))
     lazy = is_lazy(X_train) or is_lazy(X_val)
     workers = 1 if lazy else min(effective_n_jobs(-1 if auto else n_jobs), len(combos))

@@ -31,6 +31,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
 
 from featcache.errors import HeadError
+from featcache.train.heads._torch_grid import fit_linear_grid
 from featcache.train.heads._torch_train import (
     PRECISIONS,
     DataPlan,
@@ -209,6 +210,15 @@ class LinearHead(_TorchHead):
     )
 
     _default_grid = {"lr": [3e-4, 1e-3, 3e-3], "weight_decay": [1e-4, 1e-2]}
+
+    #: parameters a sweep may vary and still train its whole grid at once (:meth:`fit_together`)
+    together_params = ("lr", "weight_decay")
+
+    @classmethod
+    def fit_together(cls, heads: list, X, y) -> list:
+        """Fit ``heads`` (differing only in ``together_params``) in one training run; each ends
+        as its own ``fit`` would (up to float rounding). See :mod:`featcache.train.heads._torch_grid`."""
+        return fit_linear_grid(heads, X, y)
 
     def __init__(
         self,
