@@ -346,6 +346,19 @@ def _run_together(board: _Board, ests: list, data: tuple) -> None:
                           "fit_seconds": share, "predict_seconds": time.perf_counter() - t1})
 
 
+def _run_as_one(board: _Board, make_estimator, data: tuple) -> bool:
+    """A warm-started path or a grid trained at once, in this process; False when neither applies."""
+    order = path_order(make_estimator, board.combos)
+    if order is not None:
+        _run_path(board, order, make_estimator, data)
+        return True
+    grid = together(make_estimator, board.combos)
+    if grid is not None:
+        _run_together(board, grid, data)
+        return True
+    return False
+
+
 def _run_in_process(board: _Board, make_estimator, data: tuple, *, auto: bool, workers: int) -> int:
     """Fit combinations here, in grid order, until workers pay off (auto); returns how many."""
     start, combos = 0, board.combos
@@ -430,13 +443,7 @@ def sweep(
     auto = n_jobs is None or n_jobs == -1
     data = (X_train, y_train, X_val, y_val)
     board = _Board(combos)
-    order = path_order(make_estimator, combos)
-    if order is not None:
-        _run_path(board, order, make_estimator, data)
-        return board.result(workers=1, in_process=len(combos))
-    grid = together(make_estimator, combos)
-    if grid is not None:
-        _run_together(board, grid, data)
+    if _run_as_one(board, make_estimator, data):
         return board.result(workers=1, in_process=len(combos))
     lazy = is_lazy(X_train) or is_lazy(X_val)
     workers = 1 if lazy else min(effective_n_jobs(-1 if auto else n_jobs), len(combos))
