@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from featcache.errors import HeadError
 from featcache.train.heads._torch_train import (
     DataPlan,
     Net,
     batch_and_lr,
+    check_finite_loss,
     cpu_threads,
     head_device,
     torch_module,
@@ -80,10 +80,7 @@ class _Tracker:
         for g in self.active:
             self.losses[g].append(losses[g])
             self.last_epoch[g] = epoch
-            if not math.isfinite(losses[g]):
-                raise HeadError(
-                    f"{type(self.heads[g]).__name__} training diverged (loss {losses[g]}) at epoch {epoch} "
-                    f"with lr={self.heads[g].lr}; expected a finite loss; lower lr")
+            check_finite_loss(self.heads[g], losses[g], epoch)
         if scores is None:
             return
         for g in list(self.active):

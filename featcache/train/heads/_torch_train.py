@@ -266,12 +266,21 @@ def evaluate(net: Net, plan: DataPlan) -> tuple[float, float]:
     return correct / max(count, 1), loss_sum / max(count, 1)
 
 
+def check_finite_loss(head, loss: float, epoch: int) -> None:
+    """HeadError naming the learning rate when an epoch's mean training loss is not finite."""
+    if not math.isfinite(loss):
+        raise HeadError(
+            f"{type(head).__name__} training diverged (loss {loss}) at epoch {epoch} "
+            f"with lr={head.lr}; expected a finite loss; lower lr"
+        )
+
+
 def run_epochs(head, net: Net, plan: DataPlan, gen, *, batch: int, lr: float,
                amp_dtype=None) -> dict[str, Any]:
     """The training loop with early stopping; leaves the best weights in ``net``.
 
-    ``batch`` rows per step at learning rate ``lr``. ``amp_dtype`` (e.g. ``torch.bfloat16``): the training forward and backward run under
-    autocast to it; validation runs in float32.
+    ``batch`` rows per step at learning rate ``lr``. ``amp_dtype`` (e.g. ``torch.bfloat16``):
+    the training forward and backward run under autocast to it; validation runs in float32.
 
     Patience counts epochs without a better validation accuracy (as scikit-learn's
     ``MLPClassifier``); the weights kept are those of the best accuracy, ties going to the
@@ -293,11 +302,7 @@ def run_epochs(head, net: Net, plan: DataPlan, gen, *, batch: int, lr: float,
             total += loss.detach() * len(y)  # accumulated on the device: no sync per batch
             seen += len(y)
         losses.append(float(total) / max(seen, 1))
-        if not math.isfinite(losses[-1]):
-            raise HeadError(
-                f"{type(head).__name__} training diverged (loss {losses[-1]}) at epoch {epoch} "
-                f"with lr={head.lr}; expected a finite loss; lower lr"
-            )
+        check_finite_loss(head, losses[-1], epoch)
         if not plan.has_val:
             continue
         acc, vloss = evaluate(net, plan)
