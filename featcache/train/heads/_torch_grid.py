@@ -3,8 +3,8 @@
 A sweep over ``lr`` and ``weight_decay`` of the linear head trains G models that differ in
 those two numbers only. Everything else is shared: the standardised data, the validation
 split, the initial weights and the order of the mini-batches (all drawn from the same seed),
-so the G models train as one (G, d, k) weight tensor: each step gathers one mini-batch and
-multiplies it by all G weight matrices. Each model keeps its own AdamW state, learning rate
+so the G models train as one (d, G, k) weight tensor: each step gathers one mini-batch and
+multiplies it by all G weight matrices side by side (one (d, G * k) product). Each model keeps its own AdamW state, learning rate
 and weight decay, its own early stopping (validation accuracy, patience), best epoch and
 history, exactly as its own fit would; the weights equal those of G separate fits up to
 float rounding (one batched product instead of G single ones).
@@ -34,14 +34,15 @@ from featcache.train.heads.base import is_lazy, seed_from
 
 
 class GridAdamW:
-    """AdamW over a stack of G models: ``lr`` and ``weight_decay`` are (G,) tensors; the
-    weights decay, the biases do not (as :class:`~featcache.train.heads._torch_train.AdamW`)."""
+    """AdamW over G models side by side: weights (d, G, k), biases (G, k); ``lr`` and
+    ``weight_decay`` are (G,) tensors; the weights decay, the biases do not (as
+    :class:`~featcache.train.heads._torch_train.AdamW`)."""
 
     def __init__(self, weight, bias, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8):
         torch = torch_module()
         self.torch, self.params = torch, [weight, bias]
-        self.lr = [lr.view(-1, *([1] * (p.dim() - 1))) for p in self.params]
-        self.decay = [1 - self.lr[0] * weight_decay.view(self.lr[0].shape), None]
+        self.lr = [lr.view(1, -1, 1), lr.view(-1, 1)]
+        self.decay = [1 - self.lr[0] * weight_decay.view(1, -1, 1), None]
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.betas, self.eps, self.t = betas, eps, 0
@@ -89,7 +90,7 @@ class _Tracker:
             self.val_losses[g].append(vloss)
             improved = acc > self.best_acc[g]
             if improved or (acc == self.best_acc[g] and vloss < self.best_loss[g]):
-                self.best[g] = (W[g].detach().clone(), b[g].detach().clone())
+                self.best[g] = (W[:, g].detach().clone(), b[g].detach().clone())
                 self.best_acc[g], self.best_loss[g], self.best_epoch[g] = acc, vloss, epoch
             self.stale[g] = 0 if improved else self.stale[g] + 1
             if self.stale[g] >= int(self.heads[g].patience):
@@ -97,7 +98,7 @@ class _Tracker:
 
     def finish(self, g: int, W, b) -> tuple[list, list, dict]:
         """Model ``g``'s weights (its best epoch's) as numpy layers and its history attributes."""
-        w, bias = self.best[g] if self.best[g] is not None else (W[g].detach(), b[g].detach())
+        w, bias = self.best[g] if self.best[g] is not None else (W[:, g].detach(), b[g].detach())
         history = {
             "n_epochs_": int(self.last_epoch[g]),
             "best_epoch_": int(self.best_epoch[g] if self.best[g] is not None else self.last_epoch[g]),
@@ -108,17 +109,29 @@ class _Tracker:
         return ([w.cpu().numpy().astype(np.float32)], [bias.cpu().numpy().astype(np.float32)], history)
 
 
+def _logits(W, b, x):
+    """(rows, G, k) scores of every model: one product with the G weight matrices side by side."""
+    d, G, k = W.shape
+    return torch_module().addmm(b.reshape(G * k), x, W.reshape(d, G * k)).view(len(x), G, k)
+
+
+def _cross_entropy(logits, y):
+    """(rows, G) cross-entropy of every model's scores."""
+    torch = torch_module()
+    return torch.nn.functional.cross_entropy(
+        logits.float().permute(0, 2, 1), y[:, None].expand(-1, logits.shape[1]), reduction="none")
+
+
 def _evaluate(W, b, plan: DataPlan) -> list[tuple[float, float]]:
     """Validation (accuracy, mean cross-entropy) of every model, in float32."""
     torch = plan.torch
-    G = W.shape[0]
+    G = W.shape[1]
     loss_sum, correct, count = torch.zeros(G, dtype=torch.float64), torch.zeros(G, dtype=torch.int64), 0
     with torch.no_grad():
         for x, y in plan.validation_batches():
-            logits = torch.baddbmm(b[:, None, :], x.expand(G, *x.shape), W)
-            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.expand(G, -1), reduction="none")
-            loss_sum += ce.sum(dim=1).double().cpu()
-            correct += (logits.argmax(dim=2) == y).sum(dim=1).cpu()
+            logits = _logits(W, b, x)
+            loss_sum += _cross_entropy(logits, y).sum(dim=0).double().cpu()
+            correct += (logits.argmax(dim=2) == y[:, None]).sum(dim=0).cpu()
             count += len(y)
     return [(int(correct[g]) / max(count, 1), float(loss_sum[g]) / max(count, 1)) for g in range(G)]
 
@@ -134,9 +147,8 @@ def _train(heads: list, plan: DataPlan, gen, W, b, *, batch: int, lrs: list[floa
         total, seen = torch.zeros(G, device=plan.device), 0
         for x, y in plan.train_batches(gen, batch):
             with torch.autocast(plan.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = torch.baddbmm(b[:, None, :], x.expand(G, *x.shape), W)
-            losses = torch.nn.functional.cross_entropy(
-                logits.float().transpose(1, 2), y.expand(G, -1), reduction="none").mean(dim=1)
+                logits = _logits(W, b, x)
+            losses = _cross_entropy(logits, y).mean(dim=0)
             losses.sum().backward()  # each model's gradient is that of its own mean loss
             opt.step()
             total += losses.detach() * len(y)
@@ -168,7 +180,7 @@ def fit_linear_grid(heads: list, X, y) -> list:
     plan = DataPlan(X, Xmem, y_enc, val_idx, n_features=n_features, batch_size=batch, device=device)
     gen = torch.Generator().manual_seed(seed)  # initialisation and shuffling, as in fit
     net = Net([n_features, n_classes], 0.0, device, gen, seed)
-    W = net.weights[0].detach()[None].repeat(len(heads), 1, 1).requires_grad_()
+    W = net.weights[0].detach()[:, None, :].repeat(1, len(heads), 1).requires_grad_()
     b = net.biases[0].detach()[None].repeat(len(heads), 1).requires_grad_()
     macs = batch * n_features * n_classes
     with cpu_threads(device, macs * len(heads)):
