@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from featcache.atomic import atomic_write_text
-from featcache.environment import default_cache_dir, versions
+from featcache.environment import versions
 from featcache.errors import StoreError, UnknownNameError
 from featcache.faults import failpoint
 from featcache.store.digests import DigestCache
