@@ -598,7 +598,8 @@ def test_a_linear_grid_over_lr_and_weight_decay_is_trained_at_once(monkeypatch):
     monkeypatch.setattr(joblib, "Parallel", _NoParallel)
     calls = []
     real = LinearHead.fit_together.__func__
-    monkeypatch.setattr(LinearHead, "fit_together", classmethod(lambda cls, h, X, y: calls.append(len(h)) or real(cls, h, X, y)))
+    monkeypatch.setattr(LinearHead, "fit_together",
+                        classmethod(lambda cls, h, X, y: calls.append(len(h)) or real(cls, h, X, y)))
     rng = np.random.default_rng(2)
     X = rng.normal(size=(300, 6)).astype(np.float32)
     y = (X[:, 0] + 0.3 * X[:, 1] > 0).astype(int)

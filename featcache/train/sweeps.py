@@ -156,9 +156,14 @@ def _fit_and_score(make_estimator, params, X_train, y_train, X_val, y_val, after
         return {"ok": True, "estimator": est, "val_score": score,
                 "fit_seconds": fit_s, "predict_seconds": predict_s}
     except Exception as e:  # noqa: BLE001 - reported by the parent with the params
-        return {"ok": False, "error": f"{type(e).__name__}: {e}", "message": str(e),
-                "featcache_error": isinstance(e, FeatcacheError),
-                "traceback": traceback.format_exc(), "exception": e}
+        return _failure(e)
+
+
+def _failure(e: Exception) -> dict:
+    """The result of a fit that raised ``e`` (call inside its ``except``: keeps the traceback)."""
+    return {"ok": False, "error": f"{type(e).__name__}: {e}", "message": str(e),
+            "featcache_error": isinstance(e, FeatcacheError),
+            "traceback": traceback.format_exc(), "exception": e}
 
 
 def check_n_jobs(n_jobs: Any) -> int | None:
@@ -334,10 +339,7 @@ def _run_together(board: _Board, ests: list, data: tuple) -> None:
     try:
         type(ests[0]).fit_together(ests, X_train, y_train)
     except Exception as e:  # noqa: BLE001 - reported like the failure of a single fit
-        _raise_fit_error({k: [c[k] for c in board.combos] for k in board.combos[0]},
-                         {"ok": False, "error": f"{type(e).__name__}: {e}", "message": str(e),
-                          "featcache_error": isinstance(e, FeatcacheError), "exception": e,
-                          "traceback": traceback.format_exc()})
+        _raise_fit_error({k: [c[k] for c in board.combos] for k in board.combos[0]}, _failure(e))
     share = (time.perf_counter() - t0) / len(ests)
     for i, est in enumerate(ests):
         t1 = time.perf_counter()
@@ -415,11 +417,12 @@ def sweep(
     Estimators with a ``path_param`` swept by the grid (the featcache heads ``logreg``,
     ``svm``, ``knn``, ``ncm``) are fitted in this process along a warm-started path, and a
     grid the estimator trains at once (``fit_together``: the ``linear`` head over ``lr`` and
-    ``weight_decay``) by one call in this process (see the module docstring). For the others, ``n_jobs=-1`` or ``None`` (auto, the default)
-    fits the first combination in this process and times it; the remaining ones go to up
-    to ``cpu_count`` worker processes only when that is expected to save time despite the
-    workers' start-up (:data:`WORKER_START_S`), otherwise the next one is fitted here and
-    the decision is taken again. Any other ``n_jobs`` (``2``, ``-2``, ...) runs every fit
+    ``weight_decay``) by one call in this process (see the module docstring). For the
+    others, ``n_jobs=-1`` or ``None`` (auto, the default) fits the first combination in
+    this process and times it; the remaining ones go to up to ``cpu_count`` worker
+    processes only when that is expected to save time despite the workers' start-up
+    (:data:`WORKER_START_S`), otherwise the next one is fitted here and the decision is
+    taken again. Any other ``n_jobs`` (``2``, ``-2``, ...) runs every fit
     in that many workers; ``n_jobs=1`` (or a single combination) fits everything in this
     process. Lazy arrays (``h5py`` datasets, memmaps, row subsets of them: features read
     from disk) are always fitted in this process, so that the data is not copied into

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -70,6 +71,21 @@ def cpu_threads(device, macs_per_batch: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@dataclass
+class Prepared:
+    """What a torch head's fit trains with (``_TorchHead._prepare``)."""
+
+    device: Any
+    plan: "DataPlan"
+    gen: Any  # torch.Generator: initialisation, then shuffling
+    net: "Net"
+    batch: int
+    lr: float
+    n_train: int
+    macs: int  # multiply-adds of one mini-batch's forward
+    amp_dtype: Any  # autocast dtype of the training products, or None (float32)
 
 
 def training_dtype(precision: str, device, macs_per_batch: int):

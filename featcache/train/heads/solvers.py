@@ -214,7 +214,8 @@ def fit_linear(objective: LinearObjective, *, max_iter: int, tol: float,
     factor = covariance_factor(objective)
     fun = objective if factor is None else Preconditioned(objective, factor)
     x0 = theta if factor is None else fun.from_theta(theta)
-    options = {"maxiter": int(max_iter), "maxls": 50, "maxcor": history_size(theta.size), "gtol": float(tol), "ftol": 64 * np.finfo(float).eps}
+    options = {"maxiter": int(max_iter), "maxls": 50, "maxcor": history_size(theta.size),
+               "gtol": float(tol), "ftol": 64 * np.finfo(float).eps}
     callback = None
     if factor is not None:
         options["gtol"] = 0.0  # the rule is on the original gradient, checked below

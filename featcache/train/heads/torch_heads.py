@@ -36,6 +36,7 @@ from featcache.train.heads._torch_train import (
     PRECISIONS,
     DataPlan,
     Net,
+    Prepared,
     batch_and_lr,
     cpu_threads,
     head_device,
@@ -100,9 +101,21 @@ class _TorchHead(HeadBase):
         (mean training loss per epoch), ``validation_scores_`` (validation accuracy per epoch;
         empty without early stopping) and ``validation_loss_curve_``.
         """
+        prep = self._prepare(X, y)
+        with cpu_threads(prep.device, prep.macs):
+            history = run_epochs(self, prep.net, prep.plan, prep.gen, batch=prep.batch, lr=prep.lr,
+                                 amp_dtype=prep.amp_dtype)
+        self.coefs_, self.intercepts_ = prep.net.export()
+        for key, value in history.items():
+            setattr(self, key, value)
+        return self
+
+    def _prepare(self, X, y) -> Prepared:
+        """Everything a fit trains with: checked parameters, validated and standardised data
+        (sets ``classes_``, ``n_features_in_``, ``mean_``, ``scale_``), the validation split,
+        batch size and learning rate, the seeded generator and the initialised network."""
         torch = torch_module()
         self._check_params()
-        hidden, dropout = self._hidden(), self._dropout()
         device = head_device(self.device)
         Xmem, y_enc = self._validate_any_fit(X, y)
         if is_lazy(Xmem):
@@ -112,22 +125,14 @@ class _TorchHead(HeadBase):
         val_idx = self._validation_split(y_enc, n_classes, seed)
         n_train = len(y_enc) - (0 if val_idx is None else len(val_idx))
         batch, lr = batch_and_lr(self.batch_size, float(self.lr), n_train)
-        plan = DataPlan(
-            X, Xmem, y_enc, val_idx,
-            n_features=n_features, batch_size=batch, device=device,
-        )
+        plan = DataPlan(X, Xmem, y_enc, val_idx, n_features=n_features, batch_size=batch, device=device)
         self.mean_, self.scale_ = plan.mean, plan.scale
         gen = torch.Generator().manual_seed(seed)  # initialisation and shuffling
-        sizes = [n_features, *hidden, n_classes]
-        net = Net(sizes, dropout, device, gen, seed)
+        sizes = [n_features, *self._hidden(), n_classes]
+        net = Net(sizes, self._dropout(), device, gen, seed)
         macs = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-        amp_dtype = training_dtype(self.precision, device, macs)
-        with cpu_threads(device, macs):
-            history = run_epochs(self, net, plan, gen, batch=batch, lr=lr, amp_dtype=amp_dtype)
-        self.coefs_, self.intercepts_ = net.export()
-        for key, value in history.items():
-            setattr(self, key, value)
-        return self
+        return Prepared(device, plan, gen, net, batch, lr, n_train, macs,
+                        training_dtype(self.precision, device, macs))
 
     def _validation_split(self, y_enc: np.ndarray, n_classes: int, seed: int):
         """Sorted validation row indices (stratified), or None without early stopping."""
