@@ -138,29 +138,50 @@ def _merge(pos, images, bad, jpeg_pos, jpeg_images, jpeg_bad, device: torch.devi
     return torch.cat([pos, jpeg_pos]), merged, [*bad, *jpeg_bad]
 
 
-def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], digests: list[str],
+class Decoding:
+    """The batches of rows ``positions``, decoded by ``workers`` processes that start at once.
+
+    Started before the model is built and its levers prepared, so that the workers' first
+    batches are decoded during that set-up (0.5 s for resnet18 on 2 cores). ``close()`` stops
+    the workers; call it however the run ends.
+    """
+
+    def __init__(self, reader, positions: list[int], transform, *, device: torch.device, batch_size: int,
+                 workers: int, decode: str = "workers", resize: int | None = None):
+        loader = torch.utils.data.DataLoader(
+            ImageRows(reader, positions, transform, decode=decode, resize=resize), batch_size=batch_size,
+            shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
+            prefetch_factor=4 if workers > 0 else None,
+        )
+        self._batches = iter(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._batches)
+
+    def close(self) -> None:
+        self._batches = None  # the loader's iterator shuts its workers down when released
+
+
+def run_backbone(extractor: torch.nn.Module, batches, positions: list[int], digests: list[str],
                  transform, writer: _Writer, *, device: torch.device, precision: str, batch_size: int,
-                 workers: int, on_error: str, ids: list[str], progress: bool, timings: dict,
-                 decode: str = "workers", resize: int | None = None,
+                 on_error: str, ids: list[str], progress: bool, timings: dict,
                  compute: levers.Levers = levers.PLAIN) -> list[dict]:
-    """Decode -> forward -> writer for the given rows; returns the skipped files."""
-    loader = torch.utils.data.DataLoader(
-        ImageRows(reader, positions, transform, decode=decode, resize=resize), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers > 0 else None,
-    )
+    """Forward the decoded ``batches`` (:class:`Decoding`) of rows ``positions`` -> writer;
+    returns the skipped files."""
     digest_at = dict(zip(positions, digests))
     skipped: list[dict] = []
     channels_last = device.type == "cuda" or compute.channels_last
     bar = tqdm(total=len(positions), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
                desc="extract", smoothing=0.1)
-    it = iter(loader)
     try:
         with torch.inference_mode():
             while True:
                 t0 = time.perf_counter()
                 try:
-                    pos, images, bad, dsec, jpegs = next(it)
+                    pos, images, bad, dsec, jpegs = next(batches)
                 except StopIteration:
                     break
                 timings["wait_s"] += time.perf_counter() - t0
@@ -190,7 +211,6 @@ def run_backbone(extractor: torch.nn.Module, reader, positions: list[int], diges
                 failpoint("batch")
     finally:
         bar.close()
-        del it
     return skipped
 
 
@@ -313,16 +333,30 @@ class _Job:
 
     def compute_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int], resolved: ResolvedIdentity,
                      timings: dict, chosen: levers.Levers = levers.PLAIN) -> tuple[int, bool, list[dict]]:
-        """Build the model and run it over rows ``mine``: (rows written, model built, files skipped)."""
+        """Build the model and run it over rows ``mine``: (rows written, model built, files skipped).
+
+        The decoding workers start first, so their first batches are ready when the model is."""
+        ident, run = resolved.identity, self.run
+        transform = ident_transform(ident)
+        batches = Decoding(manifest.reader, mine, transform, device=self.device, batch_size=run.batch_size,
+                           workers=self.workers, decode=decode_mode(ident.decoder),
+                           resize=int(ident.preprocess["resize"]))
+        try:
+            return self._forward_rows(fs, manifest, mine, resolved, timings, chosen, batches, transform)
+        finally:
+            batches.close()
+
+    def _forward_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int], resolved: ResolvedIdentity,
+                      timings: dict, chosen: levers.Levers, batches: Decoding, transform):
+        """Build the model, prepare its levers, forward ``batches`` into a writer (see compute_rows)."""
+        ident, run = resolved.identity, self.run
+        crop = int(ident.preprocess["crop"])
         t0 = time.perf_counter()
-        ident = resolved.identity
         extractor = FeatureExtractor(resolved.entry.build(resolved.weights), layer=ident.layer,
                                      pool=ident.pool).to(self.device)
         if self.device.type == "cuda":
             extractor = extractor.to(memory_format=torch.channels_last)
         timings["build_s"] = time.perf_counter() - t0
-        run = self.run
-        crop = int(ident.preprocess["crop"])
         extractor, timings["levers_s"] = levers.prepare_timed(
             extractor, chosen, torch.zeros(min(run.batch_size, levers.TRACE_ROWS), 3, crop, crop))
         writer = _Writer(fs, run.flush_rows, run.flush_every)
@@ -330,11 +364,10 @@ class _Job:
         t0 = time.perf_counter()
         try:
             bad = run_backbone(
-                extractor, manifest.reader, mine, [manifest.digests[i] for i in mine], ident_transform(ident),
+                extractor, batches, mine, [manifest.digests[i] for i in mine], transform,
                 writer, device=self.device, precision=ident.precision, batch_size=run.batch_size,
-                workers=self.workers, on_error=run.on_error, ids=manifest.ids,
-                progress=run.progress and self.dist.is_main, timings=timings,
-                decode=decode_mode(ident.decoder), resize=int(ident.preprocess["resize"]), compute=chosen)
+                on_error=run.on_error, ids=manifest.ids,
+                progress=run.progress and self.dist.is_main, timings=timings, compute=chosen)
         except KeyboardInterrupt:
             saved = writer.finish()
             raise Interrupted(f"interrupted: {saved} new rows saved in {fs.key}; run the same command again "
