@@ -3,15 +3,15 @@
 A sweep over ``lr`` and ``weight_decay`` of the linear head trains G models that differ in
 those two numbers only. Everything else is shared: the standardised data, the validation
 split, the initial weights and the order of the mini-batches (all drawn from the same seed),
-so the G models train as one (d, G, k) weight tensor: each step gathers one mini-batch and
-multiplies it by all G weight matrices side by side (one (d, G * k) product). Each model
+so the G models train as one (G, k, d) weight tensor: each step takes one mini-batch and
+multiplies it by all G weight matrices side by side (one product with G * k columns). Each model
 keeps its own AdamW state, learning rate and weight decay, its own early stopping
 (validation accuracy, patience), best epoch and history, exactly as its own fit would; the
 weights equal those of G separate fits up to float rounding (one wide product instead of G
 narrow ones).
 
 51,000 x 1,280 Fashion-MNIST features, the default grid of 6 (benchmarks/scale.py): the
-gather of each mini-batch, the optimiser's bookkeeping and the validation pass are paid once
+slicing of each mini-batch, the optimiser's bookkeeping and the validation pass are paid once
 instead of 6 times (sweep 28.4 -> 15.7 s).
 """
 from __future__ import annotations
@@ -31,15 +31,15 @@ from featcache.train.heads._torch_train import (
 
 
 class GridAdamW:
-    """AdamW over G models side by side: weights (d, G, k), biases (G, k); ``lr`` and
+    """AdamW over G models side by side: weights (G, k, d), biases (G, k); ``lr`` and
     ``weight_decay`` are (G,) tensors; the weights decay, the biases do not (as
     :class:`~featcache.train.heads._torch_train.AdamW`)."""
 
     def __init__(self, weight, bias, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8):
         torch = torch_module()
         self.torch, self.params = torch, [weight, bias]
-        self.lr = [lr.view(1, -1, 1), lr.view(-1, 1)]
-        self.decay = [1 - self.lr[0] * weight_decay.view(1, -1, 1), None]
+        self.lr = [lr.view(-1, 1, 1), lr.view(-1, 1)]
+        self.decay = [1 - self.lr[0] * weight_decay.view(-1, 1, 1), None]
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.betas, self.eps, self.t = betas, eps, 0
@@ -87,7 +87,7 @@ class _Tracker:
             self.val_losses[g].append(vloss)
             improved = acc > self.best_acc[g]
             if improved or (acc == self.best_acc[g] and vloss < self.best_loss[g]):
-                self.best[g] = (W[:, g].detach().clone(), b[g].detach().clone())
+                self.best[g] = (W[g].detach().clone(), b[g].detach().clone())
                 self.best_acc[g], self.best_loss[g], self.best_epoch[g] = acc, vloss, epoch
             self.stale[g] = 0 if improved else self.stale[g] + 1
             if self.stale[g] >= int(self.heads[g].patience):
@@ -95,7 +95,7 @@ class _Tracker:
 
     def finish(self, g: int, W, b) -> tuple[list, list, dict]:
         """Model ``g``'s weights (its best epoch's) as numpy layers and its history attributes."""
-        w, bias = self.best[g] if self.best[g] is not None else (W[:, g].detach(), b[g].detach())
+        w, bias = self.best[g] if self.best[g] is not None else (W[g].detach(), b[g].detach())
         history = {
             "n_epochs_": int(self.last_epoch[g]),
             "best_epoch_": int(self.best_epoch[g] if self.best[g] is not None else self.last_epoch[g]),
@@ -103,13 +103,13 @@ class _Tracker:
             "validation_scores_": np.asarray(self.val_scores[g], dtype=np.float64),
             "validation_loss_curve_": np.asarray(self.val_losses[g], dtype=np.float64),
         }
-        return ([w.cpu().numpy().astype(np.float32)], [bias.cpu().numpy().astype(np.float32)], history)
+        return ([w.t().cpu().numpy().astype(np.float32)], [bias.cpu().numpy().astype(np.float32)], history)
 
 
 def _logits(W, b, x):
     """(rows, G, k) scores of every model: one product with the G weight matrices side by side."""
-    d, G, k = W.shape
-    return torch_module().addmm(b.reshape(G * k), x, W.reshape(d, G * k)).view(len(x), G, k)
+    G, k, d = W.shape
+    return torch_module().addmm(b.reshape(G * k), x, W.reshape(G * k, d).t()).view(len(x), G, k)
 
 
 def _cross_entropy(logits, y):
@@ -122,7 +122,7 @@ def _cross_entropy(logits, y):
 def _evaluate(W, b, plan: DataPlan) -> list[tuple[float, float]]:
     """Validation (accuracy, mean cross-entropy) of every model, in float32."""
     torch = plan.torch
-    G = W.shape[1]
+    G = W.shape[0]
     loss_sum, correct, count = torch.zeros(G, dtype=torch.float64), torch.zeros(G, dtype=torch.int64), 0
     with torch.no_grad():
         for x, y in plan.validation_batches():
@@ -166,7 +166,7 @@ def fit_linear_grid(heads: list, X, y) -> list:
         h._check_params()
     prep = first._prepare(X, y)  # the data, split, batch order and initial weights they share
     lrs = [batch_and_lr(h.batch_size, float(h.lr), prep.n_train)[1] for h in heads]
-    W = prep.net.weights[0].detach()[:, None, :].repeat(1, len(heads), 1).requires_grad_()
+    W = prep.net.weights[0].detach()[None].repeat(len(heads), 1, 1).requires_grad_()
     b = prep.net.biases[0].detach()[None].repeat(len(heads), 1).requires_grad_()
     with cpu_threads(prep.device, prep.macs * len(heads)):
         tracker = _train(heads, prep.plan, prep.gen, W, b, batch=prep.batch, lrs=lrs, amp_dtype=prep.amp_dtype)

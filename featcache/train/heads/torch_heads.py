@@ -125,11 +125,11 @@ class _TorchHead(HeadBase):
         val_idx = self._validation_split(y_enc, n_classes, seed)
         n_train = len(y_enc) - (0 if val_idx is None else len(val_idx))
         batch, lr = batch_and_lr(self.batch_size, float(self.lr), n_train)
-        plan = DataPlan(X, Xmem, y_enc, val_idx, n_features=n_features, batch_size=batch, device=device)
-        self.mean_, self.scale_ = plan.mean, plan.scale
         gen = torch.Generator().manual_seed(seed)  # initialisation and shuffling
         sizes = [n_features, *self._hidden(), n_classes]
         net = Net(sizes, self._dropout(), device, gen, seed)
+        plan = DataPlan(X, Xmem, y_enc, val_idx, n_features=n_features, batch_size=batch, device=device, gen=gen)
+        self.mean_, self.scale_ = plan.mean, plan.scale
         macs = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
         return Prepared(device, plan, gen, net, batch, lr, n_train, macs,
                         training_dtype(self.precision, device, macs))
