@@ -15,6 +15,7 @@ from sklearn.neighbors import KNeighborsClassifier
 import featcache.train.heads.base as heads_base
 import featcache.train.heads.blocks as blocks_mod
 import featcache.train.heads.sklearn_heads as sklearn_heads
+import featcache.train.heads.solvers as solvers
 from featcache.errors import HeadError
 from featcache.train.heads import make_head
 from featcache.train.heads.blocks import FeatureBlocks, chunk_rows, column_stats
@@ -56,7 +57,8 @@ class RowLimitedArray:
 # ----------------------------------------------------------------- same answer as scikit-learn
 @pytest.mark.parametrize("name", ["logreg", "svm"])
 @pytest.mark.parametrize("n_classes", [2, 5])
-def test_blockwise_solver_matches_scikit_learn(name, n_classes, data):
+@pytest.mark.parametrize("products", ["numpy", "torch"])
+def test_blockwise_solver_matches_scikit_learn(name, n_classes, products, data):
     X_train, X_test, y_train, y_test = data
     keep, keep_test = y_train < n_classes, y_test < n_classes
     heads = {}
@@ -64,6 +66,7 @@ def test_blockwise_solver_matches_scikit_learn(name, n_classes, data):
         with warnings.catch_warnings(), pytest.MonkeyPatch.context() as mp:
             warnings.simplefilter("ignore", ConvergenceWarning)
             mp.setattr(sklearn_heads, "SKLEARN_MAX_MACS", limit)
+            mp.setattr(solvers, "TORCH_MIN_MACS", 0 if products == "torch" else 10**15)
             heads[solver] = make_head(name, C=0.1).fit(X_train[keep], y_train[keep])
     ref, ours = heads["sklearn"], heads["blockwise"]
     assert ours.coef_.shape == ref.coef_.shape and ours.intercept_.shape == ref.intercept_.shape
@@ -88,6 +91,31 @@ def test_solver_rule(data, tmp_path, monkeypatch):
 def blockwise(monkeypatch):
     """logreg and svm use the blockwise solver whatever the shape."""
     monkeypatch.setattr(sklearn_heads, "SKLEARN_MAX_MACS", 0)
+
+
+def test_large_passes_use_torch_products_on_the_same_objective(data, monkeypatch):
+    X_train, _, y_train, _ = data
+    X_train = X_train.copy()
+    X_train.flags.writeable = False  # read-only input is fine: torch only reads it
+    mean, scale = column_stats(FeatureBlocks(X_train, X_train.shape[1]))
+
+    def objective():
+        return solvers.LinearObjective(FeatureBlocks(X_train, X_train.shape[1]), y_train, 5, loss="logistic",
+                                       C=0.5, mean=mean, scale=scale)
+
+    small = objective()
+    assert isinstance(small.products, solvers.NumpyProducts)
+    monkeypatch.setattr(solvers, "TORCH_MIN_MACS", X_train.size * 5)  # exactly this size: torch
+    large = objective()
+    assert isinstance(large.products, solvers.TorchProducts)
+    assert large.blocks.rows >= len(X_train)  # one tall block instead of 4,096-row ones
+    theta = np.random.default_rng(0).normal(size=X_train.shape[1] * 5 + 5) * 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning about the read-only array
+        value, grad = large(theta)
+    ref_value, ref_grad = small(theta)
+    assert value == pytest.approx(ref_value, rel=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-6 * np.abs(ref_grad).max())
 
 
 def test_blockwise_fit_makes_no_copy_of_a_float32_matrix(data):
@@ -251,8 +279,6 @@ def test_lbfgs_history_is_bounded_by_memory():
 def test_optimiser_runs_on_one_blas_thread_and_data_passes_on_all(data, monkeypatch):
     """The L-BFGS bookkeeping is limited to one BLAS thread; the objective gets them all back."""
     from threadpoolctl import threadpool_info
-
-    import featcache.train.heads.solvers as solvers
 
     def blas_threads():
         return max(m["num_threads"] for m in threadpool_info() if m["user_api"] == "blas")

@@ -128,11 +128,12 @@ class _TorchHead(HeadBase):
         gen = torch.Generator().manual_seed(seed)  # initialisation and shuffling
         sizes = [n_features, *self._hidden(), n_classes]
         net = Net(sizes, self._dropout(), device, gen, seed)
-        plan = DataPlan(X, Xmem, y_enc, val_idx, n_features=n_features, batch_size=batch, device=device, gen=gen)
-        self.mean_, self.scale_ = plan.mean, plan.scale
         macs = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-        return Prepared(device, plan, gen, net, batch, lr, n_train, macs,
-                        training_dtype(self.precision, device, macs))
+        amp_dtype = training_dtype(self.precision, device, macs)
+        plan = DataPlan(X, Xmem, y_enc, val_idx, n_features=n_features, batch_size=batch, device=device, gen=gen,
+                        train_dtype=amp_dtype)
+        self.mean_, self.scale_ = plan.mean, plan.scale
+        return Prepared(device, plan, gen, net, batch, lr, n_train, macs, amp_dtype)
 
     def _validation_split(self, y_enc: np.ndarray, n_classes: int, seed: int):
         """Sorted validation row indices (stratified), or None without early stopping."""
