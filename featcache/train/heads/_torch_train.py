@@ -109,7 +109,7 @@ class DataPlan:
     float32 copy in an order shuffled once (``gen``), so that a mini-batch is a contiguous
     slice of it, and each epoch visits the batches in a fresh random order. Gathering every
     batch's rows at random instead cost more than the linear head's products (a 5 MB copy
-    per step; 51,000 x 1,280 rows: 0.19 s an epoch instead of 0.12 s). Shuffling once is
+    per step; 45,900 x 1,280 rows, one thread: 0.19 s an epoch instead of 0.15 s). Shuffling once is
     the "shuffle-once" scheme of Mishchenko et al. (NeurIPS 2020), which converges at the
     rate of reshuffling every epoch. ``train_dtype`` (the autocast dtype of the training
     products, e.g. bfloat16): the training rows are kept in it, which is the cast autocast

@@ -11,7 +11,7 @@ weights (``x W / scale - mean W / scale``), so the raw float32 matrix is used as
 pass is two float32 matrix products per block of rows (forward, gradient), no standardised
 or float64 copy of the matrix is made, and a lazy matrix is streamed from disk. The products
 are numpy's, or torch's on large matrices (:data:`TORCH_MIN_MACS`).
-The parameter vector (``d * k`` numbers) and the gradient sums are float64.
+The parameter vector (``d * k`` numbers) and the sums across blocks are float64.
 
 Threads: the optimiser's own vector work (L-BFGS-B's updates, the preconditioner's triangular
 solves) runs on one BLAS thread and only the passes over the data use them all. A threaded
@@ -70,7 +70,7 @@ def squared_hinge_loss(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]
 
 #: Passes of at least this many multiply-adds (rows x features x score columns) make their two
 #: products with torch (MKL) instead of numpy (OpenBLAS): on 2 cores, 51,000 x 1,280 x 10
-#: takes 41 ms a pass instead of 70 ms. Below it, a fit is too short to pay for importing
+#: takes 43 ms a pass instead of 70 ms. Below it, a fit is too short to pay for importing
 #: torch (2.5 s) when nothing else has.
 TORCH_MIN_MACS = 256 * 2**20
 #: Rows per torch product over an in-memory matrix: at most this many scores (rows x columns).
