@@ -325,6 +325,42 @@ def test_bfloat16_training_is_reproducible_and_learns(blobs):
     assert all(w.dtype == np.float32 for w in a.coefs_)  # weights stay float32
 
 
+@pytest.mark.parametrize("layout", ["reversed", "fortran", "strided", "float64", "read-only"])
+def test_torch_heads_take_any_in_memory_layout(layout, blobs):
+    """The training rows are gathered by torch where it can share the array, by numpy otherwise:
+    the same head either way, and no warning."""
+    X_train, X_test, y_train, _ = blobs
+    X = {"reversed": X_train[::-1], "fortran": np.asfortranarray(X_train), "strided": X_train[:, ::2],
+         "float64": X_train.astype(np.float64), "read-only": X_train.copy()}[layout]
+    y = y_train[::-1] if layout == "reversed" else y_train
+    if layout == "read-only":
+        X.flags.writeable = False
+    plain = np.ascontiguousarray(X, dtype=np.float32)
+    test = X_test[:, ::2] if layout == "strided" else X_test
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        head = fast_head("linear", random_state=2).fit(X, y)
+    same = fast_head("linear", random_state=2).fit(plain, y)
+    np.testing.assert_allclose(head.predict_proba(test), same.predict_proba(test), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_training_rows_are_the_cast_autocast_makes(blobs):
+    import torch
+
+    from featcache.train.heads._torch_train import DataPlan
+
+    X_train, _, y_train, _ = blobs
+    gen = torch.Generator().manual_seed(0)
+    plans = [DataPlan(X_train, X_train, y_train, np.arange(0, 600, 10), n_features=64, batch_size=32,
+                      device=torch.device("cpu"), gen=torch.Generator().manual_seed(0), train_dtype=dtype)
+             for dtype in (None, torch.bfloat16)]
+    assert plans[0].X_train.dtype == torch.float32 and plans[1].X_train.dtype == torch.bfloat16
+    assert torch.equal(plans[0].X_train.to(torch.bfloat16), plans[1].X_train)
+    assert plans[1].X_val.dtype == torch.float32  # validation stays float32
+    rows = torch.cat([y for _, y in plans[0].train_batches(gen, 32)])
+    assert sorted(rows.tolist()) == sorted(np.delete(y_train, np.arange(0, 600, 10)).tolist())
+
+
 def test_tiny_training_set_disables_early_stopping():
     X = np.random.default_rng(0).normal(size=(5, 4))
     with pytest.warns(UserWarning, match="early stopping is disabled"):

@@ -172,7 +172,7 @@ class DataPlan:
         """Rows ``rows`` of ``Xmem`` standardised, in one float32 copy gathered and scaled by
         torch's threads (the same float32 operations as :meth:`standardize`)."""
         torch = self.torch
-        if not Xmem.flags.writeable:  # torch.from_numpy wants a writeable array
+        if not Xmem.flags.writeable or min(Xmem.strides) < 0:  # what torch.from_numpy refuses
             return self.standardize(np.take(Xmem, rows, axis=0))
         out = torch.index_select(torch.from_numpy(Xmem), 0, torch.from_numpy(rows)).float()
         out.sub_(torch.from_numpy(self._mean32)).div_(torch.from_numpy(self._scale32))
