@@ -99,9 +99,15 @@ def test_sigkill_during_view_publish(dataset, reference, tmp_path):
     finish_and_compare(dataset, cache, reference, expect_extracted=0)
 
 
+def _sigint_as_in_a_terminal():
+    """The child handles SIGINT even when this test runs in a background job, whose commands
+    inherit SIGINT ignored (a non-interactive shell's `cmd &`; Python then installs no handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_flushes_and_says_how_to_resume(dataset, reference, tmp_path):
     cache = tmp_path / "cache"
-    r = run_cli(dataset, cache, failpoint="batch:5:INT", session=True)
+    r = run_cli(dataset, cache, failpoint="batch:5:INT", session=True, preexec=_sigint_as_in_a_terminal)
     assert r.returncode == 130, r.stderr
     assert "Error: interrupted" in r.stderr and "run the same command again" in r.stderr
     assert "Traceback" not in r.stderr
