@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -49,6 +50,17 @@ def torch_module():
     import torch
 
     return torch
+
+
+def shared_tensor(a: np.ndarray):
+    """``torch.from_numpy(a)``: no copy. A read-only ``a`` is fine, as the tensor is only read
+    (torch warns that it cannot enforce that)."""
+    torch = torch_module()
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
 
 
 def head_device(device: Any):
@@ -146,16 +158,17 @@ class DataPlan:
                 self.X_val = self.standardize(np.concatenate(val_parts))
         else:
             self.cache_val = self.has_val
-            self.mean, self.scale = column_stats(FeatureBlocks(Xmem, n_features))  # no float64 copy
+            blocks = FeatureBlocks(Xmem, n_features)  # float32, C-contiguous: a copy only if Xmem is not
+            self.mean, self.scale = column_stats(blocks)  # no float64 copy
             self._set_scaling()
             train_rows = np.flatnonzero(~self.val_mask)
             train_rows = train_rows[torch.randperm(len(train_rows), generator=gen).numpy()]
-            self.X_train = self._standardized_rows(Xmem, train_rows)
+            self.X_train = self._standardized_rows(blocks.X, train_rows)
             if train_dtype is not None:  # autocast's own cast of each batch, done once
                 self.X_train = self.X_train.to(train_dtype)
             self.y_train = self.y_all[torch.from_numpy(train_rows).to(device)]
             if self.cache_val:
-                self.X_val = self._standardized_rows(Xmem, np.asarray(val_idx))
+                self.X_val = self._standardized_rows(blocks.X, np.asarray(val_idx))
         if self.cache_val:
             self.y_val = self.y_all[torch.from_numpy(np.asarray(val_idx)).to(device)]
 
@@ -168,13 +181,11 @@ class DataPlan:
         out /= self._scale32
         return self.torch.from_numpy(np.ascontiguousarray(out)).to(self.device)
 
-    def _standardized_rows(self, Xmem: np.ndarray, rows: np.ndarray):
-        """Rows ``rows`` of ``Xmem`` standardised, in one float32 copy gathered and scaled by
-        torch's threads (the same float32 operations as :meth:`standardize`)."""
+    def _standardized_rows(self, X32: np.ndarray, rows: np.ndarray):
+        """Rows ``rows`` of the float32 C-contiguous ``X32`` standardised, in one copy gathered
+        and scaled by torch's threads (the same float32 operations as :meth:`standardize`)."""
         torch = self.torch
-        if not Xmem.flags.writeable or min(Xmem.strides) < 0:  # what torch.from_numpy refuses
-            return self.standardize(np.take(Xmem, rows, axis=0))
-        out = torch.index_select(torch.from_numpy(Xmem), 0, torch.from_numpy(rows)).float()
+        out = torch.index_select(shared_tensor(X32), 0, torch.from_numpy(rows))
         out.sub_(torch.from_numpy(self._mean32)).div_(torch.from_numpy(self._scale32))
         return out.to(self.device)
 
@@ -241,6 +252,7 @@ class Net:
             bound = 1.0 / math.sqrt(fan_in)
             w = (torch.rand((fan_in, fan_out), generator=gen) * 2 - 1) * bound
             b = (torch.rand((fan_out,), generator=gen) * 2 - 1) * bound
+            # drawn (in, out) as before the (out, in) storage: the same initial weights
             self.weights.append(w.t().contiguous().to(device).requires_grad_())
             self.biases.append(b.to(device).requires_grad_())
         self.params = self.weights + self.biases

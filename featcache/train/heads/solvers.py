@@ -32,6 +32,7 @@ from scipy.special import expit, log_expit
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import ThreadpoolController
 
+from featcache.train.heads._torch_train import shared_tensor
 from featcache.train.heads.blocks import FeatureBlocks
 
 LOSSES = ("logistic", "squared_hinge")
@@ -95,19 +96,12 @@ class TorchProducts:
 
         self.torch = torch
 
-    def _tensor(self, a: np.ndarray):
-        if a.flags.writeable:
-            return self.torch.from_numpy(a)
-        with warnings.catch_warnings():  # read-only input: torch only reads it
-            warnings.simplefilter("ignore", UserWarning)
-            return self.torch.from_numpy(a)
-
     def scores(self, block: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self.torch.addmm(self._tensor(b), self._tensor(block), self._tensor(W)).numpy()
+        return self.torch.addmm(shared_tensor(b), shared_tensor(block), shared_tensor(W)).numpy()
 
     def gradient(self, block: np.ndarray, G: np.ndarray) -> np.ndarray:
-        Gt = self._tensor(np.ascontiguousarray(G, dtype=np.float32)).t()
-        return (Gt @ self._tensor(block)).numpy().T  # G.T @ X: faster than X.T @ G
+        Gt = shared_tensor(np.ascontiguousarray(G, dtype=np.float32)).t()
+        return (Gt @ shared_tensor(block)).numpy().T  # G.T @ X: faster than X.T @ G
 
 
 @dataclass
