@@ -306,3 +306,51 @@ def test_optimiser_runs_on_one_blas_thread_and_data_passes_on_all(data, monkeypa
     assert seen and set(seen) == {before}
     assert seen_outside == [1]
     assert blas_threads() == before
+
+
+def test_row_max_is_numpys_row_maximum():
+    Z = np.random.default_rng(0).standard_normal((1000, 7)).astype(np.float32)
+    Z[3] = -np.inf
+    assert np.array_equal(solvers.row_max(Z), Z.max(axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("dropout", [0.2, 0.5, 0.9])
+def test_dropout_keeps_one_minus_p_of_the_units_reproducibly(dropout):
+    import torch
+
+    from featcache.train.heads._torch_train import keep_mask
+
+    def draw(seed, shape=(301, 257)):  # an odd element count: the last 64-bit draw is cut
+        return keep_mask(shape, dropout, torch.Generator().manual_seed(seed), torch.device("cpu"))
+
+    m = draw(0)
+    assert m.shape == (301, 257) and m.dtype == torch.bool
+    assert abs(float(m.float().mean()) - (1 - dropout)) < 0.01
+    assert torch.equal(m, draw(0)) and not torch.equal(m, draw(1))
+    # columns are not correlated with their neighbours (the four int16 of a draw are independent)
+    assert abs(float((m[:, 0:256:2].float() * m[:, 1:256:2].float()).mean()) - (1 - dropout) ** 2) < 0.01
+
+
+def test_adamw_takes_the_textbook_step():
+    import torch
+
+    from featcache.train.heads._torch_train import AdamW, Net
+
+    net = Net([6, 4, 3], 0.0, torch.device("cpu"), torch.Generator().manual_seed(0), 0)
+    start = [p.detach().clone() for p in net.params]
+    opt = AdamW(net, lr=0.01, weight_decay=0.1)
+    grads = []
+    for t in (1, 2):
+        for p in net.params:
+            p.grad = torch.full_like(p, 0.5 * t) + torch.arange(p.numel()).view(p.shape) / 10
+        grads.append([p.grad.clone() for p in net.params])
+        opt.step()
+    for i, (p, p0) in enumerate(zip(net.params, start)):
+        wd = 0.1 if i < len(net.weights) else 0.0
+        x, m, v = p0.double(), 0.0, 0.0
+        for t, g in enumerate(grads, start=1):
+            g = g[i].double()
+            x = x * (1 - 0.01 * wd)
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+            x = x - 0.01 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+        assert torch.allclose(p.double(), x, rtol=1e-5, atol=1e-7), i

@@ -234,11 +234,27 @@ class DataPlan:
                 yield self.standardize(self._read(a, b)[local]), self.y_all[idx]
 
 
+def keep_mask(shape, dropout: float, gen, device):
+    """Dropout's mask: True with probability ``1 - dropout`` (to 1/65,536), from ``gen``.
+
+    Each entry is a uniform 16-bit integer cut from 64-bit draws of the generator, four per
+    draw: on CPU this is 4x cheaper than ``torch.rand`` (one float draw per entry), which was
+    a quarter of an mlp training step (1,024 x 512 activations: 0.4 instead of 1.5 ms).
+    """
+    torch = torch_module()
+    n = math.prod(shape)
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None, generator=gen)
+    bits = draws.view(torch.int16)[:n].view(shape)
+    return bits >= round(dropout * 65536) - 32768  # P(bits >= t) = (32768 - t) / 65536
+
+
 class Net:
     """``Linear (-> ReLU -> Dropout)* -> Linear`` with weights stored as (out, in) matrices.
 
     Initialised like ``nn.Linear`` (uniform in +-1/sqrt(fan_in)) from ``gen``; dropout masks
-    come from a generator on the training device, so no global RNG is used. Stored (out, in)
+    come from a generator on the training device, so no global RNG is used (:func:`keep_mask`).
+    Dropout's rescaling by ``1 / (1 - dropout)`` is done by the next layer's product
+    (``addmm``'s ``alpha``) rather than by another pass over the activations. Stored (out, in)
     as ``nn.Linear`` does, the weight gradient is ``grad.T @ x``, which runs 1.4-1.8x faster
     than ``x.T @ grad`` on CPU (the linear head's epoch over 45,900 x 1,280 rows on 2 cores:
     90 -> 50-64 ms); :meth:`export` gives (in, out) matrices.
@@ -262,13 +278,13 @@ class Net:
 
     def __call__(self, x, train: bool):
         torch, last = self.torch, len(self.weights) - 1
+        dropping = train and self.dropout > 0
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.addmm(b, x, w.t())
+            x = torch.addmm(b, x, w.t(), alpha=1.0 / (1.0 - self.dropout) if dropping and i > 0 else 1.0)
             if i < last:
                 x = torch.relu(x)
-                if train and self.dropout > 0:
-                    noise = torch.rand(x.shape, generator=self.drop_gen, device=x.device)
-                    x = x * (noise >= self.dropout) / (1.0 - self.dropout)
+                if dropping:
+                    x = x * keep_mask(x.shape, self.dropout, self.drop_gen, x.device)
         return x
 
     def snapshot(self) -> list:
@@ -288,36 +304,35 @@ class Net:
 class AdamW:
     """AdamW (Loshchilov & Hutter) with PyTorch's defaults betas=(0.9, 0.999), eps=1e-8.
 
-    Written out because the first ``torch.optim`` step imports the compiler stack (over a
-    second); weight decay applies to the weights, not to the biases.
+    The update is torch's fused AdamW kernel (``torch._fused_adamw_``, what
+    ``torch.optim.AdamW(fused=True)`` runs), called directly: the first ``torch.optim`` step
+    imports the compiler stack (over a second), and the kernel does in one pass per tensor
+    what the per-tensor formula does in six (the 1,280-512-10 mlp: 0.26 instead of 1.2 ms a
+    step on 2 cores). Weight decay applies to the weights, not to the biases.
     """
 
     def __init__(self, net: Net, *, lr: float, weight_decay: float, betas=(0.9, 0.999), eps=1e-8):
         torch = torch_module()
         self.torch = torch
-        self.groups = [(p, weight_decay) for p in net.weights] + [(p, 0.0) for p in net.biases]
-        self.m = [torch.zeros_like(p) for p, _ in self.groups]
-        self.v = [torch.zeros_like(p) for p, _ in self.groups]
-        self.lr, self.betas, self.eps, self.t = lr, betas, eps, 0
+        self.groups = [(list(net.weights), float(weight_decay)), (list(net.biases), 0.0)]
+        self.m = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
+        self.v = [[torch.zeros_like(p) for p in ps] for ps, _ in self.groups]
+        self.steps = [[torch.zeros((), dtype=torch.float32, device=p.device) for p in ps] for ps, _ in self.groups]
+        self.lr, self.betas, self.eps = lr, betas, eps
 
     def zero_grad(self) -> None:
-        for p, _ in self.groups:
-            p.grad = None
+        for ps, _ in self.groups:
+            for p in ps:
+                p.grad = None
 
     def step(self) -> None:
-        self.t += 1
         b1, b2 = self.betas
-        bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
         with self.torch.no_grad():
-            for (p, wd), m, v in zip(self.groups, self.m, self.v):
-                if p.grad is None:
-                    continue
-                if wd:
-                    p.mul_(1 - self.lr * wd)
-                m.mul_(b1).add_(p.grad, alpha=1 - b1)
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                denom = (v.sqrt() / math.sqrt(bc2)).add_(self.eps)
-                p.addcdiv_(m, denom, value=-self.lr / bc1)
+            for (ps, wd), m, v, steps in zip(self.groups, self.m, self.v, self.steps):
+                self.torch._foreach_add_(steps, 1)  # the kernel reads the step count, as torch.optim does
+                self.torch._fused_adamw_(ps, [p.grad for p in ps], m, v, [], steps, lr=self.lr, beta1=b1,
+                                         beta2=b2, weight_decay=wd, eps=self.eps, amsgrad=False,
+                                         maximize=False)
 
 
 def evaluate(net: Net, plan: DataPlan) -> tuple[float, float]:
