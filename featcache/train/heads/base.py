@@ -104,6 +104,30 @@ def check_finite(X: np.ndarray, *, what: str = "X", offset: int = 0) -> None:
         )
 
 
+#: Rows per block of :func:`standardized_affine` (its float64 copy of a block: 40 MB at 1,280 features).
+DECISION_ROWS = 4096
+
+
+def standardized_affine(X: np.ndarray, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray,
+                        intercept: np.ndarray) -> np.ndarray:
+    """``((X - mean) / scale) @ coef + intercept`` in float64, ``coef`` (features, outputs).
+
+    The standardisation is folded into the weights (``X @ (coef / scale) + intercept -
+    (mean / scale) @ coef``) and the rows go through in blocks, so no standardised float64 copy of
+    ``X`` is made: scoring 9,000 x 1,280 rows took 0.09-0.4 s that way (fresh 92 MB arrays),
+    0.04 s this way. Equal to the direct formula up to float64 rounding.
+    """
+    coef = np.asarray(coef, dtype=np.float64)
+    mean, scale = np.asarray(mean, dtype=np.float64), np.asarray(scale, dtype=np.float64)
+    weights = coef / scale[:, None]
+    bias = np.asarray(intercept, dtype=np.float64) - (mean / scale) @ coef
+    out = np.empty((len(X), coef.shape[1]))
+    for start in range(0, len(X), DECISION_ROWS):
+        out[start:start + DECISION_ROWS] = np.asarray(X[start:start + DECISION_ROWS], dtype=np.float64) @ weights
+    out += bias
+    return out
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64; rows sum to 1."""
     z = np.asarray(logits, dtype=np.float64)

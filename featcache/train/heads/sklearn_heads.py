@@ -26,7 +26,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, softmax
+from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, softmax, standardized_affine
 from featcache.train.heads.blocks import FeatureBlocks, column_stats
 from featcache.train.heads.neighbors import class_means, normalize_rows, normalized_copy, top_k_cosine, vote
 from featcache.train.heads.registry import register_head
@@ -115,8 +115,7 @@ class _LinearModelHead(HeadBase):
         self.n_iter_ = int(np.max(model.n_iter_))
 
     def _decision(self, X: np.ndarray) -> np.ndarray:
-        Xs = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
-        scores = Xs @ self.coef_.T + self.intercept_
+        scores = standardized_affine(X, self.mean_, self.scale_, self.coef_.T, self.intercept_)
         if scores.shape[1] == 1:  # binary: one score for classes_[1]
             scores = np.hstack([np.zeros_like(scores), scores])
         return scores

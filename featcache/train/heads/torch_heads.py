@@ -44,7 +44,7 @@ from featcache.train.heads._torch_train import (
     torch_module,
     training_dtype,
 )
-from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, seed_from
+from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, seed_from, standardized_affine
 from featcache.train.heads.registry import register_head
 
 
@@ -157,12 +157,10 @@ class _TorchHead(HeadBase):
 
     # ---------------------------------------------------------------- predict
     def _decision(self, X: np.ndarray) -> np.ndarray:
-        h = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
-        last = len(self.coefs_) - 1
-        for i, (w, b) in enumerate(zip(self.coefs_, self.intercepts_)):
+        h = standardized_affine(X, self.mean_, self.scale_, self.coefs_[0], self.intercepts_[0])
+        for w, b in zip(self.coefs_[1:], self.intercepts_[1:]):
+            np.maximum(h, 0.0, out=h)
             h = h @ np.asarray(w, dtype=np.float64) + np.asarray(b, dtype=np.float64)
-            if i < last:
-                np.maximum(h, 0.0, out=h)
         return h
 
     # ---------------------------------------------------------------- state
