@@ -16,7 +16,7 @@ import featcache.train.heads.base as heads_base
 import featcache.train.heads.blocks as blocks_mod
 import featcache.train.heads.sklearn_heads as sklearn_heads
 import featcache.train.heads.solvers as solvers
-from featcache.errors import HeadError
+from featcache.errors import FeatcacheError, HeadError
 from featcache.train.heads import make_head
 from featcache.train.heads.blocks import FeatureBlocks, chunk_rows, column_stats
 from featcache.train.heads.neighbors import top_k_cosine, vote
@@ -229,9 +229,9 @@ def test_knn_path_searches_neighbours_once(data, monkeypatch):
     calls = []
     real = sklearn_heads.top_k_cosine
 
-    def counting(queries, train, k):
+    def counting(queries, train, k, device):
         calls.append(k)
-        return real(queries, train, k)
+        return real(queries, train, k, device)
 
     monkeypatch.setattr(sklearn_heads, "top_k_cosine", counting)
     grid = {"n_neighbors": [1, 5, 10], "weights": ["uniform", "distance"]}
@@ -354,3 +354,54 @@ def test_adamw_takes_the_textbook_step():
             m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
             x = x - 0.01 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
         assert torch.allclose(p.double(), x, rtol=1e-5, atol=1e-7), i
+
+
+# ----------------------------------------------------------------- devices
+def test_device_rule_of_the_blockwise_heads():
+    import torch
+
+    from featcache.train.heads._torch_train import products_device
+
+    assert products_device("auto", 10, 100) is None  # small: numpy, torch not needed
+    assert products_device("cpu", 10, 100) is None
+    assert products_device("cpu", 100, 100) == torch.device("cpu")
+    big = products_device("auto", 100, 100)
+    assert big.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():  # a GPU named on a machine without one: said so, whatever the size
+        with pytest.raises(FeatcacheError, match="CUDA is not available"):
+            products_device("cuda", 10, 100)
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm", "knn"])
+def test_a_misspelt_device_is_refused_before_any_work(name, data):
+    X_train, _, y_train, _ = data
+    with pytest.raises(HeadError, match=r"device='gpu' is not valid; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        make_head(name, device="gpu").fit(X_train, y_train)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+@pytest.mark.parametrize("blockwise", [False, True])
+def test_linear_heads_fit_on_the_gpu_like_on_the_cpu(name, blockwise, data, tmp_path, monkeypatch):
+    X_train, X_val, y_train, y_val = data
+    monkeypatch.setattr(sklearn_heads, "SKLEARN_MAX_MACS", 0)  # the blockwise solver
+    X = X_train
+    if blockwise:  # a lazy matrix: its blocks go to the GPU at every pass
+        with h5py.File(tmp_path / "x.h5", "w") as f:
+            f["X"] = X_train
+        X = h5py.File(tmp_path / "x.h5", "r")["X"]
+    gpu = make_head(name, device="cuda").fit(X, y_train)
+    cpu = make_head(name, device="cpu").fit(X_train, y_train)
+    np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-3, atol=1e-3 * np.abs(cpu.coef_).max())
+    assert np.mean(gpu.predict(X_val) == cpu.predict(X_val)) >= 0.99
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_knn_searches_on_the_gpu_like_on_the_cpu(data):
+    X_train, X_test, _, _ = data
+    train = X_train / np.linalg.norm(X_train, axis=1, keepdims=True)
+    queries = X_test / np.linalg.norm(X_test, axis=1, keepdims=True)
+    idx_gpu, sims_gpu = top_k_cosine(queries, train, 7, "cuda")
+    idx_cpu, sims_cpu = top_k_cosine(queries, train, 7, "cpu")
+    np.testing.assert_array_equal(idx_gpu, idx_cpu)  # the exact float64 re-ranking decides both
+    np.testing.assert_array_equal(sims_gpu, sims_cpu)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -146,8 +147,10 @@ def test_truncated_file(saved):
 
 def test_corrupted_file(saved):
     data = bytearray(saved.read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 16] = bytes(16)  # zero a stretch inside an array's data
+    with zipfile.ZipFile(saved) as archive:  # the middle of the largest array's stored bytes
+        entry = max(archive.infolist(), key=lambda e: e.compress_size)
+    middle = entry.header_offset + 30 + len(entry.filename) + len(entry.extra) + entry.compress_size // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
     saved.write_bytes(bytes(data))
     with pytest.raises(HeadError, match=r"truncated or corrupted.*Bad CRC-32"):
         load_head(saved)

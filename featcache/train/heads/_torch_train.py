@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -63,12 +64,45 @@ def shared_tensor(a: np.ndarray):
         return torch.from_numpy(a)
 
 
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def _invalid_device(device: Any) -> HeadInputError:
+    return HeadInputError(
+        f"device={device!r} is not valid; expected 'auto', 'cpu', 'cuda' or 'cuda:N'; fix the device parameter")
+
+
+def check_device_name(device: Any) -> None:
+    """A head's ``device`` parameter checked by its spelling, without importing torch."""
+    if not _DEVICE_NAME.fullmatch(str(device)):
+        raise _invalid_device(device)
+
+
 def head_device(device: Any):
     """A head's ``device`` parameter resolved (:func:`featcache.devices.resolve_device`); a bad one is a HeadInputError."""
     from featcache.devices import resolve_device  # torch: only when a torch head fits
 
-    return resolve_device(device, invalid=lambda d: HeadInputError(
-        f"device={d!r} is not valid; expected 'auto', 'cpu', 'cuda' or 'cuda:N'; fix the device parameter"))
+    return resolve_device(device, invalid=_invalid_device)
+
+
+def device_free_bytes(device) -> int | None:
+    """Free memory of a GPU (None for the CPU: :func:`featcache.train.heads.blocks.available_bytes`)."""
+    if device.type != "cuda":
+        return None
+    return int(torch_module().cuda.mem_get_info(device)[0])
+
+
+def products_device(device: Any, work: int, torch_from: int):
+    """Where a head's matrix products run: None (numpy, on the CPU) or a torch device.
+
+    ``"auto"`` and ``"cpu"`` use torch from ``torch_from`` multiply-adds of ``work`` on (below,
+    importing torch costs more than it saves), ``"auto"`` on CUDA when there is one; a GPU
+    named explicitly (``"cuda"``, ``"cuda:1"``) is used whatever the size.
+    """
+    check_device_name(device)
+    if str(device) in ("auto", "cpu") and work < torch_from:
+        return None
+    return head_device(device)
 
 
 @contextlib.contextmanager

@@ -107,7 +107,8 @@ def available_bytes() -> int:
     return 4 * 2**30
 
 
-def chunk_rows(bytes_per_row: int, *, least: int = 1) -> int:
-    """Rows per chunk so that a chunk takes at most a fraction of the available memory."""
-    budget = min(MAX_CHUNK_BYTES, int(available_bytes() * MEMORY_FRACTION))
+def chunk_rows(bytes_per_row: int, *, least: int = 1, available: int | None = None) -> int:
+    """Rows per chunk so that a chunk takes at most a fraction of the available memory
+    (``available`` bytes, e.g. a GPU's free memory; default: this machine's)."""
+    budget = min(MAX_CHUNK_BYTES, int((available_bytes() if available is None else available) * MEMORY_FRACTION))
     return max(int(least), budget // max(int(bytes_per_row), 1))

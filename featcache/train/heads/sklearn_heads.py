@@ -5,8 +5,9 @@
 (:func:`uses_sklearn_solver`): the float32 blockwise L-BFGS of
 :mod:`featcache.train.heads.solvers` for large or lazy matrices, scikit-learn's own solver
 for small in-memory ones (:data:`SKLEARN_MAX_MACS`; measurements in ``benchmarks/README.md``). ``knn`` and ``ncm`` compute in
-blocks (:mod:`featcache.train.heads.neighbors`; ``knn``'s neighbour search imports torch
-when it predicts). The learned arrays are the head's
+blocks (:mod:`featcache.train.heads.neighbors`; ``knn``'s large neighbour searches use torch).
+``logreg``, ``svm`` and ``knn`` take a ``device``: their large products run with torch there
+(``"auto"``: a GPU when there is one). The learned arrays are the head's
 own attributes and predictions are computed from them, so a head rebuilt with
 ``from_state`` predicts exactly like the original.
 
@@ -26,6 +27,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
+from featcache.train.heads._torch_train import check_device_name
 from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, softmax, standardized_affine
 from featcache.train.heads.blocks import FeatureBlocks, column_stats
 from featcache.train.heads.neighbors import class_means, normalize_rows, normalized_copy, top_k_cosine, vote
@@ -69,6 +71,16 @@ def _compatible(head, warm_start, y_enc: np.ndarray) -> bool:
     )
 
 
+_DEVICE_DOC = """
+    ``device`` ('auto', 'cpu', 'cuda', 'cuda:N'): where the blockwise solver's float32 products
+    run. 'auto' and 'cpu' make them with numpy below ``solvers.TORCH_MIN_MACS`` multiply-adds a
+    pass and with torch from there on, 'auto' on CUDA when there is one (the matrix is copied
+    to the GPU once; each pass moves only the parameters, scores and gradient). A GPU named
+    explicitly is used for every blockwise fit. Small in-memory matrices go to scikit-learn
+    on the CPU whatever the device.
+"""
+
+
 class _LinearModelHead(HeadBase):
     """Standardise, then a linear model ``coef_``/``intercept_`` (scikit-learn's objective)."""
 
@@ -90,6 +102,7 @@ class _LinearModelHead(HeadBase):
         X, y_enc = self._validate_any_fit(X, y)
         _check_positive(self, "C", self.C)
         _check_positive(self, "max_iter", self.max_iter, integer=True)
+        check_device_name(self.device)
         blocks = FeatureBlocks(X, self.n_features_in_)
         warm = warm_start if _compatible(self, warm_start, y_enc) else None
         self.mean_, self.scale_ = (warm.mean_, warm.scale_) if warm else column_stats(blocks)
@@ -98,7 +111,7 @@ class _LinearModelHead(HeadBase):
             self._fit_sklearn(blocks.X, y_enc)
             return self
         objective = LinearObjective(blocks, y_enc, len(self.classes_), loss=self._loss, C=self.C,
-                                    mean=self.mean_, scale=self.scale_)
+                                    mean=self.mean_, scale=self.scale_, device=self.device)
         init = (warm.coef_, warm.intercept_) if warm else None
         res = fit_linear(objective, max_iter=self.max_iter, tol=1e-4, init=init, who=type(self).__name__)
         self.coef_, self.intercept_, self.n_iter_ = res.coef, res.intercept, res.n_iter
@@ -123,20 +136,22 @@ class _LinearModelHead(HeadBase):
 
 @register_head("logreg")
 class LogRegHead(_LinearModelHead):
-    """Logistic regression on standardised features (``StandardScaler`` + ``LogisticRegression``).
+    __doc__ = """Logistic regression on standardised features (``StandardScaler`` + ``LogisticRegression``).
 
-    Parameters: ``C`` inverse L2 regularisation strength, ``max_iter`` of the L-BFGS solver.
+    Parameters: ``C`` inverse L2 regularisation strength, ``max_iter`` of the L-BFGS solver,
+    ``device`` of its matrix products (below).
     Large or lazy matrices are fitted by the float32 blockwise L-BFGS (lazy arrays streamed),
     small in-memory ones by ``LogisticRegression(solver="lbfgs")`` in float64
     (:func:`uses_sklearn_solver`); both minimise the same objective with the same stopping
     rule. Multinomial for more than two classes; probabilities are calibrated by the model.
-    """
+    """ + _DEVICE_DOC
 
     _default_grid = {"C": [0.01, 0.1, 1.0, 10.0]}
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000):
+    def __init__(self, C: float = 1.0, max_iter: int = 1000, device: str = "auto"):
         self.C = C
         self.max_iter = max_iter
+        self.device = device
 
     def make_reference(self):
         """The scikit-learn estimator of the same objective (for small matrices, benchmarks)."""
@@ -151,7 +166,7 @@ class LogRegHead(_LinearModelHead):
 
 @register_head("svm")
 class SVMHead(_LinearModelHead):
-    """Linear SVM (``LinearSVC``: squared hinge, one-vs-rest, L2) on standardised features.
+    __doc__ = """Linear SVM (``LinearSVC``: squared hinge, one-vs-rest, L2) on standardised features.
 
     Large or lazy matrices: LinearSVC's primal objective (the intercept penalised like a
     feature of value 1, as ``intercept_scaling=1`` does) minimised by float32 L-BFGS over
@@ -165,15 +180,16 @@ class SVMHead(_LinearModelHead):
     always agrees with ``predict``, costs nothing extra and persists exactly, but it is
     *not calibrated*: use ``logreg`` when probabilities must be meaningful (or wrap the
     head in ``CalibratedClassifierCV``).
-    """
+    """ + _DEVICE_DOC
 
     _default_grid = {"C": [0.0001, 0.001, 0.01, 0.1]}
     _loss = "squared_hinge"
 
-    def __init__(self, C: float = 0.01, max_iter: int = 2000, random_state=0):
+    def __init__(self, C: float = 0.01, max_iter: int = 2000, random_state=0, device: str = "auto"):
         self.C = C
         self.max_iter = max_iter
         self.random_state = random_state
+        self.device = device
 
     def make_reference(self):
         """The scikit-learn estimator of the same objective (for small matrices, benchmarks)."""
@@ -195,6 +211,8 @@ class KNNHead(HeadBase):
     encoded labels ``fit_y_``. Along a sweep (``fit(X, y, warm_start=head)``) the normalised
     matrix is shared, and the neighbours of the last predicted matrix are reused by every
     head of the path with fewer neighbours (the path runs from the largest ``n_neighbors``).
+    ``device`` ('auto', 'cpu', 'cuda', 'cuda:N'): where large searches run (torch; 'auto':
+    CUDA when there is one); small ones use numpy on the CPU unless a GPU is named.
     """
 
     _state_keys = ("classes_", "n_features_in_", "fit_X_", "fit_y_", "n_neighbors_")
@@ -202,14 +220,16 @@ class KNNHead(HeadBase):
     path_param = "n_neighbors"
     path_descending = True
 
-    def __init__(self, n_neighbors: int = 10, weights: str = "distance"):
+    def __init__(self, n_neighbors: int = 10, weights: str = "distance", device: str = "auto"):
         self.n_neighbors = n_neighbors
         self.weights = weights
+        self.device = device
 
     def fit(self, X, y, warm_start=None):
         """Fit on features ``X`` (array or lazy array) and labels ``y``; returns ``self``."""
         X, y_enc = self._validate_any_fit(X, y)
         _check_positive(self, "n_neighbors", self.n_neighbors, integer=True)
+        check_device_name(self.device)
         if self.weights not in ("uniform", "distance"):
             raise HeadInputError(
                 f"KNNHead: weights={self.weights!r} is not valid; expected 'uniform' or "
@@ -231,7 +251,7 @@ class KNNHead(HeadBase):
         ref = last.get("ref")
         if ref is not None and ref() is X and last["idx"].shape[1] >= k:
             return last["idx"][:, :k], last["sims"][:, :k]
-        parts = [top_k_cosine(normalize_rows(block.astype(self.fit_X_.dtype)), self.fit_X_, k)
+        parts = [top_k_cosine(normalize_rows(block.astype(self.fit_X_.dtype)), self.fit_X_, k, self.device)
                  for block in self._query_blocks(X)]
         idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), dtype=np.int64)
         sims = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k))

@@ -10,7 +10,9 @@ and scikit-learn's stopping rule (``gtol=tol``). The standardisation is folded i
 weights (``x W / scale - mean W / scale``), so the raw float32 matrix is used as it is: every
 pass is two float32 matrix products per block of rows (forward, gradient), no standardised
 or float64 copy of the matrix is made, and a lazy matrix is streamed from disk. The products
-are numpy's, or torch's on large matrices (:data:`TORCH_MIN_MACS`).
+are numpy's, or torch's on large matrices (:data:`TORCH_MIN_MACS`), on the head's ``device``
+(a GPU when there is one, for ``"auto"``: the matrix is copied there once, and each pass
+sends only the parameters, the scores and their gradient across).
 The parameter vector (``d * k`` numbers) and the sums across blocks are float64.
 
 Threads: the optimiser's own vector work (L-BFGS-B's updates, the preconditioner's triangular
@@ -32,7 +34,7 @@ from scipy.special import expit, log_expit
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import ThreadpoolController
 
-from featcache.train.heads._torch_train import shared_tensor
+from featcache.train.heads._torch_train import products_device, shared_tensor
 from featcache.train.heads.blocks import FeatureBlocks
 
 LOSSES = ("logistic", "squared_hinge")
@@ -90,6 +92,10 @@ TORCH_BLOCK_SCORES = 2**22
 class NumpyProducts:
     """The two float32 products of a pass, with numpy."""
 
+    def operands(self, blocks: FeatureBlocks):
+        """``(start, stop, block)`` of a pass, the block as the products take it."""
+        return iter(blocks)
+
     def scores(self, block: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
         return block @ W + b
 
@@ -98,19 +104,36 @@ class NumpyProducts:
 
 
 class TorchProducts:
-    """The same products with torch on the CPU (no copies: the arrays are shared)."""
+    """The same products with torch on ``device``.
 
-    def __init__(self):
-        import torch  # only for matrices of TORCH_MIN_MACS and more
+    On the CPU the arrays are shared with torch (no copies). On a GPU an in-memory matrix is
+    copied there once, at the first pass, and a lazy one block by block at every pass; only
+    the parameters, the (rows x classes) scores and their gradient cross between the devices.
+    """
 
-        self.torch = torch
+    def __init__(self, device):
+        import torch  # only for matrices of TORCH_MIN_MACS and more, or a GPU
 
-    def scores(self, block: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self.torch.addmm(shared_tensor(b), shared_tensor(block), shared_tensor(W)).numpy()
+        self.torch, self.device = torch, device
+        self._resident = None  # the in-memory blocks on the GPU
 
-    def gradient(self, block: np.ndarray, G: np.ndarray) -> np.ndarray:
-        Gt = shared_tensor(np.ascontiguousarray(G, dtype=np.float32)).t()
-        return (Gt @ shared_tensor(block)).numpy().T  # G.T @ X: faster than X.T @ G
+    def operands(self, blocks: FeatureBlocks):
+        if self.device.type == "cpu":
+            return ((start, stop, shared_tensor(block)) for start, stop, block in blocks)
+        if blocks.lazy:
+            return ((start, stop, self._tensor(block)) for start, stop, block in blocks)
+        if self._resident is None:
+            self._resident = [(start, stop, self._tensor(block)) for start, stop, block in blocks]
+        return iter(self._resident)
+
+    def _tensor(self, a: np.ndarray):
+        return shared_tensor(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
+
+    def scores(self, block, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self.torch.addmm(self._tensor(b), block, self._tensor(W)).cpu().numpy()
+
+    def gradient(self, block, G: np.ndarray) -> np.ndarray:
+        return (self._tensor(G).t() @ block).cpu().numpy().T  # G.T @ X: faster than X.T @ G
 
 
 @dataclass
@@ -127,14 +150,15 @@ class LinearObjective:
     """Value and gradient of the scaled objective over the blocks of a feature matrix."""
 
     def __init__(self, blocks: FeatureBlocks, y: np.ndarray, n_classes: int, *, loss: str,
-                 C: float, mean: np.ndarray, scale: np.ndarray):
+                 C: float, mean: np.ndarray, scale: np.ndarray, device: str = "auto"):
         self.y = np.asarray(y, dtype=np.int64)
         self.pass_threads = contextlib.nullcontext  # fit_linear: all BLAS threads (module doc)
         self.k = 1 if n_classes == 2 else n_classes
         self.d = blocks.n_features
         self.products = NumpyProducts()
-        if blocks.n * self.d * self.k >= TORCH_MIN_MACS:
-            self.products = TorchProducts()
+        torch_device = products_device(device, blocks.n * self.d * self.k, TORCH_MIN_MACS)
+        if torch_device is not None:
+            self.products = TorchProducts(torch_device)
             if not blocks.lazy:  # torch runs large products fastest: fewer, taller blocks
                 blocks = FeatureBlocks(blocks.X, self.d, rows=max(blocks.rows, TORCH_BLOCK_SCORES // self.k))
         self.blocks = blocks
@@ -161,7 +185,7 @@ class LinearObjective:
         W_raw = (W / self.scale[:, None]).astype(np.float32)
         b_raw = (b - self.mean @ (W / self.scale[:, None])).astype(np.float32)
         loss, gW, gb = 0.0, np.zeros((self.d, self.k)), np.zeros(self.k)
-        for start, stop, block in self.blocks:
+        for start, stop, block in self.products.operands(self.blocks):
             block_loss, G = self.loss_fn(self.products.scores(block, W_raw, b_raw), self.y[start:stop])
             loss += block_loss
             gW += self.products.gradient(block, G.astype(np.float32, copy=False))
