@@ -405,3 +405,12 @@ def test_knn_searches_on_the_gpu_like_on_the_cpu(data):
     idx_cpu, sims_cpu = top_k_cosine(queries, train, 7, "cpu")
     np.testing.assert_array_equal(idx_gpu, idx_cpu)  # the exact float64 re-ranking decides both
     np.testing.assert_array_equal(sims_gpu, sims_cpu)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_knn_head_fitted_for_a_gpu_predicts_on_a_machine_without_one(data):
+    X_train, X_test, y_train, _ = data
+    gpu_head = make_head("knn", device="cuda").fit(X_train, y_train)  # fit only keeps the rows
+    reference = make_head("knn").fit(X_train, y_train).predict(X_test)
+    with pytest.warns(RuntimeWarning, match=r"device='cuda' is not available here .*'auto'"):
+        np.testing.assert_array_equal(gpu_head.predict(X_test), reference)

@@ -18,6 +18,7 @@ see :attr:`featcache.train.heads.base.HeadBase.path_param`).
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import numpy as np
@@ -251,7 +252,8 @@ class KNNHead(HeadBase):
         ref = last.get("ref")
         if ref is not None and ref() is X and last["idx"].shape[1] >= k:
             return last["idx"][:, :k], last["sims"][:, :k]
-        parts = [top_k_cosine(normalize_rows(block.astype(self.fit_X_.dtype)), self.fit_X_, k, self.device)
+        device = self._search_device()
+        parts = [top_k_cosine(normalize_rows(block.astype(self.fit_X_.dtype)), self.fit_X_, k, device)
                  for block in self._query_blocks(X)]
         idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), dtype=np.int64)
         sims = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k))
@@ -260,6 +262,19 @@ class KNNHead(HeadBase):
         except TypeError:  # an object without weak references: no reuse
             pass
         return idx, sims
+
+    def _search_device(self) -> str:
+        """``device``, or ``"auto"`` with a warning when it names a GPU this machine lacks: a
+        head fitted on a GPU machine and loaded elsewhere still predicts."""
+        if str(self.device).startswith("cuda"):
+            import torch  # a GPU was named: the search uses torch anyway
+
+            if not torch.cuda.is_available():
+                warnings.warn(f"KNNHead: device={self.device!r} is not available here (no CUDA); "
+                              "searching the neighbours on this machine's device ('auto')", RuntimeWarning,
+                              stacklevel=5)
+                return "auto"
+        return self.device
 
     def _query_blocks(self, X):
         if is_lazy(X):
