@@ -410,7 +410,10 @@ def test_knn_searches_on_the_gpu_like_on_the_cpu(data):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without CUDA")
 def test_a_knn_head_fitted_for_a_gpu_predicts_on_a_machine_without_one(data):
     X_train, X_test, y_train, _ = data
-    gpu_head = make_head("knn", device="cuda").fit(X_train, y_train)  # fit only keeps the rows
-    reference = make_head("knn").fit(X_train, y_train).predict(X_test)
+    with pytest.raises(FeatcacheError, match="CUDA is not available"):  # fitting asks for the GPU
+        make_head("knn", device="cuda").fit(X_train, y_train)
+    fitted = make_head("knn").fit(X_train, y_train)
+    reference = fitted.predict(X_test)
+    loaded = type(fitted).from_state({**fitted.get_params(), "device": "cuda"}, fitted.get_state())  # as saved there
     with pytest.warns(RuntimeWarning, match=r"device='cuda' is not available here .*'auto'"):
-        np.testing.assert_array_equal(gpu_head.predict(X_test), reference)
+        np.testing.assert_array_equal(loaded.predict(X_test), reference)

@@ -28,7 +28,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from featcache.train.heads._torch_train import check_device_name
+from featcache.train.heads._torch_train import check_device_name, head_device
 from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, softmax, standardized_affine
 from featcache.train.heads.blocks import FeatureBlocks, column_stats
 from featcache.train.heads.neighbors import class_means, normalize_rows, normalized_copy, top_k_cosine, vote
@@ -231,6 +231,8 @@ class KNNHead(HeadBase):
         X, y_enc = self._validate_any_fit(X, y)
         _check_positive(self, "n_neighbors", self.n_neighbors, integer=True)
         check_device_name(self.device)
+        if str(self.device).startswith("cuda"):  # a GPU named here must exist (a loaded head: _search_device)
+            head_device(self.device)
         if self.weights not in ("uniform", "distance"):
             raise HeadInputError(
                 f"KNNHead: weights={self.weights!r} is not valid; expected 'uniform' or "
