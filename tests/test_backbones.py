@@ -254,3 +254,56 @@ def test_layer_not_run_in_inference_is_a_clear_error():
         ex(torch.randn(1, 3, 64, 64))
     with torch.inference_mode():  # the extractor still works afterwards
         assert FeatureExtractor(m, layer="inception4a")(torch.randn(1, 3, 64, 64)).shape == (1, 512)
+
+
+# --------------------------------------------------------------------------- building with weights
+
+
+def _no_meta(module) -> bool:
+    return not any(t.is_meta for t in list(module.parameters()) + list(module.buffers()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_weights_are_loaded_into_a_module_built_without_initialising_it(tmp_path, monkeypatch, dtype):
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18().eval()
+    path = tmp_path / "r18.pth"
+    torch.save({k: v.to(dtype) if v.is_floating_point() else v for k, v in reference.state_dict().items()}, path)
+    e = get_backbone("resnet18")
+    built = e.build(e.resolve_weights(str(path)))
+    assert _no_meta(built) and {p.dtype for p in built.parameters()} == {torch.float32}
+    expected = torchvision.models.resnet18().eval()
+    expected.load_state_dict(torch.load(path))  # the old way: initialise, then copy the weights in
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(built(x), expected(x))
+
+
+class _WithScratch(torch.nn.Module):
+    """A constructor that makes a tensor the state dict does not hold (a non-persistent buffer)."""
+
+    def __init__(self, **_build_kwargs):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+        self.register_buffer("offset", torch.arange(3.0), persistent=False)
+
+    def forward(self, x):
+        return self.lin(x) + self.offset
+
+
+def test_a_constructor_the_meta_build_cannot_serve_is_built_as_before(tmp_path):
+    from dataclasses import replace
+
+    from featcache.extraction.backbones.registry import WeightsChoice
+
+    torch.manual_seed(0)
+    state = _WithScratch().state_dict()
+    path = tmp_path / "scratch.pth"
+    torch.save(state, path)
+    e = replace(get_backbone("resnet18"), name="scratch", builder=_WithScratch, finish=None, optional_state=())
+    choice = WeightsChoice(label="file:scratch.pth", digest="d", preprocess=e.default_preprocess(), kind="file",
+                           path=str(path))
+    assert e._skeleton({}).offset.is_meta  # what a meta build would leave unfilled
+    built = e.build(choice)
+    assert _no_meta(built) and torch.equal(built.offset, torch.arange(3.0))
+    torch.testing.assert_close(built.lin.weight, state["lin.weight"], rtol=0, atol=0)
