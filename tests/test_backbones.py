@@ -307,3 +307,22 @@ def test_a_constructor_the_meta_build_cannot_serve_is_built_as_before(tmp_path):
     built = e.build(choice)
     assert _no_meta(built) and torch.equal(built.offset, torch.arange(3.0))
     torch.testing.assert_close(built.lin.weight, state["lin.weight"], rtol=0, atol=0)
+
+
+def test_module_versions_travel_with_the_weights(tmp_path, monkeypatch):
+    """MNASNet's loader reads the state dict's per-module versions (``_metadata``): a weights file,
+    one saved from a DataParallel model ("module." prefixes) and torchvision's named weights load."""
+    from torchvision.models._api import WeightsEnum
+
+    torch.manual_seed(2)
+    reference = torchvision.models.mnasnet0_5().eval()
+    plain, wrapped = tmp_path / "m.pth", tmp_path / "dp.pth"
+    torch.save(reference.state_dict(), plain)
+    torch.save(torch.nn.DataParallel(reference).state_dict(), wrapped)
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, *a, **k: reference.state_dict())
+    e = get_backbone("mnasnet0_5")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = reference(x)
+        for spec in (str(plain), str(wrapped), "DEFAULT"):
+            assert torch.equal(e.build(e.resolve_weights(spec))(x), expected), spec

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -163,7 +164,22 @@ def load_state_dict_file(path: str) -> dict:
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"weights file {path!r} does not hold a state dict (name -> tensor)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    if not any(k.startswith("module.") for k in obj):
+        return obj
+    meta = getattr(obj, "_metadata", None)  # per-module versions, read by some modules' loaders
+    return with_metadata({k.removeprefix("module."): v for k, v in obj.items()},
+                         None if meta is None else {("" if k == "module" else k.removeprefix("module.")): v
+                                                    for k, v in meta.items() if k == "module" or k.startswith("module.")})
+
+
+def with_metadata(state: dict, metadata) -> dict:
+    """``state`` carrying the ``_metadata`` of a ``state_dict()`` (module versions): rebuilt dicts
+    lose it, and modules such as MNASNet refuse to load without it."""
+    if metadata is None:
+        return state
+    state = OrderedDict(state)
+    state._metadata = metadata  # type: ignore[attr-defined]
+    return state
 
 
 def apply_state_dict(module: nn.Module, state: dict, source: str, *, assign: bool = False) -> None:
@@ -191,7 +207,7 @@ def apply_state_dict(module: nn.Module, state: dict, source: str, *, assign: boo
             + "; pass weights saved from the same architecture"
         )
     if assign:  # a copy into the module's tensors would cast; the assigned tensors must match too
-        state = {k: v.to(own[k].dtype) for k, v in state.items()}
+        state = with_metadata({k: v.to(own[k].dtype) for k, v in state.items()}, getattr(state, "_metadata", None))
     module.load_state_dict(state, strict=True, assign=assign)
 
 
@@ -304,7 +320,8 @@ class BackboneEntry:
         if opt and self.finish is not None and not all(any(k.startswith(p) for k in state) for p in opt):
             # saved from a finished model (e.g. torchvision's pretrained googlenet): no aux heads
             self.finish(module)
-            state = {k: v for k, v in state.items() if not k.startswith(opt)}
+            state = with_metadata({k: v for k, v in state.items() if not k.startswith(opt)},
+                                  getattr(state, "_metadata", None))
         apply_state_dict(module, state, label, assign=assign)
 
 
