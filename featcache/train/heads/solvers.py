@@ -35,6 +35,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import ThreadpoolController
 
 from featcache.train.heads._torch_train import products_device, shared_tensor
+from featcache.train.heads.base import fold_standardization
 from featcache.train.heads.blocks import FeatureBlocks
 
 LOSSES = ("logistic", "squared_hinge")
@@ -182,8 +183,7 @@ class LinearObjective:
     def _evaluate(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         self.calls += 1
         W, b = self.unpack(theta)
-        W_raw = (W / self.scale[:, None]).astype(np.float32)
-        b_raw = (b - self.mean @ (W / self.scale[:, None])).astype(np.float32)
+        W_raw, b_raw = (a.astype(np.float32) for a in fold_standardization(W, b, self.mean, self.scale))
         loss, gW, gb = 0.0, np.zeros((self.d, self.k)), np.zeros(self.k)
         for start, stop, block in self.products.operands(self.blocks):
             block_loss, G = self.loss_fn(self.products.scores(block, W_raw, b_raw), self.y[start:stop])
