@@ -379,6 +379,14 @@ def test_a_misspelt_device_is_refused_before_any_work(name, data):
         make_head(name, device="gpu").fit(X_train, y_train)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without CUDA")
+@pytest.mark.parametrize("name", ["logreg", "svm", "knn"])
+def test_a_gpu_named_where_there_is_none_is_refused_whatever_the_size(name, data):
+    X_train, _, y_train, _ = data  # small: logreg/svm would use scikit-learn, knn numpy
+    with pytest.raises(FeatcacheError, match="CUDA is not available"):
+        make_head(name, device="cuda").fit(X_train, y_train)
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ["logreg", "svm"])
 @pytest.mark.parametrize("blockwise", [False, True])

@@ -78,6 +78,14 @@ def check_device_name(device: Any) -> None:
         raise _invalid_device(device)
 
 
+def check_device(device: Any) -> None:
+    """A head's ``device`` checked before any work: its spelling (no torch), and a GPU it
+    names must exist here (torch imported only then), whatever the data's size."""
+    check_device_name(device)
+    if str(device).startswith("cuda"):
+        head_device(device)
+
+
 def head_device(device: Any):
     """A head's ``device`` parameter resolved (:func:`featcache.devices.resolve_device`); a bad one is a HeadInputError."""
     from featcache.devices import resolve_device  # torch: only when a torch head fits

@@ -28,7 +28,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from featcache.train.heads._torch_train import check_device_name, head_device
+from featcache.train.heads._torch_train import check_device
 from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, softmax, standardized_affine
 from featcache.train.heads.blocks import FeatureBlocks, column_stats
 from featcache.train.heads.neighbors import class_means, normalize_rows, normalized_copy, top_k_cosine, vote
@@ -77,8 +77,8 @@ _DEVICE_DOC = """
     run. 'auto' and 'cpu' make them with numpy below ``solvers.TORCH_MIN_MACS`` multiply-adds a
     pass and with torch from there on, 'auto' on CUDA when there is one (the matrix is copied
     to the GPU once; each pass moves only the parameters, scores and gradient). A GPU named
-    explicitly is used for every blockwise fit. Small in-memory matrices go to scikit-learn
-    on the CPU whatever the device.
+    explicitly must exist and is used for every blockwise fit. Small in-memory matrices go to
+    scikit-learn on the CPU whatever the device.
 """
 
 
@@ -103,7 +103,7 @@ class _LinearModelHead(HeadBase):
         X, y_enc = self._validate_any_fit(X, y)
         _check_positive(self, "C", self.C)
         _check_positive(self, "max_iter", self.max_iter, integer=True)
-        check_device_name(self.device)
+        check_device(self.device)
         blocks = FeatureBlocks(X, self.n_features_in_)
         warm = warm_start if _compatible(self, warm_start, y_enc) else None
         self.mean_, self.scale_ = (warm.mean_, warm.scale_) if warm else column_stats(blocks)
@@ -230,9 +230,7 @@ class KNNHead(HeadBase):
         """Fit on features ``X`` (array or lazy array) and labels ``y``; returns ``self``."""
         X, y_enc = self._validate_any_fit(X, y)
         _check_positive(self, "n_neighbors", self.n_neighbors, integer=True)
-        check_device_name(self.device)
-        if str(self.device).startswith("cuda"):  # a GPU named here must exist (a loaded head: _search_device)
-            head_device(self.device)
+        check_device(self.device)  # a head loaded on a machine without the GPU: _search_device
         if self.weights not in ("uniform", "distance"):
             raise HeadInputError(
                 f"KNNHead: weights={self.weights!r} is not valid; expected 'uniform' or "
