@@ -118,6 +118,27 @@ def test_large_passes_use_torch_products_on_the_same_objective(data, monkeypatch
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-6 * np.abs(ref_grad).max())
 
 
+@pytest.mark.parametrize("k", [1, 5])
+def test_torch_scores_use_onednn_and_fall_back_to_mkl(data, k):
+    torch = pytest.importorskip("torch")
+    X = data[0]
+    rng = np.random.default_rng(1)
+    W, b = rng.normal(size=(X.shape[1], k)).astype(np.float32), rng.normal(size=k).astype(np.float32)
+    products = solvers.TorchProducts(torch.device("cpu"))
+    if torch.backends.mkldnn.is_available():
+        assert products._linear is not None
+    (_, _, block), = products.operands(FeatureBlocks(X, X.shape[1], rows=len(X)))
+    ref = X.astype(np.float64) @ W + b
+    np.testing.assert_allclose(products.scores(block, W, b), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+    def refuses(*args):
+        raise RuntimeError("oneDNN: unsupported shape")
+
+    products._linear = refuses  # a build whose kernel refuses: MKL's addmm, and from then on
+    np.testing.assert_allclose(products.scores(block, W, b), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    assert products._linear is None
+
+
 def test_blockwise_fit_makes_no_copy_of_a_float32_matrix(data):
     X_train = data[0]
     blocks = FeatureBlocks(X_train, X_train.shape[1])

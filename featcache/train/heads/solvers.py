@@ -104,6 +104,22 @@ class NumpyProducts:
         return block.T @ G
 
 
+def onednn_linear(torch):
+    """torch's oneDNN fully-connected kernel (``x @ w.T + b``), or None where torch lacks it.
+
+    For the scores of a pass (a tall float32 matrix times a few columns) it is 1.5x faster than
+    ``addmm`` (MKL) on CPUs with AVX-512 (51,000 x 1,280 x 10 on 2 cores: 12 ms against 18 ms);
+    the same float32 product up to rounding. It is the kernel torch's own compiler calls for
+    ``nn.Linear`` on the CPU; the gradient's product (``G.T @ X``) has no faster form in it.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
 class TorchProducts:
     """The same products with torch on ``device``.
 
@@ -117,6 +133,7 @@ class TorchProducts:
 
         self.torch, self.device = torch, device
         self._resident = None  # the in-memory blocks on the GPU
+        self._linear = onednn_linear(torch) if device.type == "cpu" else None
 
     def operands(self, blocks: FeatureBlocks):
         if self.device.type == "cpu":
@@ -131,6 +148,11 @@ class TorchProducts:
         return shared_tensor(np.ascontiguousarray(a, dtype=np.float32)).to(self.device)
 
     def scores(self, block, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if self._linear is not None:
+            try:
+                return self._linear(block, self._tensor(W).t(), self._tensor(b), "none", [], "").numpy()
+            except RuntimeError:  # a build whose oneDNN refuses the shape: MKL from now on
+                self._linear = None
         return self.torch.addmm(self._tensor(b), block, self._tensor(W)).cpu().numpy()
 
     def gradient(self, block, G: np.ndarray) -> np.ndarray:
