@@ -180,10 +180,12 @@ def test_lazy_training_matrix_with_nan_is_refused(data, tmp_path):
 
 # ----------------------------------------------------------------- neighbours
 @pytest.mark.parametrize("search", ["numpy", "torch"])
-def test_top_k_cosine_is_exact_and_independent_of_chunks(data, monkeypatch, search):
+@pytest.mark.parametrize("margin", [32, 0])
+def test_top_k_cosine_is_exact_and_independent_of_chunks(data, monkeypatch, search, margin):
     import featcache.train.heads.neighbors as neighbors_mod
 
     monkeypatch.setattr(neighbors_mod, "TORCH_MIN_WORK", 0 if search == "torch" else 10**30)
+    monkeypatch.setattr(neighbors_mod, "RERANK_MARGIN", margin)  # 0: rows must widen their search
     X_train, X_test, _, _ = data
     train = X_train / np.linalg.norm(X_train, axis=1, keepdims=True)
     queries = X_test / np.linalg.norm(X_test, axis=1, keepdims=True)
@@ -196,6 +198,43 @@ def test_top_k_cosine_is_exact_and_independent_of_chunks(data, monkeypatch, sear
     idx_small, _ = top_k_cosine(queries, train, 7)
     np.testing.assert_array_equal(idx_small, idx)
     np.testing.assert_array_equal(top_k_cosine(queries[5:6], train, 7)[0], idx[5:6])
+    monkeypatch.setattr(neighbors_mod, "RERANK_BYTES", 1)  # one row, one candidate at a time
+    np.testing.assert_array_equal(top_k_cosine(queries[:9], train, 7)[0], idx[:9])
+
+
+@pytest.mark.parametrize("search", ["numpy", "torch"])
+def test_top_k_cosine_breaks_wide_ties_by_index(monkeypatch, search):
+    """A query with 100 equally similar training rows (more than the first candidates): the
+    k lowest indices among them, as an exact search gives."""
+    import featcache.train.heads.neighbors as neighbors_mod
+
+    monkeypatch.setattr(neighbors_mod, "TORCH_MIN_WORK", 0 if search == "torch" else 10**30)
+    rng = np.random.default_rng(4)
+    train = rng.normal(size=(400, 16)).astype(np.float32)
+    tied = rng.permutation(400)[:100]
+    train[tied] = train[tied[0]]
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    idx, sims = top_k_cosine(train[tied[:1]], train, 5)
+    np.testing.assert_array_equal(idx[0], np.sort(tied)[:5])
+    np.testing.assert_allclose(sims[0], 1.0, rtol=1e-6)
+
+
+def test_search_error_bounds_the_candidate_search():
+    import featcache.train.heads.neighbors as neighbors_mod
+
+    rng = np.random.default_rng(5)
+    for d in (16, 1280):
+        a, b = (rng.normal(size=(300, d)).astype(np.float32) for _ in range(2))
+        a /= np.linalg.norm(a, axis=1, keepdims=True)
+        b /= np.linalg.norm(b, axis=1, keepdims=True)
+        b[:10] = a[:10]  # similarities near 1, where bfloat16's spacing is widest
+        exact = a.astype(np.float64) @ b.T.astype(np.float64)
+        assert np.abs(a @ b.T - exact).max() <= neighbors_mod.search_error(d, bfloat16=False)
+        torch = pytest.importorskip("torch")
+        approx = (torch.from_numpy(a).bfloat16() @ torch.from_numpy(b).bfloat16().T).float().numpy()
+        err = np.abs(approx - exact).max()
+        assert err <= neighbors_mod.search_error(d, bfloat16=True)
+        assert neighbors_mod.search_error(d, bfloat16=True) < 0.0065  # ~3 bfloat16 roundings
 
 
 @pytest.mark.parametrize("weights", ["uniform", "distance"])

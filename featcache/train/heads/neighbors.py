@@ -34,14 +34,34 @@ def normalized_copy(blocks: FeatureBlocks) -> np.ndarray:
     return out
 
 
-#: Candidates kept beyond ``k`` by the bfloat16 search before the exact float64 re-ranking:
-#: bfloat16 dot products of unit vectors are off by up to a few 1e-3, so every training row
-#: within that band of the k-th neighbour must stay a candidate.
+#: Candidates the search keeps beyond ``k`` at first. Of them only those within the search's
+#: error bound of the k-th best (:func:`search_error`) are re-scored; a row whose band fills
+#: all of them is searched again with :data:`WIDEN` times as many, so no neighbour is lost.
 RERANK_MARGIN = 32
+WIDEN = 4
 #: multiply-adds from which the candidate search uses torch (numpy float32 would take ~4 s here,
 #: about what importing torch costs; benchmarks/README.md has the measured speeds)
 TORCH_MIN_WORK = 20_000_000_000
 _RERANK_ROWS = 128
+#: Most bytes of training rows gathered at once for the exact re-scoring.
+RERANK_BYTES = 64 * 2**20
+
+_U_BF16, _U_F32 = 2.0**-9, 2.0**-24  # unit roundoffs (round to nearest)
+
+
+def search_error(n_features: int, bfloat16: bool) -> float:
+    """Bound on ``|approximate - exact|`` cosine similarity of two unit rows of ``n_features``.
+
+    Float32 sums of ``n_features`` products are off by at most ``n_features * u32`` of the sum of
+    their magnitudes, itself at most 1 for unit rows (Cauchy-Schwarz). A bfloat16 search also
+    rounds both inputs (``2 u16``, plus ``u16**2``) and its result (``u16``, torch's CPU product
+    returns bfloat16). Twice the float32 term and the slack cover rows whose norm is 1 only to
+    float32 rounding.
+    """
+    accumulate = 2.0 * (n_features + 2) * _U_F32
+    if bfloat16:
+        return 3.0 * _U_BF16 + 2.0 * _U_BF16**2 + accumulate + 2.0**-20
+    return accumulate + 4.0 * _U_F32
 
 
 def top_k_cosine(queries: np.ndarray, train: np.ndarray, k: int,
@@ -51,17 +71,17 @@ def top_k_cosine(queries: np.ndarray, train: np.ndarray, k: int,
 
     The search is one matrix product per chunk of queries: numpy float32, or for searches of
     ``TORCH_MIN_WORK`` multiply-adds and more torch bfloat16 (AMX / AVX-512 BF16 on recent
-    CPUs) with torch's top-k; its ``k + RERANK_MARGIN`` best candidates are
-    then re-scored exactly in float64 row by row, so that the answer equals an exact search
-    (unless more than ``RERANK_MARGIN`` rows tie with the k-th within bfloat16 rounding),
-    does not depend on which other rows share a chunk, and ties go to the lower index.
+    CPUs) with torch's top-k. Its best candidates are re-scored exactly in float64: every row
+    whose approximate similarity is within twice :func:`search_error` of the approximate k-th
+    best, which provably holds the exact k best (a row whose band reaches past its candidates is
+    searched again with more). So the answer equals an exact search, does not depend on which
+    other rows share a chunk, and ties go to the lower index.
     ``device``: where torch's search runs ('auto': CUDA when there is one; a GPU named
     explicitly is used whatever the size; see
     :func:`featcache.train.heads._torch_train.products_device`), the training matrix copied
     there once per call and each chunk's similarities sized from that device's free memory.
     """
     m, n = len(queries), len(train)
-    c = min(n, k + RERANK_MARGIN)
     idx = np.empty((m, k), dtype=np.int64)
     sims = np.empty((m, k), dtype=np.float64)
     torch_device = products_device(device, m * n * train.shape[1], TORCH_MIN_WORK)
@@ -69,26 +89,46 @@ def top_k_cosine(queries: np.ndarray, train: np.ndarray, k: int,
         candidates, free = _numpy_candidates(train), None
     else:
         candidates, free = _torch_candidates(train, torch_device), device_free_bytes(torch_device)
+    band = 2.0 * search_error(train.shape[1], bfloat16=torch_device is not None)
     step = chunk_rows(n * 2 * 3, least=_RERANK_ROWS, available=free)
     for a in range(0, m, step):
         q = queries[a : a + step]
-        cand = candidates(q, c)
-        for r in range(0, len(q), _RERANK_ROWS):
-            rows = slice(r, r + _RERANK_ROWS)
-            i_k, s_k = _rerank(q[rows], train, cand[rows], k)
-            idx[a + r : a + r + len(i_k)], sims[a + r : a + r + len(i_k)] = i_k, s_k
+        for rows, cand, width in _banded_candidates(candidates, q, n, k, band):
+            r = 0
+            while r < len(rows):  # blocks of rows whose gathered candidates fit RERANK_BYTES
+                w = int(width[min(len(rows), r + _RERANK_ROWS) - 1])  # rows are sorted by width
+                stop = r + max(1, min(_RERANK_ROWS, RERANK_BYTES // (w * train.shape[1] * train.itemsize)))
+                w = int(width[min(len(rows), stop) - 1])
+                i_k, s_k = _rerank(q[rows[r:stop]], train, cand[r:stop, :w], k)
+                idx[a + rows[r:stop]], sims[a + rows[r:stop]] = i_k, s_k
+                r = stop
     return idx, sims
+
+
+def _banded_candidates(candidates, q: np.ndarray, n: int, k: int, band: float):
+    """Groups ``(rows, cand, width)`` of the chunk ``q``: candidate indices by decreasing
+    approximate similarity and how many of them each row must re-score (those within ``band``
+    of its k-th best), rows ordered by that width so that a block of rows re-scores alike."""
+    rows, c = np.arange(len(q)), min(n, k + RERANK_MARGIN)
+    while len(rows):
+        cand, approx = candidates(q[rows], c)
+        width = (approx >= approx[:, k - 1 : k] - band).sum(axis=1)
+        done = width < c if c < n else np.ones(len(rows), dtype=bool)
+        order = np.argsort(width[done], kind="stable")
+        yield rows[done][order], cand[done][order], width[done][order]
+        rows, c = rows[~done], min(n, c * WIDEN)
 
 
 def _numpy_candidates(train: np.ndarray):
     """Candidate search by a float32 product and ``argpartition`` (no torch to import)."""
     train32 = np.ascontiguousarray(train, dtype=np.float32)
 
-    def candidates(q: np.ndarray, c: int) -> np.ndarray:
+    def candidates(q: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
         s = np.ascontiguousarray(q, dtype=np.float32) @ train32.T
-        if c >= s.shape[1]:  # every row is a candidate; the exact re-ranking orders them
-            return np.broadcast_to(np.arange(s.shape[1]), s.shape).copy()
-        return np.argpartition(-s, c - 1, axis=1)[:, :c]
+        cand = np.argpartition(-s, c - 1, axis=1)[:, :c] if c < s.shape[1] else np.tile(np.arange(c), (len(s), 1))
+        approx = np.take_along_axis(s, cand, axis=1)
+        order = np.argsort(-approx, axis=1, kind="stable")
+        return np.take_along_axis(cand, order, axis=1), np.take_along_axis(approx, order, axis=1)
 
     return candidates
 
@@ -103,8 +143,9 @@ def _torch_candidates(train: np.ndarray, device):
 
     train_bf16 = on_device(train)
 
-    def candidates(q: np.ndarray, c: int) -> np.ndarray:
-        return torch.topk(on_device(q) @ train_bf16.T, c, dim=1, sorted=False).indices.cpu().numpy()
+    def candidates(q: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+        approx, cand = torch.topk(on_device(q) @ train_bf16.T, c, dim=1, sorted=True)
+        return cand.cpu().numpy(), approx.float().cpu().numpy()
 
     return candidates
 
@@ -113,7 +154,9 @@ def _rerank(q: np.ndarray, train: np.ndarray, cand: np.ndarray, k: int) -> tuple
     """The ``k`` best of the candidates by float64 similarity (ties: lower index first)."""
     # float32 inputs, float64 products and sums: the same numbers as converting both to float64
     # first, without writing a float64 copy of the gathered rows (2.7x faster)
-    exact = np.einsum("id,icd->ic", q, train[cand], dtype=np.float64)
+    cols = max(1, RERANK_BYTES // (len(q) * train.shape[1] * train.itemsize))  # < width: a very wide band
+    exact = np.concatenate([np.einsum("id,icd->ic", q, train[cand[:, j : j + cols]], dtype=np.float64)
+                            for j in range(0, cand.shape[1], cols)], axis=1)
     order = _order(exact, cand)[:, :k]
     return np.take_along_axis(cand, order, axis=1), np.take_along_axis(exact, order, axis=1)
 
