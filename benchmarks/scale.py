@@ -325,6 +325,8 @@ def heads_phase(a, heads: list[str], r, mem, on_row) -> list[dict]:
 
     from featcache.store.views import load_features
 
+    import torch  # noqa: F401  loaded before the first head is timed, as a cold extraction leaves it:
+    # on a cache hit it is not, and the first head that uses torch would time the import too
     view = load_features(r.view, mmap=a.from_disk)
     d = head_arrays(view, split_rows(view, a.seed), a.from_disk)
     n_train, dim = d["X_train"].shape

@@ -82,9 +82,9 @@ def squared_hinge_loss(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]
 
 
 #: Passes of at least this many multiply-adds (rows x features x score columns) make their two
-#: products with torch (MKL) instead of numpy (OpenBLAS): on 2 cores, 51,000 x 1,280 x 10
-#: takes 43 ms a pass instead of 70 ms. Below it, a fit is too short to pay for importing
-#: torch (2.5 s) when nothing else has.
+#: products with torch (oneDNN, MKL) instead of numpy (OpenBLAS): on 2 cores, 51,000 x 1,280 x 10
+#: takes 34 ms a pass (42 ms with MKL's scores) instead of 70 ms. Below it, a fit is too short to
+#: pay for importing torch (2.5 s) when nothing else has.
 TORCH_MIN_MACS = 256 * 2**20
 #: Rows per torch product over an in-memory matrix: at most this many scores (rows x columns).
 TORCH_BLOCK_SCORES = 2**22
