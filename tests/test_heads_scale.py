@@ -284,6 +284,23 @@ def test_warm_started_logreg_path_matches_cold_fits(data, blockwise):
     np.testing.assert_allclose(res.best_estimator.coef_, best.coef_, atol=1e-2 * np.abs(best.coef_).max())
 
 
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+def test_linear_path_whitens_once(name, data, blockwise, monkeypatch):
+    """The preconditioner depends on the matrix only: a path computes it at its first point."""
+    X_train, X_val, y_train, y_val = data
+    calls = []
+    real = solvers.covariance_factor
+    monkeypatch.setattr(solvers, "covariance_factor", lambda objective: calls.append(1) or real(objective))
+    first = make_head(name, C=0.01).fit(X_train, y_train)
+    assert first._factor_ is not None and "_factor_" not in first.__getstate__()
+    warm = make_head(name, C=1.0).fit(X_train, y_train, warm_start=first)
+    assert len(calls) == 1 and warm._factor_ is first._factor_
+    cold = make_head(name, C=1.0).fit(X_train, y_train, warm_start=None)
+    assert len(calls) == 2  # the same problem from another start: the same answer to the tolerance
+    np.testing.assert_allclose(warm.coef_, cold.coef_, atol=5e-2 * np.abs(cold.coef_).max())
+    assert np.mean(warm.predict(X_val) == cold.predict(X_val)) >= 0.99
+
+
 def test_knn_path_searches_neighbours_once(data, monkeypatch):
     X_train, X_val, y_train, y_val = data
     calls = []

@@ -114,9 +114,16 @@ class _LinearModelHead(HeadBase):
         objective = LinearObjective(blocks, y_enc, len(self.classes_), loss=self._loss, C=self.C,
                                     mean=self.mean_, scale=self.scale_, device=self.device)
         init = (warm.coef_, warm.intercept_) if warm else None
-        res = fit_linear(objective, max_iter=self.max_iter, tol=1e-4, init=init, who=type(self).__name__)
+        res = fit_linear(objective, max_iter=self.max_iter, tol=1e-4, init=init, who=type(self).__name__,
+                         factor=getattr(warm, "_factor_", None))
         self.coef_, self.intercept_, self.n_iter_ = res.coef, res.intercept, res.n_iter
+        self._factor_ = res.factor  # the path's next point preconditions with it (not saved)
         return self
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_factor_", None)  # derived from the training matrix: ~d*d*8 bytes not to ship
+        return state
 
     def _fit_sklearn(self, X: np.ndarray, y_enc: np.ndarray) -> None:
         """scikit-learn's own solver, in float64 (small matrices: see :data:`SKLEARN_MAX_MACS`)."""

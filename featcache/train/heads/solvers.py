@@ -167,6 +167,7 @@ class LinearFit:
     intercept: np.ndarray
     n_iter: int
     converged: bool
+    factor: np.ndarray | None = None  # the preconditioner used (reusable on the same matrix)
 
 
 class LinearObjective:
@@ -297,20 +298,24 @@ def history_size(n_params: int) -> int:
 
 
 def fit_linear(objective: LinearObjective, *, max_iter: int, tol: float,
-               init: tuple[np.ndarray, np.ndarray] | None = None, who: str = "head") -> LinearFit:
+               init: tuple[np.ndarray, np.ndarray] | None = None, who: str = "head",
+               factor: np.ndarray | None = None) -> LinearFit:
     """Minimise ``objective`` with L-BFGS-B from ``init`` (coef (k, d), intercept (k,)) or 0.
 
     With many more rows than features the problem is solved in whitened coordinates
     (:class:`Preconditioned`: 2-4x fewer passes over the data on CNN features), stopping
-    when the largest entry of the original gradient is at most ``tol``. Warns with
-    ``ConvergenceWarning`` when ``max_iter`` iterations were not enough.
+    when the largest entry of the original gradient is at most ``tol``. ``factor``: the
+    :func:`covariance_factor` of an earlier fit on the same matrix and statistics (a path's
+    previous point; it depends on neither ``C`` nor the loss), computed here when None. Warns
+    with ``ConvergenceWarning`` when ``max_iter`` iterations were not enough.
     """
     d, k = objective.d, objective.k
     theta = np.zeros(d * k + k)
     if init is not None and np.shape(init[0]) == (k, d) and np.shape(init[1]) == (k,):
         theta[: d * k] = np.asarray(init[0], dtype=np.float64).T.ravel()
         theta[d * k :] = init[1]
-    factor = covariance_factor(objective)
+    if factor is None:
+        factor = covariance_factor(objective)
     fun = objective if factor is None else Preconditioned(objective, factor)
     x0 = theta if factor is None else fun.from_theta(theta)
     options = {"maxiter": int(max_iter), "maxls": 50, "maxcor": history_size(theta.size),
@@ -332,4 +337,4 @@ def fit_linear(objective: LinearObjective, *, max_iter: int, tol: float,
             "max_iter, or raise the regularisation (smaller C)", ConvergenceWarning, stacklevel=3)
     W, b = objective.unpack(res.x if factor is None else fun.to_theta(res.x))
     return LinearFit(np.ascontiguousarray(W.T), np.asarray(b, dtype=np.float64).copy(),
-                     int(res.nit), bool(converged))
+                     int(res.nit), bool(converged), factor)
