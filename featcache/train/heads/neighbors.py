@@ -43,6 +43,7 @@ WIDEN = 4
 #: about what importing torch costs; benchmarks/README.md has the measured speeds)
 TORCH_MIN_WORK = 20_000_000_000
 _RERANK_ROWS = 128
+_TRANSPOSE_ROWS = 1024
 #: Most bytes of training rows gathered at once for the exact re-scoring.
 RERANK_BYTES = 64 * 2**20
 
@@ -141,10 +142,16 @@ def _torch_candidates(train: np.ndarray, device):
     def on_device(a: np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).bfloat16().to(device)
 
-    train_bf16 = on_device(train)
+    # transposed once, (features, rows): the product then runs 1.2x faster on the CPU (10,000 x
+    # 51,000 x 1,280: 1.0 instead of 1.23 s) for 0.05 s more than the plain bfloat16 copy
+    source = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
+    train_t = torch.empty((train.shape[1], len(train)), dtype=torch.bfloat16)
+    for a in range(0, len(train), _TRANSPOSE_ROWS):  # in blocks that stay in cache: 1.7x faster than one copy
+        train_t[:, a : a + _TRANSPOSE_ROWS].copy_(source[a : a + _TRANSPOSE_ROWS].bfloat16().t())
+    train_t = train_t.to(device)
 
     def candidates(q: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-        approx, cand = torch.topk(on_device(q) @ train_bf16.T, c, dim=1, sorted=True)
+        approx, cand = torch.topk(on_device(q) @ train_t, c, dim=1, sorted=True)
         return cand.cpu().numpy(), approx.float().cpu().numpy()
 
     return candidates
