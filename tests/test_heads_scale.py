@@ -219,6 +219,22 @@ def test_top_k_cosine_breaks_wide_ties_by_index(monkeypatch, search):
     np.testing.assert_allclose(sims[0], 1.0, rtol=1e-6)
 
 
+def test_gpu_search_sums_in_float32_and_restores_the_setting():
+    from types import SimpleNamespace
+
+    from featcache.train.heads.neighbors import float32_accumulation
+
+    flags = SimpleNamespace(allow_bf16_reduced_precision_reduction=True)
+    fake_torch = SimpleNamespace(backends=SimpleNamespace(cuda=SimpleNamespace(matmul=flags)))
+    with pytest.raises(KeyError):
+        with float32_accumulation(fake_torch, SimpleNamespace(type="cuda")):
+            assert flags.allow_bf16_reduced_precision_reduction is False
+            raise KeyError("a failing search")
+    assert flags.allow_bf16_reduced_precision_reduction is True
+    with float32_accumulation(fake_torch, SimpleNamespace(type="cpu")):
+        assert flags.allow_bf16_reduced_precision_reduction is True
+
+
 def test_search_error_bounds_the_candidate_search():
     import featcache.train.heads.neighbors as neighbors_mod
 

@@ -12,6 +12,8 @@ class probabilities exactly as scikit-learn's ``KNeighborsClassifier`` (``unifor
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from featcache.train.heads._torch_train import device_free_bytes, products_device
@@ -155,7 +157,8 @@ def _torch_candidates(train: np.ndarray, device):
     train_t = train_t.to(device)
 
     def search(q: np.ndarray):
-        sims = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).bfloat16().to(device) @ train_t
+        with float32_accumulation(torch, device):
+            sims = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).bfloat16().to(device) @ train_t
 
         def top(rows: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
             s = sims if len(rows) == len(sims) else sims[torch.from_numpy(rows).to(device)]
@@ -165,6 +168,22 @@ def _torch_candidates(train: np.ndarray, device):
         return top
 
     return search
+
+
+@contextlib.contextmanager
+def float32_accumulation(torch, device):
+    """cuBLAS may sum bfloat16 products in bfloat16 (``allow_bf16_reduced_precision_reduction``,
+    on by default), which :func:`search_error` does not bound: off for the search."""
+    if device.type != "cuda":
+        yield
+        return
+    flags = torch.backends.cuda.matmul
+    before = flags.allow_bf16_reduced_precision_reduction
+    flags.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        flags.allow_bf16_reduced_precision_reduction = before
 
 
 def _rerank(q: np.ndarray, train: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
