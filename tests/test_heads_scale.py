@@ -166,6 +166,28 @@ def test_every_sklearn_style_head_trains_from_disk_in_blocks(name, data, tmp_pat
                                rtol=1e-5, atol=1e-6)
 
 
+def test_knn_predicts_lazy_blocks_with_one_index(data, tmp_path, monkeypatch):
+    """Query blocks read from disk share one search index (the bfloat16 training matrix is
+    built once per prediction, not once per block), with the neighbours of one whole search."""
+    import featcache.train.heads.neighbors as neighbors_mod
+
+    X_train, X_test, y_train, _ = data
+    monkeypatch.setattr(neighbors_mod, "TORCH_MIN_WORK", 0)
+    monkeypatch.setattr(heads_base, "BLOCK_BYTES", 100 * 40 * 4)  # blocks of 100 rows
+    head = make_head("knn", n_neighbors=7).fit(X_train, y_train)
+    whole = head.predict_proba(X_test)
+    builds = []
+    real = neighbors_mod._torch_candidates
+    monkeypatch.setattr(neighbors_mod, "_torch_candidates", lambda *a: builds.append(1) or real(*a))
+    with h5py.File(tmp_path / "q.h5", "w") as f:
+        f["x"] = X_test
+    with h5py.File(tmp_path / "q.h5", "r") as f:
+        head._last_query_ = {}
+        lazy = RowLimitedArray(f["x"], max_rows=100)
+        np.testing.assert_array_equal(head.predict_proba(lazy), whole)
+        assert lazy.reads >= 6 and builds == [1]
+
+
 def test_lazy_training_matrix_with_nan_is_refused(data, tmp_path):
     X_train, _, y_train, _ = data
     bad = X_train.copy()
@@ -320,13 +342,13 @@ def test_linear_path_whitens_once(name, data, blockwise, monkeypatch):
 def test_knn_path_searches_neighbours_once(data, monkeypatch):
     X_train, X_val, y_train, y_val = data
     calls = []
-    real = sklearn_heads.top_k_cosine
+    real = sklearn_heads.CosineSearch.top_k
 
-    def counting(queries, train, k, device):
+    def counting(self, queries, k):
         calls.append(k)
-        return real(queries, train, k, device)
+        return real(self, queries, k)
 
-    monkeypatch.setattr(sklearn_heads, "top_k_cosine", counting)
+    monkeypatch.setattr(sklearn_heads.CosineSearch, "top_k", counting)
     grid = {"n_neighbors": [1, 5, 10], "weights": ["uniform", "distance"]}
     res = sweep(lambda p: make_head("knn", **p), grid, X_train, y_train, X_val, y_val)
     assert calls == [10]  # the largest k once; every other point reuses it

@@ -1,8 +1,8 @@
 """Blockwise cosine nearest neighbours and class means.
 
-:func:`top_k_cosine` multiplies chunks of queries by the unit-norm training matrix (one
-bfloat16 product per chunk, torch) and keeps the best candidates of each row, re-scored
-exactly in float64; a chunk's similarity matrix is sized from the available memory
+:class:`CosineSearch` (:func:`top_k_cosine` for one matrix of queries) multiplies chunks of
+queries by the unit-norm training matrix (one bfloat16 product per chunk, torch) and keeps the
+best candidates of each row, re-scored exactly in float64; a chunk's similarity matrix is sized from the available memory
 (:func:`featcache.train.heads.blocks.chunk_rows`), so the full (queries x training rows)
 matrix never exists. The candidate search uses torch (bfloat16) only for searches of at
 least ``TORCH_MIN_WORK`` multiply-adds, where it saves more than importing torch costs; smaller
@@ -70,42 +70,56 @@ def search_error(n_features: int, bfloat16: bool) -> float:
 def top_k_cosine(queries: np.ndarray, train: np.ndarray, k: int,
                  device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Indices (m, k) and cosine similarities (m, k) of the ``k`` most similar rows of
-    ``train`` (unit rows) for each unit row of ``queries``, most similar first.
+    ``train`` (unit rows) for each unit row of ``queries``, most similar first: one
+    :class:`CosineSearch` of ``queries``."""
+    return CosineSearch(train, device, n_queries=len(queries)).top_k(queries, k)
+
+
+class CosineSearch:
+    """Exact cosine k-nearest-neighbour search of query blocks in the unit rows of ``train``.
 
     The search is one matrix product per chunk of queries: numpy float32, or for searches of
-    ``TORCH_MIN_WORK`` multiply-adds and more torch bfloat16 (AMX / AVX-512 BF16 on recent
-    CPUs) with torch's top-k. Its best candidates are re-scored exactly in float64: every row
-    whose approximate similarity is within twice :func:`search_error` of the approximate k-th
-    best, which provably holds the exact k best (a row whose band reaches past its candidates is
-    searched again with more). So the answer equals an exact search, does not depend on which
-    other rows share a chunk, and ties go to the lower index.
+    ``TORCH_MIN_WORK`` multiply-adds and more (``n_queries`` rows in all) torch bfloat16 (AMX /
+    AVX-512 BF16 on recent CPUs) with torch's top-k. Its best candidates are re-scored exactly
+    in float64: every row whose approximate similarity is within twice :func:`search_error` of
+    the approximate k-th best, which provably holds the exact k best (a row whose band reaches
+    past its candidates takes more). So the answer equals an exact search, does not depend on
+    which other rows share a chunk or a block, and ties go to the lower index.
     ``device``: where torch's search runs ('auto': CUDA when there is one; a GPU named
     explicitly is used whatever the size; see
-    :func:`featcache.train.heads._torch_train.products_device`), the training matrix copied
-    there once per call and each chunk's similarities sized from that device's free memory.
+    :func:`featcache.train.heads._torch_train.products_device`); the training matrix is copied
+    there (transposed, bfloat16) once, at the first block, and each chunk's similarities are
+    sized from that device's free memory.
     """
-    m, n = len(queries), len(train)
-    idx = np.empty((m, k), dtype=np.int64)
-    sims = np.empty((m, k), dtype=np.float64)
-    torch_device = products_device(device, m * n * train.shape[1], TORCH_MIN_WORK)
-    if torch_device is None:
-        search, free = _numpy_candidates(train), None
-    else:
-        search, free = _torch_candidates(train, torch_device), device_free_bytes(torch_device)
-    band = 2.0 * search_error(train.shape[1], bfloat16=torch_device is not None)
-    step = chunk_rows(n * 2 * 3, least=_RERANK_ROWS, available=free)
-    for a in range(0, m, step):
-        q = queries[a : a + step]
-        for rows, cand, width in _banded_candidates(search, q, n, k, band):
-            r = 0
-            while r < len(rows):  # blocks of rows whose gathered candidates fit RERANK_BYTES
-                w = int(width[min(len(rows), r + _RERANK_ROWS) - 1])  # rows are sorted by width
-                stop = r + max(1, min(_RERANK_ROWS, RERANK_BYTES // (w * train.shape[1] * train.itemsize)))
-                w = int(width[min(len(rows), stop) - 1])
-                i_k, s_k = _rerank(q[rows[r:stop]], train, cand[r:stop, :w], k)
-                idx[a + rows[r:stop]], sims[a + rows[r:stop]] = i_k, s_k
-                r = stop
-    return idx, sims
+
+    def __init__(self, train: np.ndarray, device: str = "auto", *, n_queries: int):
+        self.train = train
+        self.device = products_device(device, n_queries * len(train) * train.shape[1], TORCH_MIN_WORK)
+        self.band = 2.0 * search_error(train.shape[1], bfloat16=self.device is not None)
+        self._search = None
+
+    def top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and similarities (``len(queries)``, k) of one block of unit query rows."""
+        train = self.train
+        m, n = len(queries), len(train)
+        idx = np.empty((m, k), dtype=np.int64)
+        sims = np.empty((m, k), dtype=np.float64)
+        if self._search is None:
+            self._search = _numpy_candidates(train) if self.device is None else _torch_candidates(train, self.device)
+        free = None if self.device is None else device_free_bytes(self.device)
+        step = chunk_rows(n * 2 * 3, least=_RERANK_ROWS, available=free)
+        for a in range(0, m, step):
+            q = queries[a : a + step]
+            for rows, cand, width in _banded_candidates(self._search, q, n, k, self.band):
+                r = 0
+                while r < len(rows):  # blocks of rows whose gathered candidates fit RERANK_BYTES
+                    w = int(width[min(len(rows), r + _RERANK_ROWS) - 1])  # rows are sorted by width
+                    stop = r + max(1, min(_RERANK_ROWS, RERANK_BYTES // (w * train.shape[1] * train.itemsize)))
+                    w = int(width[min(len(rows), stop) - 1])
+                    i_k, s_k = _rerank(q[rows[r:stop]], train, cand[r:stop, :w], k)
+                    idx[a + rows[r:stop]], sims[a + rows[r:stop]] = i_k, s_k
+                    r = stop
+        return idx, sims
 
 
 def _banded_candidates(search, q: np.ndarray, n: int, k: int, band: float):

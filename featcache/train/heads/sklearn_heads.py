@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 from featcache.train.heads._torch_train import check_device
 from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, softmax, standardized_affine
 from featcache.train.heads.blocks import FeatureBlocks, column_stats
-from featcache.train.heads.neighbors import class_means, normalize_rows, normalized_copy, top_k_cosine, vote
+from featcache.train.heads.neighbors import CosineSearch, class_means, normalize_rows, normalized_copy, vote
 from featcache.train.heads.registry import register_head
 from featcache.train.heads.solvers import LinearObjective, fit_linear
 
@@ -212,7 +212,7 @@ class KNNHead(HeadBase):
 
     On unit vectors the Euclidean distance is ``sqrt(2 - 2 cos)``, so neighbours are the
     most cosine-similar training rows; they are found by blockwise float32 matrix products
-    (:func:`featcache.train.heads.neighbors.top_k_cosine`). ``weights`` is ``"uniform"`` or
+    (:class:`featcache.train.heads.neighbors.CosineSearch`). ``weights`` is ``"uniform"`` or
     ``"distance"``. ``n_neighbors`` larger than the training set is clipped
     (``n_neighbors_``). Learned state: the normalised training matrix ``fit_X_`` (float32;
     files written before it was float32 hold float64 and are used as they are) and the
@@ -259,9 +259,9 @@ class KNNHead(HeadBase):
         ref = last.get("ref")
         if ref is not None and ref() is X and last["idx"].shape[1] >= k:
             return last["idx"][:, :k], last["sims"][:, :k]
-        device = self._search_device()
-        parts = [top_k_cosine(normalize_rows(block.astype(self.fit_X_.dtype)), self.fit_X_, k, device)
-                 for block in self._query_blocks(X)]
+        blocks = self._query_blocks(X)
+        search = CosineSearch(self.fit_X_, self._search_device(), n_queries=sum(len(b) for b in blocks))
+        parts = [search.top_k(normalize_rows(block.astype(self.fit_X_.dtype)), k) for block in blocks]
         idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), dtype=np.int64)
         sims = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k))
         try:
