@@ -261,7 +261,7 @@ class KNNHead(HeadBase):
             return last["idx"][:, :k], last["sims"][:, :k]
         blocks = self._query_blocks(X)
         search = CosineSearch(self.fit_X_, self._search_device(), n_queries=sum(len(b) for b in blocks))
-        parts = [search.top_k(normalize_rows(block.astype(self.fit_X_.dtype)), k) for block in blocks]
+        parts = [search.top_k(normalize_rows(block.astype(self.fit_X_.dtype, copy=False)), k) for block in blocks]
         idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), dtype=np.int64)
         sims = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k))
         try:
