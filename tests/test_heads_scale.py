@@ -357,6 +357,19 @@ def test_knn_path_searches_neighbours_once(data, monkeypatch):
         assert row["val_score"] == cold.score(X_val, y_val)
 
 
+def test_pickling_a_head_leaves_out_its_caches_without_touching_them(data):
+    import pickle
+
+    X_train, X_val, y_train, _ = data
+    head = make_head("knn", n_neighbors=5).fit(X_train, y_train)
+    expected = head.predict(X_val)
+    blob = pickle.dumps(head)
+    assert head._last_query_["ref"]() is X_val  # the live head keeps its cache
+    copy = pickle.loads(blob)
+    assert "_last_query_" not in vars(copy)
+    np.testing.assert_array_equal(copy.predict(X_val), expected)
+
+
 def test_a_failing_point_of_a_path_is_named(data):
     X_train, X_val, y_train, y_val = data
     with pytest.raises(HeadError, match=r"C=-1 is not valid; expected a positive number"):

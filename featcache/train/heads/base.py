@@ -155,6 +155,14 @@ class HeadBase(ClassifierMixin, BaseEstimator):
     _state_keys: tuple[str, ...] = ("classes_", "n_features_in_")
     #: Default hyperparameter grid for a sweep (see ``featcache.train.heads.default_grid``).
     _default_grid: dict[str, list] = {}
+    #: Caches of this process (reused along a sweep's path), left out when the head is pickled.
+    _process_local: tuple[str, ...] = ()
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # object's is the live __dict__: never edit it
+        for name in self._process_local:
+            state.pop(name, None)
+        return state
 
     # ---------------------------------------------------------------- validation
     def _validate_fit(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:

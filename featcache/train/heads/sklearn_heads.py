@@ -90,6 +90,7 @@ class _LinearModelHead(HeadBase):
     )
     _loss = "logistic"
     path_param = "C"
+    _process_local = ("_factor_",)  # derived from the training matrix: ~d*d*8 bytes not to ship
 
     def make_reference(self):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -119,11 +120,6 @@ class _LinearModelHead(HeadBase):
         self.coef_, self.intercept_, self.n_iter_ = res.coef, res.intercept, res.n_iter
         self._factor_ = res.factor  # the path's next point preconditions with it (not saved)
         return self
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_factor_", None)  # derived from the training matrix: ~d*d*8 bytes not to ship
-        return state
 
     def _fit_sklearn(self, X: np.ndarray, y_enc: np.ndarray) -> None:
         """scikit-learn's own solver, in float64 (small matrices: see :data:`SKLEARN_MAX_MACS`)."""
@@ -224,6 +220,7 @@ class KNNHead(HeadBase):
     """
 
     _state_keys = ("classes_", "n_features_in_", "fit_X_", "fit_y_", "n_neighbors_")
+    _process_local = ("_last_query_",)  # weak references do not pickle; the cache is rebuilt
     _default_grid = {"n_neighbors": [1, 5, 10, 20], "weights": ["uniform", "distance"]}
     path_param = "n_neighbors"
     path_descending = True
@@ -244,7 +241,7 @@ class KNNHead(HeadBase):
                 "'distance'; fix the weights parameter"
             )
         if _compatible(self, warm_start, y_enc):
-            self.fit_X_, self._last_query_ = warm_start.fit_X_, warm_start._last_query_
+            self.fit_X_, self._last_query_ = warm_start.fit_X_, warm_start.__dict__.setdefault("_last_query_", {})
         else:
             self.fit_X_ = normalized_copy(FeatureBlocks(X, self.n_features_in_))
             self._last_query_ = {}
@@ -255,7 +252,7 @@ class KNNHead(HeadBase):
 
     def _neighbors(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Neighbour indices and similarities of every row of ``X`` (reusing the last query)."""
-        k, last = self.n_neighbors_, getattr(self, "_last_query_", {})
+        k, last = self.n_neighbors_, self.__dict__.setdefault("_last_query_", {})
         ref = last.get("ref")
         if ref is not None and ref() is X and last["idx"].shape[1] >= k:
             return last["idx"][:, :k], last["sims"][:, :k]
@@ -293,11 +290,6 @@ class KNNHead(HeadBase):
         check_is_fitted(self)
         idx, sims = self._neighbors(X)
         return vote(np.asarray(self.fit_y_)[idx], sims, len(self.classes_), self.weights)
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state["_last_query_"] = {}  # weak references do not pickle; the cache is rebuilt
-        return state
 
     def _proba_from_decision(self, decision: np.ndarray) -> np.ndarray:
         return decision
