@@ -56,6 +56,30 @@ class _TorchHead(HeadBase):
         "loss_curve_", "validation_scores_", "validation_loss_curve_",
     )
 
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int | str = "auto",
+        max_epochs: int = 100,
+        patience: int = 10,
+        validation_fraction: float = 0.1,
+        early_stopping: bool = True,
+        random_state=0,
+        device: str = "auto",
+        precision: str = "auto",
+    ):
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.random_state = random_state
+        self.device = device
+        self.precision = precision
+
     def _hidden(self) -> tuple[int, ...]:
         return ()
 
@@ -224,30 +248,6 @@ class LinearHead(_TorchHead):
         as its own ``fit`` would (up to float rounding). See :mod:`featcache.train.heads._torch_grid`."""
         return fit_linear_grid(heads, X, y)
 
-    def __init__(
-        self,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        batch_size: int | str = "auto",
-        max_epochs: int = 100,
-        patience: int = 10,
-        validation_fraction: float = 0.1,
-        early_stopping: bool = True,
-        random_state=0,
-        device: str = "auto",
-        precision: str = "auto",
-    ):
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.random_state = random_state
-        self.device = device
-        self.precision = precision
-
 
 @register_head("mlp")
 class MLPHead(_TorchHead):
@@ -276,16 +276,9 @@ class MLPHead(_TorchHead):
     ):
         self.hidden_sizes = hidden_sizes
         self.dropout = dropout
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.random_state = random_state
-        self.device = device
-        self.precision = precision
+        super().__init__(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
+                         patience=patience, validation_fraction=validation_fraction, early_stopping=early_stopping,
+                         random_state=random_state, device=device, precision=precision)
 
     def _hidden(self) -> tuple[int, ...]:
         sizes = self.hidden_sizes
