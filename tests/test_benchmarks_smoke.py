@@ -83,13 +83,15 @@ def test_cache_reuse(tmp_path):
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_scale(tmp_path):
-    res = run_script("scale", tmp_path)
-    assert res["complete"] is True
+    res = run_script("scale", tmp_path, "--repeats", "2")
+    assert res["complete"] is True and res["settings"]["repeats"] == 2
     ex = res["extraction"]
     assert ex["rows"] == 140 and ex["img_per_s"] > 0 and ex["store_view_bytes_per_row"] > 0
     assert {h["head"] for h in res["heads"]} == {"ncm", "knn", "logreg"}
     for h in res["heads"]:
         assert 0.0 <= h["test_accuracy"] <= 1.0 and h["fit_s"] >= 0
+        assert len(h["fit_s_all"]) == len(h["predict_s_all"]) == 2  # the reported times: their medians
+        assert h["fit_s"] == pytest.approx(sum(h["fit_s_all"]) / 2)
     assert res["raw_pixels"]["features"] == "raw pixels 784-d" and res["raw_pixels"]["test_accuracy"] > 0
     assert "arXiv:1708.07747" in res["published_source"]
 
