@@ -22,6 +22,8 @@ class UnknownNameError(FeatcacheError, KeyError):
         msg = f"unknown {kind} {name!r}"
         if close:
             msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
+        elif not valid:
+            msg += "; there are none"
         elif len(valid) <= 12:
             msg += f"; expected one of: {', '.join(valid)}"
         if hint:

@@ -72,6 +72,19 @@ def test_sweep_chooses_on_validation_and_says_so(digits):
     assert fit["params"]["C"] == 1 and len(fit["sweep"]) == 2
 
 
+def test_unknown_feature_key_names_the_store_and_what_to_do(digits, tmp_path):
+    cache, _ = digits
+    r = invoke("fit-head", "--head", "ncm", "--features", "nosuchkey", "--cache", cache)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "unknown feature key 'nosuchkey'" in r.output and "expected one of: resnet18-" in r.output
+    assert f"featcache cache ls --cache {cache}" in r.output
+    empty = tmp_path / "empty"
+    r = invoke("fit-head", "--head", "ncm", "--features", "nosuchkey", "--cache", empty)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "there are none" in r.output and f"the store {empty} holds no feature sets yet" in r.output
+    assert "expected one of" not in r.output
+
+
 def test_unlabelled_view_and_single_class_are_refused(tmp_path):
     from conftest import unlabelled_and_single_class
 

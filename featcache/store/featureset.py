@@ -248,6 +248,8 @@ class FeatureStore:
         if len(matches) == 1:
             return matches[0]
         if not matches:
-            raise UnknownNameError(f"feature key in {self.root}", key, [s.key for s in sets],
-                                   hint="`featcache cache ls` lists them")
+            hint = (f"`featcache cache ls --cache {self.root}` lists them" if sets else
+                    f"the store {self.root} holds no feature sets yet: run `featcache extract` first, "
+                    "or pass the --cache that holds them")
+            raise UnknownNameError("feature key", key, [s.key for s in sets], hint=hint)
         raise StoreError(f"feature key prefix {key!r} is ambiguous: {', '.join(s.key for s in matches)}")
