@@ -236,6 +236,29 @@ def test_bad_hyperparameters_are_reported(small):
         make_head("linear", batch_size="big").fit(X, y)
 
 
+BAD_VALUE = {"linear": {"lr": -1}, "mlp": {"dropout": 1.5}, "logreg": {"C": 0}, "svm": {"max_iter": 0},
+             "knn": {"weights": "nearest"}, "ncm": {"temperature": -0.1}}
+
+
+@pytest.mark.parametrize("name", ALL_HEADS)
+def test_check_params_finds_without_data_what_fit_refuses(name, small):
+    from featcache.train.heads import check_head
+
+    assert set(BAD_VALUE) == set(ALL_HEADS)
+    make_head(name).check_params()  # the defaults are valid
+    (key, value), = BAD_VALUE[name].items()
+    with pytest.raises(HeadInputError, match=f"{key}={value!r} is not valid") as early:
+        make_head(name, **BAD_VALUE[name]).check_params()
+    with pytest.raises(HeadInputError) as late:
+        make_head(name, **BAD_VALUE[name]).fit(*small)
+    assert str(late.value) == str(early.value)
+    with pytest.raises(HeadInputError, match=f"{key}={value!r}"):  # a bad value anywhere in a grid
+        check_head(name, grid={key: [make_head(name).get_params()[key], value]})
+    if name != "ncm":  # every head but ncm has a device
+        with pytest.raises(HeadInputError, match="device='tpu'"):
+            make_head(name, device="tpu").check_params()
+
+
 def test_wrong_number_of_features(small):
     X, y = small
     head = small_head("ncm").fit(X, y)

@@ -94,6 +94,14 @@ def test_unknown_keys_name_the_close_match_and_the_valid_keys(tmp_path, text, ki
     assert "p.toml" in msg and ("valid" in msg or "expected one of" in msg)
 
 
+def test_bad_head_values_fail_when_the_file_is_read(tmp_path):
+    text = MINIMAL.replace('name = "logreg"', 'name = "svm"\ngrid = {C = [0.1, -1.0]}')
+    with pytest.raises(PipelineError, match=r"p\.toml.*\[\[heads\]\] #1 \(svm\): SVMHead: C=-1\.0 is not valid"):
+        parse(text, tmp_path)
+    with pytest.raises(PipelineError, match=r"KNNHead: n_neighbors=0 is not valid"):
+        parse(MINIMAL.replace('name = "logreg"', 'name = "knn"\nparams = {n_neighbors = 0}'), tmp_path)
+
+
 def test_unknown_backbone_and_head_names(tmp_path):
     with pytest.raises(UnknownNameError, match="did you mean 'resnet18'"):
         parse(MINIMAL.replace('"resnet18"', '"resnet-18"'), tmp_path)

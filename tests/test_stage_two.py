@@ -149,6 +149,22 @@ def test_bad_seed_and_jobs_are_one_clear_error(digits, option, value, kwargs, na
     assert "Traceback" not in r.output and "InvalidParameterError" not in r.output
 
 
+@pytest.mark.parametrize("args, names", [
+    (["--head", "knn", "--param", "n_neighbors=abc"], ["KNNHead", "n_neighbors='abc'", "a positive int"]),
+    (["--head", "svm", "--C", "0.1,-1"], ["SVMHead", "C=-1", "a positive number"]),
+    (["--head", "mlp", "--param", "dropout=0.2,1.5"], ["MLPHead", "dropout=1.5", "in [0, 1)"]),
+    (["--head", "logreg", "--param", "device=tpu"], ["device='tpu'", "'cuda:N'"]),
+])
+def test_bad_head_values_fail_before_anything_is_extracted(tmp_path, args, names):
+    # before: only the parameter names were checked early; a bad value failed in fit, after extraction
+    cache = tmp_path / "cache"
+    r = invoke("fit-head", "--data", "builtin:digits", *EXTRACT, *args, "--cache", cache)
+    assert r.exit_code == 1 and r.output.startswith("Error:") and "Traceback" not in r.output, r.output
+    for name in names:
+        assert name in r.output, (name, r.output)
+    assert not (cache / "features").exists(), "extracted before the head's parameters were checked"
+
+
 def test_parse_grid_values():
     from featcache.train.params import parse_grid
 

@@ -472,7 +472,7 @@ def _weights(name: str, weights: str, where: str, ctx: _Ctx, base: Path) -> str:
 
 
 def _parse_heads(items, ctx: _Ctx, backbone_labels: set[str]) -> tuple[HeadSpec, ...]:
-    from featcache.train.heads import list_heads, make_head
+    from featcache.train.heads import check_head, list_heads
 
     if not items:
         raise ctx.error('declares no head; expected at least one\n[[heads]]\nname = "logreg"')
@@ -492,8 +492,8 @@ def _parse_heads(items, ctx: _Ctx, backbone_labels: set[str]) -> tuple[HeadSpec,
                 raise ctx.error(f"{where} grid.{k} = {_short(v)} is not a list of values; expected a non-empty "
                                 f"array to sweep, e.g. grid = {{ {k} = [...] }} (a single value goes in params)")
             grid[k] = [_tupled(x) for x in v]
-        try:  # the parameter names, checked now rather than after extraction
-            make_head(name, **params, **{k: v[0] for k, v in grid.items() if k not in params})
+        try:  # parameter names and values, checked now rather than after extraction
+            check_head(name, params, grid)
         except FeatcacheError as e:
             raise ctx.error(f"{where}: {e}") from None
         targets = h.get("backbones")

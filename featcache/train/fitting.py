@@ -19,7 +19,7 @@ from featcache.extraction.augment import source_id
 from featcache.store.featureset import FeatureStore
 from featcache.store.views import Features, load_features
 from featcache.train.evaluate import append_result, compute_metrics, make_splits, split_summary, sweep
-from featcache.train.heads import default_grid, make_head
+from featcache.train.heads import check_head, default_grid, make_head
 from featcache.train.params import params_and_grid, parse_grid  # noqa: F401  (re-exported: the Python API)
 from featcache.train.persist import save_head
 from featcache.train.plots import plot_confusion_matrix
@@ -93,13 +93,12 @@ def check_fit_arguments(head: str, *, params: dict | None = None, grid: dict | N
                         val_fraction: float = 0.15, test_fraction: float = 0.15, n_jobs: int | None = -1) -> None:
     """Raise a :class:`~featcache.errors.FeatcacheError` for arguments of :func:`fit_head` that cannot work.
 
-    Cheap (no data is read): the CLI may call it before extracting features on the way.
-    Checks the head name, the parameter names (of ``params`` and ``grid``), the seed, the
+    Cheap (no data is read, no torch imported): the CLI may call it before extracting features
+    on the way. Checks the head name, the parameters of ``params`` and every value of ``grid``
+    (names and values: :meth:`~featcache.train.heads.base.HeadBase.check_params`), the seed, the
     split fractions and ``n_jobs``.
     """
-    make_head(head, **(params or {}))  # the name and the parameter names
-    if grid:
-        make_head(head, **{k: v[0] for k, v in grid.items() if isinstance(v, (list, tuple)) and v})
+    check_head(head, params, grid)
     check_seed(seed)
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)

@@ -18,6 +18,7 @@ ncm       nearest class mean, cosine; predict_proba = softmax(-d^2 / ``temperatu
 from featcache.train.heads.base import BLOCK_BYTES, HeadBase, HeadInputError, is_lazy
 from featcache.train.heads.registry import (
     HEADS,
+    check_head,
     default_grid,
     get_head_class,
     head_name,
@@ -48,6 +49,7 @@ __all__ = [
     "MLPHead",
     "NCMHead",
     "SVMHead",
+    "check_head",
     "default_grid",
     "get_head_class",
     "head_name",

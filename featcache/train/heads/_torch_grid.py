@@ -163,7 +163,7 @@ def fit_linear_grid(heads: list, X, y) -> list:
     rounding; a ``random_state`` of None is drawn once, for all of them)."""
     first = heads[0]
     for h in heads[1:]:
-        h._check_params()
+        h.check_params()
     prep = first._prepare(X, y)  # the data, split, batch order and initial weights they share
     lrs = [batch_and_lr(h.batch_size, float(h.lr), prep.n_train)[1] for h in heads]
     W = prep.net.weights[0].detach()[None].repeat(len(heads), 1, 1).requires_grad_()

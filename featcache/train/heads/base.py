@@ -165,6 +165,14 @@ class HeadBase(ClassifierMixin, BaseEstimator):
         return state
 
     # ---------------------------------------------------------------- validation
+    def check_params(self) -> None:
+        """Raise :class:`HeadInputError` for a parameter value that cannot work.
+
+        Reads no data and imports no torch, so callers check a head before extracting
+        features for it (:func:`featcache.train.fitting.check_fit_arguments`); ``fit`` calls
+        it first. Checks that need the data (or a GPU) stay in ``fit``.
+        """
+
     def _validate_fit(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         """Validate ``X, y``; set ``classes_`` and ``n_features_in_``; return X, encoded y."""
         X, y = validate_data(

@@ -90,6 +90,17 @@ def make_head(name: str, **params: Any):
     return cls(**params)
 
 
+def check_head(name: str, params: dict | None = None, grid: dict | None = None) -> None:
+    """Raise for an unknown head, an unknown parameter name, or a parameter value that cannot
+    work, in ``params`` or among the values of ``grid`` (each checked with ``params``): reads
+    no data, so callers check a head before extracting features for it."""
+    params = dict(params or {})
+    make_head(name, **params).check_params()
+    for key, values in (grid or {}).items():
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            make_head(name, **{**params, key: value}).check_params()
+
+
 def default_grid(name: str) -> dict[str, list]:
     """Default hyperparameter grid for a sweep of head ``name`` (a fresh copy)."""
     return copy.deepcopy(get_head_class(name)._default_grid)

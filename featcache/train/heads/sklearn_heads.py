@@ -28,7 +28,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from featcache.train.heads._torch_train import check_device
+from featcache.train.heads._torch_train import check_device, check_device_name
 from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, softmax, standardized_affine
 from featcache.train.heads.blocks import FeatureBlocks, column_stats
 from featcache.train.heads.neighbors import CosineSearch, class_means, normalize_rows, normalized_copy, vote
@@ -101,9 +101,8 @@ class _LinearModelHead(HeadBase):
         ``warm_start``: a head of this class fitted on the same ``X`` and ``y`` (a sweep's
         previous point); its solution and statistics are the starting point.
         """
+        self.check_params()
         X, y_enc = self._validate_any_fit(X, y)
-        _check_positive(self, "C", self.C)
-        _check_positive(self, "max_iter", self.max_iter, integer=True)
         check_device(self.device)
         blocks = FeatureBlocks(X, self.n_features_in_)
         warm = warm_start if _compatible(self, warm_start, y_enc) else None
@@ -120,6 +119,11 @@ class _LinearModelHead(HeadBase):
         self.coef_, self.intercept_, self.n_iter_ = res.coef, res.intercept, res.n_iter
         self._factor_ = res.factor  # the path's next point preconditions with it (not saved)
         return self
+
+    def check_params(self) -> None:
+        _check_positive(self, "C", self.C)
+        _check_positive(self, "max_iter", self.max_iter, integer=True)
+        check_device_name(self.device)
 
     def _fit_sklearn(self, X: np.ndarray, y_enc: np.ndarray) -> None:
         """scikit-learn's own solver, in float64 (small matrices: see :data:`SKLEARN_MAX_MACS`)."""
@@ -230,16 +234,20 @@ class KNNHead(HeadBase):
         self.weights = weights
         self.device = device
 
-    def fit(self, X, y, warm_start=None):
-        """Fit on features ``X`` (array or lazy array) and labels ``y``; returns ``self``."""
-        X, y_enc = self._validate_any_fit(X, y)
+    def check_params(self) -> None:
         _check_positive(self, "n_neighbors", self.n_neighbors, integer=True)
-        check_device(self.device)  # a head loaded on a machine without the GPU: _search_device
+        check_device_name(self.device)
         if self.weights not in ("uniform", "distance"):
             raise HeadInputError(
                 f"KNNHead: weights={self.weights!r} is not valid; expected 'uniform' or "
                 "'distance'; fix the weights parameter"
             )
+
+    def fit(self, X, y, warm_start=None):
+        """Fit on features ``X`` (array or lazy array) and labels ``y``; returns ``self``."""
+        self.check_params()
+        X, y_enc = self._validate_any_fit(X, y)
+        check_device(self.device)  # a head loaded on a machine without the GPU: _search_device
         if _compatible(self, warm_start, y_enc):
             self.fit_X_, self._last_query_ = warm_start.fit_X_, warm_start.__dict__.setdefault("_last_query_", {})
         else:
@@ -315,14 +323,17 @@ class NCMHead(HeadBase):
         self.temperature = temperature
         self.center = center
 
+    def check_params(self) -> None:
+        _check_positive(self, "temperature", self.temperature)
+
     def fit(self, X, y, warm_start=None):
         """Fit on features ``X`` (array or lazy array) and labels ``y``; returns ``self``.
 
         ``warm_start``: an ncm head with the same ``center`` fitted on the same data; its
         centroids are reused (``temperature`` does not change them).
         """
+        self.check_params()
         X, y_enc = self._validate_any_fit(X, y)
-        _check_positive(self, "temperature", self.temperature)
         self.n_samples_fit_ = len(y_enc)
         if _compatible(self, warm_start, y_enc) and warm_start.center == self.center:
             self.mean_, self.centroids_ = warm_start.mean_, warm_start.centroids_

@@ -38,6 +38,7 @@ from featcache.train.heads._torch_train import (
     Net,
     Prepared,
     batch_and_lr,
+    check_device_name,
     cpu_threads,
     head_device,
     run_epochs,
@@ -87,7 +88,7 @@ class _TorchHead(HeadBase):
         return 0.0
 
     # ---------------------------------------------------------------- parameters
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         def bad(name, expected):
             raise HeadInputError(
                 f"{type(self).__name__}: {name}={getattr(self, name)!r} is not valid; "
@@ -115,6 +116,9 @@ class _TorchHead(HeadBase):
             bad("early_stopping", "True or False")
         if self.precision not in PRECISIONS:
             bad("precision", " or ".join(repr(p) for p in PRECISIONS))
+        check_device_name(self.device)
+        self._hidden()  # raises for a bad hidden_sizes (mlp)
+        self._dropout()  # raises for a bad dropout (mlp)
 
     # ---------------------------------------------------------------- fit
     def fit(self, X, y):
@@ -139,7 +143,7 @@ class _TorchHead(HeadBase):
         (sets ``classes_``, ``n_features_in_``, ``mean_``, ``scale_``), the validation split,
         batch size and learning rate, the seeded generator and the initialised network."""
         torch = torch_module()
-        self._check_params()
+        self.check_params()
         device = head_device(self.device)
         Xmem, y_enc = self._validate_any_fit(X, y)
         if is_lazy(Xmem):
