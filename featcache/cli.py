@@ -270,10 +270,15 @@ def extract(data, backbone, run, as_json):
         _emit_json(result.to_dict())
         return
     click.echo(result.summary())
-    for s in result.skipped[:10]:
+    _echo_skipped(result.skipped)
+
+
+def _echo_skipped(skipped: list[dict]) -> None:
+    """The files ``--on-error skip`` left out, on stderr: the first ten, then how many more."""
+    for s in skipped[:10]:
         click.echo(f"  skipped {s['id']}: {s['error']}", err=True)
-    if len(result.skipped) > 10:
-        click.echo(f"  ... and {len(result.skipped) - 10} more (listed in the view's 'skipped' attribute)", err=True)
+    if len(skipped) > 10:
+        click.echo(f"  ... and {len(skipped) - 10} more (listed in the view's 'skipped' attribute)", err=True)
 
 
 #: fit-head options that set one head parameter (the others are set with ``--param NAME=VALUES``)
@@ -391,10 +396,13 @@ def predict(head_path, data, output, run, as_json):
         atomic_write_text(Path(output), pred.to_csv())
     if as_json:
         _emit_json(pred.to_dict())
-    elif output:
-        click.echo(f"{len(pred.rows)} predictions -> {output}")
+        return
+    skipped = pred.extraction.get("skipped", [])
+    if output:
+        click.echo(f"{len(pred.rows)} predictions -> {output}" + (f"; skipped {len(skipped)}" if skipped else ""))
     else:
         click.echo(pred.to_csv(), nl=False)
+    _echo_skipped(skipped)
 
 
 @cli.command()

@@ -53,6 +53,23 @@ def test_fit_every_head_then_predict(digits, head, tmp_path):
     assert [r["label"] for r in rows] == ["0", "7"] or head in ("ncm", "knn", "linear", "mlp")
 
 
+def test_predict_names_the_files_it_skipped(digits, tmp_path):
+    cache, ext = digits
+    fit = json.loads(invoke("fit-head", "--features", ext["view"], "--head", "ncm", "--cache", cache, "--json").stdout)
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(cache / "builtin" / "digits" / "3" / "0003.png", new / "a.png")
+    (new / "bad.png").write_text("not an image")
+    out = tmp_path / "pred.csv"
+    p = invoke("predict", "--head", fit["head_path"], "--data", new, "--on-error", "skip", "-o", out, "--cache", cache)
+    assert p.exit_code == 0, p.output
+    assert f"1 predictions -> {out}; skipped 1" in p.stdout
+    assert "skipped bad.png: UnidentifiedImageError" in p.stderr
+    assert [r["path"] for r in csv.DictReader(out.open())] == ["a.png"]
+    p = invoke("predict", "--head", fit["head_path"], "--data", new, "--on-error", "skip", "--cache", cache)
+    assert p.exit_code == 0 and "skipped bad.png" in p.stderr and "bad.png" not in p.stdout  # the CSV stays clean
+
+
 def test_results_table_best_first_and_filtered(digits):
     cache, ext = digits
     invoke("fit-head", "--features", ext["view"], "--head", "logreg", "--C", "0.01,1", "--cache", cache)
