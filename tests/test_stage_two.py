@@ -79,6 +79,8 @@ def test_results_table_best_first_and_filtered(digits):
     assert accs == sorted(accs, reverse=True) and len(rows) >= 1
     table = invoke("results", "--cache", cache)
     assert "TEST_ACC" in table.output and "logreg" in table.output
+    assert ext["feature_key"] in table.output  # the whole key, as --features and --key take it
+    assert {x["feature_key"] for x in rows} == {ext["feature_key"]}
 
 
 def test_sweep_chooses_on_validation_and_says_so(digits):

@@ -281,12 +281,6 @@ def get_path(obj: Any, dotted: str, default: Any = _MISSING) -> Any:
     return cur
 
 
-def _short_key(key: Any, n: int = 12) -> str | None:
-    if key is None:
-        return None
-    return str(key)[:n]
-
-
 def _backbone_of(rec: Mapping) -> str | None:
     ident = rec.get("identity")
     for source in (ident if isinstance(ident, Mapping) else {}, rec):
@@ -341,7 +335,7 @@ def interval_of(metrics: Mapping, path: str) -> list[float] | None:
 def _table_row(rec: Mapping, intervals: bool) -> dict:
     metrics = rec.get("metrics") if isinstance(rec.get("metrics"), Mapping) else {}
     row = {
-        "feature_key": _short_key(rec.get("feature_key")),
+        "feature_key": None if rec.get("feature_key") is None else str(rec["feature_key"]),
         "backbone": _backbone_of(rec),
         "data": record_data(rec),
         "head": rec.get("head"),
@@ -368,7 +362,8 @@ def _sort_key(rec: Mapping, row: dict, sort_by: str) -> float | None:
 def results_table(records: Iterable[Mapping], *, sort_by: str = "test.accuracy", intervals: bool = False) -> list[dict]:
     """Flatten records to table rows, best first.
 
-    Row keys (:data:`TABLE_COLUMNS`): ``feature_key`` (first 12 characters), ``backbone``,
+    Row keys (:data:`TABLE_COLUMNS`): ``feature_key`` (whole: keys are ``<backbone>-<12 hex>``, and
+    a shortened one named only the backbone), ``backbone``,
     ``data`` (the data set: records of different data under one feature key were scored on
     different test sets; filter with ``read_results(..., data=...)``), ``head``, ``params``
     (``"k=v, ..."``, tuples as ``512:256``), ``val_acc``, ``test_acc``, ``balanced_acc`` and
