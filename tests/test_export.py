@@ -70,6 +70,11 @@ def test_defaults_format_from_suffix_and_name_from_the_view(view, tmp_path, monk
     assert out.format == "csv"
     out = export_view(r.view, "csv", tmp_path)  # a folder: the default name inside it
     assert Path(out.path) == tmp_path / f"{r.feature_key}-shapes.csv"
+    assert export_view(r.view, None, tmp_path / "plain").format == "npz"  # no suffix: npz
+    with pytest.raises(ExportError, match=r"suffix '\.tsv' is none of \.npz, \.csv, \.parquet.*--format"):
+        export_view(r.view, None, tmp_path / "feats.tsv")
+    assert not (tmp_path / "feats.tsv").exists()
+    assert export_view(r.view, "csv", tmp_path / "feats.tsv").format == "csv"  # --format decides
 
 
 def test_atomic_replace_leaves_no_temporary_files(view, tmp_path):

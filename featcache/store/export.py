@@ -162,13 +162,18 @@ def export_view(ref: str | os.PathLike, fmt: str | None = None, out: str | os.Pa
                 cache_dir: str | os.PathLike | None = None) -> ExportResult:
     """Write the view ``ref`` (``KEY``, ``KEY:DATA`` or a view path) as ``fmt`` to ``out``.
 
-    ``fmt`` defaults to the suffix of ``out`` when it is one of :data:`FORMATS`, else
-    ``npz``; ``out`` defaults to ``./<feature_key>-<data>.<fmt>``. An existing ``out``
-    is replaced (atomically). Returns an :class:`ExportResult`.
+    ``fmt`` defaults to the suffix of ``out`` (``npz`` when it has none, or is a folder; an
+    ``ExportError`` for another suffix, so ``-o feats.tsv`` does not silently get an npz);
+    ``out`` defaults to ``./<feature_key>-<data>.<fmt>``. An existing ``out`` is replaced
+    (atomically). Returns an :class:`ExportResult`.
     """
     if fmt is None:
-        suffix = Path(out).suffix.lower().lstrip(".") if out else ""
-        fmt = suffix if suffix in FORMATS else "npz"
+        suffix = Path(out).suffix.lower().lstrip(".") if out and not Path(out).is_dir() else ""
+        if suffix and suffix not in FORMATS:
+            raise ExportError(f"cannot tell the export format from -o {str(out)!r}: its suffix {'.' + suffix!r} is "
+                              f"none of {', '.join('.' + f for f in FORMATS)}; name the file with one of them, "
+                              "or pass --format")
+        fmt = suffix or "npz"
     fmt = str(fmt).lower()
     if fmt not in FORMATS:
         raise UnknownNameError("export format", fmt, FORMATS, hint="--format npz, csv or parquet")
