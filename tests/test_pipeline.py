@@ -290,6 +290,23 @@ def test_cli_run_json_is_one_document(tiny_run, monkeypatch):
         assert set(row["metrics"]) == {"val", "test"} and "accuracy" in row["metrics"]["test"]
 
 
+def test_the_best_row_is_chosen_on_validation_not_on_test():
+    from featcache.pipeline.runner import HeadRow, PipelineResult
+
+    def row(head, val, test):
+        return HeadRow("b", "resnet18", "k", head, head, {}, val, test, test, test, 0.1, 0.01, "",
+                       metrics={"val": {"accuracy": val}, "test": {"accuracy": test}})
+
+    rows = [row("logreg", 0.70, 0.60), row("knn", 0.80, 0.50), row("svm", 0.80, 0.90), row("ncm", None, 0.99)]
+    res = PipelineResult("p", None, "c", "d", [], rows, 1.0, "now")
+    assert res.best is rows[1]  # the best validation accuracy (the first of a tie), whatever its test score
+    assert res.to_dict()["best"] == {"backbone": "b", "head": "knn", "chosen_by": "val_acc", "val_acc": 0.8,
+                                     "test_acc": 0.5}
+    assert "best on validation (*): knn on b, validation accuracy 0.800, test accuracy 0.500" in res.summary()
+    assert "knn *" in res.table() and "svm *" not in res.table()
+    assert PipelineResult("p", None, "c", "d", [], [row("ncm", None, 0.9)], 1.0, "now").best is None
+
+
 def test_cli_run_text_and_cache_from_the_file(tiny_run, monkeypatch):
     root, toml, cache, *_ = tiny_run
     monkeypatch.delenv("FEATCACHE_CACHE", raising=False)
@@ -298,7 +315,7 @@ def test_cli_run_text_and_cache_from_the_file(tiny_run, monkeypatch):
     with_cache = write(root / "with_cache.toml", 'cache = "cache"\n' + TINY.replace('"tiny"', '"tiny2"'))
     r = CliRunner().invoke(cli, ["run", str(with_cache), "--jobs", "1"])
     assert r.exit_code == 0, r.output
-    assert "BACKBONE" in r.output and "reused 12 (cache hit)" in r.output and "best (*)" in r.output
+    assert "BACKBONE" in r.output and "reused 12 (cache hit)" in r.output and "best on validation (*)" in r.output
     assert (cache / "pipelines" / "tiny2" / "summary.json").is_file()
     bad = write(root / "bad.toml", TINY.replace("[extract]", "[extrakt]"))
     r = CliRunner().invoke(cli, ["run", str(bad)])

@@ -183,8 +183,13 @@ class PipelineResult:
 
     @property
     def best(self) -> HeadRow | None:
-        scored = [r for r in self.results if _score(r) is not None]
-        return max(scored, key=_score) if scored else None
+        """The backbone x head with the best validation accuracy (the first of a tie), or None.
+
+        Chosen on validation, like every sweep's point: picking the largest of many test
+        accuracies would overstate the winner's, and the test split is for reporting it.
+        """
+        scored = [r for r in self.results if r.val_acc is not None]
+        return max(scored, key=lambda r: r.val_acc) if scored else None
 
     def to_dict(self) -> dict:
         unknown = [b.label for b in self.backbones if b.time_saved_s is None]
@@ -194,7 +199,8 @@ class PipelineResult:
             "started": self.started, "total_s": self.total_s, "augment": self.augment,
             "extracted": self.extracted, "reused": self.reused,
             "time_saved_s": self.time_saved_s, "time_saved_unknown_for": unknown,
-            "best": {"backbone": best.backbone, "head": best.head, "test_acc": best.test_acc} if best else None,
+            "best": ({"backbone": best.backbone, "head": best.head, "chosen_by": "val_acc", "val_acc": best.val_acc,
+                      "test_acc": best.test_acc} if best else None),
             "backbones": [asdict(b) for b in self.backbones],
             "results": [asdict(r) for r in self.results],
             "summary_json": self.summary_json, "summary_png": self.summary_png,
@@ -253,14 +259,17 @@ class PipelineResult:
         lines += ["", self.table()]
         best = self.best
         if best is not None:
-            lines.append(f"\nbest (*): {best.head} on {best.backbone}, test accuracy "
-                         f"{with_ci(best.test_acc, interval_of(best.metrics, 'test.accuracy'))}")
+            lines.append(f"\nbest on validation (*): {best.head} on {best.backbone}, validation accuracy "
+                         f"{with_ci(best.val_acc, interval_of(best.metrics, 'val.accuracy'))}, test accuracy "
+                         f"{with_ci(best.test_acc, interval_of(best.metrics, 'test.accuracy'))} (to tell heads "
+                         "apart, use `featcache compare`)")
         if self.summary_json:
             lines.append(f"summary -> {self.summary_json}" + (f", {self.summary_png}" if self.summary_png else ""))
         return "\n".join(lines)
 
 
 def _score(r: HeadRow) -> float | None:
+    """What summary.png plots for a row: its test accuracy (its validation accuracy without one)."""
     return r.test_acc if r.test_acc is not None else r.val_acc
 
 
