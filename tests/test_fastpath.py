@@ -258,7 +258,7 @@ def test_stage_two_with_sklearn_heads_imports_no_torch(warm):
 def test_a_pipeline_of_cached_rows_imports_no_torch(warm):
     modules, out = run_child(["run", warm["pipeline"], "-q", "--cache", warm["cache"]])
     assert modules == [], f"a pipeline of cached rows imported {modules}: {out[-300:]}"
-    assert "best (*)" in out
+    assert "best on validation (*)" in out
 
 
 def test_torch_heads_import_torch_only(warm):
