@@ -6,7 +6,7 @@ stores its features in an HDF5 feature store; stage two trains lightweight heads
 on the stored features (:func:`load_features`, :func:`fit_head`), applies a saved
 head to new images (:func:`predict`) and keeps a results log (:func:`read_results`,
 :func:`results_table`) and compares heads with confidence intervals and paired tests
-(:func:`compare`). Heads: :func:`list_heads`, :func:`make_head`,
+(:func:`compare`). Heads: :func:`list_heads`, :func:`make_head`, :func:`check_head`,
 :func:`default_grid`; head files: :func:`save_head`, :func:`load_head`.
 
 Every name is imported on first use, so ``import featcache`` stays cheap.
@@ -29,6 +29,7 @@ _LAZY = {
     "predict": "featcache.train.prediction", "Prediction": "featcache.train.prediction",
     "save_head": "featcache.train.persist", "load_head": "featcache.train.persist", "LoadedHead": "featcache.train.persist",
     "make_head": "featcache.train.heads", "list_heads": "featcache.train.heads", "default_grid": "featcache.train.heads",
+    "check_head": "featcache.train.heads",
     "read_results": "featcache.train.results", "results_table": "featcache.train.results",
     "append_result": "featcache.train.results", "sweep": "featcache.train.sweeps", "SweepResult": "featcache.train.sweeps",
     "compare": "featcache.train.compare", "CompareResult": "featcache.train.compare",
