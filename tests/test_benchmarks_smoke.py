@@ -150,3 +150,23 @@ def test_transfer_skips_cleanly_without_the_package(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "skipped" in proc.stdout and "apt-get install openclipart-png" in proc.stdout
     assert not out.exists()
+
+
+def test_gpu_check_script_is_valid_and_its_steps_exist(monkeypatch):
+    """benchmarks/gpu_check.sh runs only where a GPU is lent: here, that it parses, that the test
+    files it names exist and select CUDA tests, and that its benchmark flags are accepted."""
+    import re
+
+    script = BENCH / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    files = re.findall(r"tests/\w+\.py", text)
+    assert files and all((ROOT / f).is_file() for f in files), files
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *files, "-k",
+                             "nvjpeg or gpu or cuda"], cwd=ROOT, capture_output=True, text=True)
+    assert listed.returncode == 0 and sum("::" in line for line in listed.stdout.splitlines()) >= 4, listed.stdout
+    monkeypatch.syspath_prepend(str(BENCH))
+    import extract_throughput
+
+    a = extract_throughput.parse(["--full", "--sizes", "4000", "--repeats", "2", "--decode", "device"])
+    assert (a.backbone, a.sizes, a.repeats, a.decode, a.batch_size) == ("resnet50", [4000], 2, "device", 128)
