@@ -367,11 +367,15 @@ def test_torch_heads_take_any_in_memory_layout(layout, blobs):
     np.testing.assert_allclose(head.predict_proba(test), same.predict_proba(test), rtol=1e-5, atol=1e-6)
 
 
-def test_bfloat16_training_rows_are_the_cast_autocast_makes(blobs):
+@pytest.mark.parametrize("cast_rows", [None, 7])  # the default block, or blocks of 7 rows
+def test_bfloat16_training_rows_are_the_cast_autocast_makes(blobs, cast_rows, monkeypatch):
     import torch
 
+    from featcache.train.heads import _torch_train
     from featcache.train.heads._torch_train import DataPlan
 
+    if cast_rows:  # standardised and cast block by block: the same numbers as the whole copy cast
+        monkeypatch.setattr(_torch_train, "block_rows", lambda n_features, batch_size=1: cast_rows)
     X_train, _, y_train, _ = blobs
     gen = torch.Generator().manual_seed(0)
     plans = [DataPlan(X_train, X_train, y_train, np.arange(0, 600, 10), n_features=64, batch_size=32,

@@ -205,9 +205,8 @@ class DataPlan:
             self._set_scaling()
             train_rows = np.flatnonzero(~self.val_mask)
             train_rows = train_rows[torch.randperm(len(train_rows), generator=gen).numpy()]
-            self.X_train = self._standardized_rows(blocks.X, train_rows)
-            if train_dtype is not None:  # autocast's own cast of each batch, done once
-                self.X_train = self.X_train.to(train_dtype)
+            # in train_dtype (autocast's own cast of each batch, done once), block by block
+            self.X_train = self._standardized_rows(blocks.X, train_rows, train_dtype)
             self.y_train = self.y_all[torch.from_numpy(train_rows).to(device)]
             if self.cache_val:
                 self.X_val = self._standardized_rows(blocks.X, np.asarray(val_idx))
@@ -223,12 +222,22 @@ class DataPlan:
         out /= self._scale32
         return self.torch.from_numpy(np.ascontiguousarray(out)).to(self.device)
 
-    def _standardized_rows(self, X32: np.ndarray, rows: np.ndarray):
-        """Rows ``rows`` of the float32 C-contiguous ``X32`` standardised, in one copy gathered
-        and scaled by torch's threads (the same float32 operations as :meth:`standardize`)."""
+    def _standardized_rows(self, X32: np.ndarray, rows: np.ndarray, dtype=None):
+        """Rows ``rows`` of the float32 C-contiguous ``X32`` standardised, gathered and scaled by
+        torch's threads (the same float32 operations as :meth:`standardize`), in ``dtype``.
+
+        In float32 that is one copy. In another dtype (bfloat16 for autocast) each block of
+        rows is standardised in float32 and cast into the result: the same numbers as casting
+        the whole float32 copy, without holding it (mlp on 45,900 x 1,280 rows: 235 MB less at
+        the peak)."""
         torch = self.torch
-        out = torch.index_select(shared_tensor(X32), 0, torch.from_numpy(rows))
-        out.sub_(torch.from_numpy(self._mean32)).div_(torch.from_numpy(self._scale32))
+        X, mean, scale = shared_tensor(X32), torch.from_numpy(self._mean32), torch.from_numpy(self._scale32)
+        if dtype is None or dtype == torch.float32:
+            return torch.index_select(X, 0, torch.from_numpy(rows)).sub_(mean).div_(scale).to(self.device)
+        out = torch.empty((len(rows), X.shape[1]), dtype=dtype)
+        step = block_rows(X.shape[1])  # 64 MiB of float32: above malloc's mmap threshold, so freed at once
+        for a in range(0, len(rows), step):
+            out[a : a + step] = torch.index_select(X, 0, torch.from_numpy(rows[a : a + step])).sub_(mean).div_(scale)
         return out.to(self.device)
 
     def _read(self, a: int, b: int) -> np.ndarray:
