@@ -184,6 +184,21 @@ def test_bad_head_values_fail_before_anything_is_extracted(tmp_path, args, names
     assert not (cache / "features").exists(), "extracted before the head's parameters were checked"
 
 
+def test_a_plot_path_without_an_image_format_fails_before_any_work(digits, tmp_path):
+    # before: the head was fitted, saved and logged, and only then did the plot fail (exit 1)
+    cache, ext = digits
+    heads = cache / "heads"
+    before = sorted(heads.rglob("*.head.npz")) if heads.exists() else []
+    r = invoke("fit-head", "--features", ext["view"], "--head", "ncm", "--plot", tmp_path / "cm.txt", "--cache", cache)
+    assert r.exit_code == 1 and "cannot tell the image format" in r.output and "'.txt'" in r.output, r.output
+    assert (sorted(heads.rglob("*.head.npz")) if heads.exists() else []) == before  # no head saved
+    fresh = tmp_path / "fresh"
+    for cmd in (["fit-head", "--head", "ncm"], ["compare", "--heads", "ncm,knn"]):
+        r = invoke(*cmd, "--data", "builtin:digits", *EXTRACT, "--plot", tmp_path / "p.txt", "--cache", fresh)
+        assert r.exit_code == 1 and "cannot tell the image format" in r.output, r.output
+        assert not (fresh / "features").exists(), f"{cmd[0]} extracted before checking --plot"
+
+
 def test_parse_grid_values():
     from featcache.train.params import parse_grid
 

@@ -38,7 +38,7 @@ from featcache.specs import BackboneSpec, DataSpec, RunSpec
 from featcache.store.views import Features, load_features
 from featcache.train.heads import default_grid, make_head
 from featcache.train.metrics import compute_metrics
-from featcache.train.plots import plot_comparison
+from featcache.train.plots import check_plot_path, plot_comparison
 from featcache.train.results import jsonable
 from featcache.train.splits import (
     MAX_SEED,
@@ -137,7 +137,7 @@ def _params_text(params: Mapping[str, Any]) -> str:
 
 def check_compare_arguments(heads: str | Iterable[str], *, cv: int = 5, repeats: int = 2, seed: int = 0,
                             val_fraction: float = 0.15, test_fraction: float = 0.15,
-                            n_jobs: int | None = -1) -> list[str]:
+                            n_jobs: int | None = -1, plot: str | os.PathLike | None = None) -> list[str]:
     """The head names as a list; a :class:`~featcache.errors.FeatcacheError` for arguments of
     :func:`compare` that cannot work. Cheap (no data is read): the CLI calls it before extracting."""
     names = [h.strip() for h in heads.split(",")] if isinstance(heads, str) else [str(h).strip() for h in heads]
@@ -157,6 +157,8 @@ def check_compare_arguments(heads: str | Iterable[str], *, cv: int = 5, repeats:
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)
     check_n_jobs(n_jobs)
+    if plot:
+        check_plot_path(plot)
     return names
 
 
@@ -323,7 +325,7 @@ def compare(
     """
     t0 = time.perf_counter()
     names = check_compare_arguments(heads, cv=cv, repeats=repeats, seed=seed, val_fraction=val_fraction,
-                                    test_fraction=test_fraction, n_jobs=n_jobs)
+                                    test_fraction=test_fraction, n_jobs=n_jobs, plot=plot)
     grids = {h: dict((grids or {}).get(h, default_grid(h))) if sweep else {} for h in names}
     f = features if isinstance(features, Features) else load_features(features, cache_dir=cache_dir)
     _labelled_rows(f)
@@ -353,7 +355,7 @@ def compare_heads(heads: str | Iterable[str] = DEFAULT_HEADS, *, features: str |
     if (features is None) == (data is None):
         raise FeatcacheError("compare needs exactly one of: features (a cached view, --features) or data "
                              "(extracted on the way, a cache hit when already done, --data); give one of them")
-    check_keys = ("cv", "repeats", "seed", "val_fraction", "test_fraction", "n_jobs")
+    check_keys = ("cv", "repeats", "seed", "val_fraction", "test_fraction", "n_jobs", "plot")
     names = check_compare_arguments(heads, **{k: options[k] for k in check_keys if k in options})
     backbone, run = backbone or BackboneSpec(), run or RunSpec()
     if backbone.augment:

@@ -22,7 +22,7 @@ from featcache.train.evaluate import append_result, compute_metrics, make_splits
 from featcache.train.heads import check_head, default_grid, make_head
 from featcache.train.params import params_and_grid, parse_grid  # noqa: F401  (re-exported: the Python API)
 from featcache.train.persist import save_head
-from featcache.train.plots import plot_confusion_matrix
+from featcache.train.plots import check_plot_path, plot_confusion_matrix
 from featcache.train.splits import check_fraction, check_seed
 from featcache.train.stats import with_ci
 from featcache.train.sweeps import check_n_jobs
@@ -90,15 +90,18 @@ class RowSubset:
 
 
 def check_fit_arguments(head: str, *, params: dict | None = None, grid: dict | None = None, seed: int = 0,
-                        val_fraction: float = 0.15, test_fraction: float = 0.15, n_jobs: int | None = -1) -> None:
+                        val_fraction: float = 0.15, test_fraction: float = 0.15, n_jobs: int | None = -1,
+                        plot: str | os.PathLike | None = None) -> None:
     """Raise a :class:`~featcache.errors.FeatcacheError` for arguments of :func:`fit_head` that cannot work.
 
     Cheap (no data is read, no torch imported): the CLI may call it before extracting features
     on the way. Checks the head name, the parameters of ``params`` and every value of ``grid``
     (names and values: :meth:`~featcache.train.heads.base.HeadBase.check_params`), the seed, the
-    split fractions and ``n_jobs``.
+    split fractions, ``n_jobs`` and the ``plot`` path's image format.
     """
     check_head(head, params, grid)
+    if plot:
+        check_plot_path(plot)
     check_seed(seed)
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)
@@ -150,7 +153,7 @@ def fit_head(
     effective hyperparameters (defaults included), and ``params_given``: the ones passed.
     """
     check_fit_arguments(head, params=params, grid=grid, seed=seed, val_fraction=val_fraction,
-                        test_fraction=test_fraction, n_jobs=n_jobs)
+                        test_fraction=test_fraction, n_jobs=n_jobs, plot=plot)
     f = features if isinstance(features, Features) else load_features(features, cache_dir=cache_dir,
                                                                         mmap=from_disk)
     _check_labelled(f)

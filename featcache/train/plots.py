@@ -18,7 +18,7 @@ from featcache.atomic import atomic_path
 from featcache.errors import FeatcacheError
 from featcache.train.results import finite, get_path
 
-__all__ = ["PlotError", "plot_comparison", "plot_confusion_matrix", "plot_pipeline_summary", "plot_scatter"]
+__all__ = ["PlotError", "check_plot_path", "plot_comparison", "plot_confusion_matrix", "plot_pipeline_summary", "plot_scatter"]
 
 #: Marker cycle for series that colour alone does not tell apart.
 _MARKERS = "osD^vP*Xh<>"
@@ -48,6 +48,12 @@ def _format_for(path: Path) -> str:
             f"of: {', '.join('.' + k for k in sorted(supported))}; use e.g. a '.png' file name"
         )
     return fmt
+
+
+def check_plot_path(path: str | os.PathLike) -> None:
+    """A :class:`PlotError` now for a plot path whose suffix names no image format, so that a
+    command asked for a plot fails before its work rather than after it."""
+    _format_for(Path(path))
 
 
 def _save_atomic(fig, path: str | os.PathLike) -> Path:

@@ -58,7 +58,7 @@ def train_head(head: str, *, features: str | os.PathLike | None = None,
         raise FeatcacheError("a head is trained on exactly one of: features (a cached view) or data "
                              "(extracted on the way, a cache hit when already done); give one of them")
     check_fit_arguments(head, params=params, grid=grid, seed=seed, val_fraction=val_fraction,
-                        test_fraction=test_fraction, n_jobs=n_jobs)
+                        test_fraction=test_fraction, n_jobs=n_jobs, plot=fit_options.get("plot"))
     backbone, run = backbone or BackboneSpec(), run or RunSpec()
     if data is not None:
         views = TrainingViews.of_extraction(extract(data, backbone, run))
