@@ -18,7 +18,8 @@ from featcache.atomic import atomic_path
 from featcache.errors import FeatcacheError
 from featcache.train.results import finite, get_path
 
-__all__ = ["PlotError", "check_plot_path", "plot_comparison", "plot_confusion_matrix", "plot_pipeline_summary", "plot_scatter"]
+__all__ = ["PlotError", "check_plot_path", "plot_comparison", "plot_confusion_matrix", "plot_pipeline_summary",
+           "plot_scatter"]
 
 #: Marker cycle for series that colour alone does not tell apart.
 _MARKERS = "osD^vP*Xh<>"
