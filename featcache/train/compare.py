@@ -38,18 +38,17 @@ from featcache.specs import BackboneSpec, DataSpec, RunSpec
 from featcache.store.views import Features, load_features
 from featcache.train.heads import default_grid, make_head
 from featcache.train.metrics import compute_metrics
-from featcache.train.plots import check_plot_path, plot_comparison
+from featcache.train.fitting import check_split_and_run
+from featcache.train.plots import plot_comparison
 from featcache.train.results import jsonable
 from featcache.train.splits import (
     MAX_SEED,
-    check_fraction,
-    check_seed,
     inner_split,
     make_splits,
     repeated_stratified_folds,
 )
 from featcache.train.stats import PairedTest, corrected_ttest, cv_interval, with_ci
-from featcache.train.sweeps import WORKER_START_S, check_n_jobs
+from featcache.train.sweeps import WORKER_START_S
 from featcache.train.sweeps import sweep as sweep_grid
 
 __all__ = ["ALPHA", "DEFAULT_HEADS", "CompareResult", "HeadComparison", "check_compare_arguments", "compare",
@@ -153,12 +152,7 @@ def check_compare_arguments(heads: str | Iterable[str], *, cv: int = 5, repeats:
     for name, value, low in (("cv", cv, 2), ("repeats", repeats, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise EvaluationError(f"{name}={value!r}; expected a whole number >= {low}, e.g. --cv 5 --repeats 2")
-    check_seed(seed)
-    check_fraction("val_fraction", val_fraction)
-    check_fraction("test_fraction", test_fraction)
-    check_n_jobs(n_jobs)
-    if plot:
-        check_plot_path(plot)
+    check_split_and_run(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, n_jobs=n_jobs, plot=plot)
     return names
 
 

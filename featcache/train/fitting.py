@@ -100,12 +100,19 @@ def check_fit_arguments(head: str, *, params: dict | None = None, grid: dict | N
     split fractions, ``n_jobs`` and the ``plot`` path's image format.
     """
     check_head(head, params, grid)
-    if plot:
-        check_plot_path(plot)
+    check_split_and_run(seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, n_jobs=n_jobs, plot=plot)
+
+
+def check_split_and_run(*, seed: int, val_fraction: float, test_fraction: float, n_jobs: int | None,
+                        plot: str | os.PathLike | None = None) -> None:
+    """The checks of what :func:`fit_head` and :func:`featcache.train.compare.compare` both take:
+    the seed, the split fractions, ``n_jobs`` and the ``plot`` path's image format."""
     check_seed(seed)
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)
     check_n_jobs(n_jobs)
+    if plot:
+        check_plot_path(plot)
 
 
 def effective_params(head: str, model, given: dict | None = None, grid: dict | None = None) -> dict:
