@@ -232,12 +232,16 @@ class DataPlan:
         the peak)."""
         torch = self.torch
         X, mean, scale = shared_tensor(X32), torch.from_numpy(self._mean32), torch.from_numpy(self._scale32)
+
+        def standardized(part: np.ndarray):
+            return torch.index_select(X, 0, torch.from_numpy(part)).sub_(mean).div_(scale)
+
         if dtype is None or dtype == torch.float32:
-            return torch.index_select(X, 0, torch.from_numpy(rows)).sub_(mean).div_(scale).to(self.device)
+            return standardized(rows).to(self.device)
         out = torch.empty((len(rows), X.shape[1]), dtype=dtype)
         step = block_rows(X.shape[1])  # 64 MiB of float32: above malloc's mmap threshold, so freed at once
         for a in range(0, len(rows), step):
-            out[a : a + step] = torch.index_select(X, 0, torch.from_numpy(rows[a : a + step])).sub_(mean).div_(scale)
+            out[a : a + step] = standardized(rows[a : a + step])
         return out.to(self.device)
 
     def _read(self, a: int, b: int) -> np.ndarray:
