@@ -315,7 +315,7 @@ def _param_values(values: dict, extra_params: tuple[str, ...]) -> dict:
 @click.option("--hidden-sizes", default=None, help="mlp: layer sizes as 512 or 512:256; a comma list sweeps.")
 @click.option("--dropout", default=None, help="mlp: dropout; a comma list sweeps.")
 @click.option("--n-neighbors", default=None, help="knn: neighbours; a comma list sweeps.")
-@click.option("--max-epochs", default=None, help="linear/mlp: epoch limit (early stopping on val).")
+@click.option("--max-epochs", default=None, help="linear/mlp: epochs planned, 'auto' by the data's size (the cosine lr schedule spans them).")
 @click.option("--param", "extra_params", multiple=True, metavar="NAME=VALUES",
               help="Any head parameter, e.g. --param temperature=0.05,0.1 (repeatable).")
 @click.option("--sweep", "use_default_grid", is_flag=True, help="Sweep the head's default grid on the val split.")

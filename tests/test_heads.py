@@ -33,8 +33,8 @@ ALL_HEADS = ["knn", "linear", "logreg", "mlp", "ncm", "svm"]
 FAST = {"linear": dict(max_epochs=30), "mlp": dict(hidden_sizes=(64,), max_epochs=30)}
 # On ~100 rows the default lr=1e-3 with batch_size=256 takes one step per epoch: too few.
 SMALL = {
-    "linear": dict(lr=1e-2, batch_size=32, max_epochs=30),
-    "mlp": dict(hidden_sizes=(32,), lr=1e-2, batch_size=32, max_epochs=30),
+    "linear": dict(lr=1e-2, batch_size=32),
+    "mlp": dict(hidden_sizes=(32,), lr=1e-2, batch_size=32),
 }
 
 
@@ -234,6 +234,11 @@ def test_bad_hyperparameters_are_reported(small):
         make_head("mlp", precision="fp8").fit(X, y)
     with pytest.raises(HeadError, match=r"batch_size='big' .*a positive int or 'auto'"):
         make_head("linear", batch_size="big").fit(X, y)
+    with pytest.raises(HeadError, match=r"lr_schedule='linear' .*'cosine' or 'constant'"):
+        make_head("mlp", lr_schedule="linear").fit(X, y)
+    for epochs in ("many", 0, 2.5):
+        with pytest.raises(HeadError, match=rf"max_epochs={epochs!r} .*a positive int or 'auto'"):
+            make_head("linear", max_epochs=epochs).fit(X, y)
 
 
 BAD_VALUE = {"linear": {"lr": -1}, "mlp": {"dropout": 1.5}, "logreg": {"C": 0}, "svm": {"max_iter": 0},
@@ -321,6 +326,62 @@ def test_auto_batch_grows_with_the_data_and_scales_the_learning_rate():
     batch, lr = batch_and_lr("auto", 1e-3, LARGE_BATCH_FROM)
     assert batch == 1024 and lr == pytest.approx(2e-3)  # sqrt(1024 / 256) = 2
     assert batch_and_lr(64, 1e-2, 10**6) == (64, 1e-2)  # an explicit batch size is used as given
+
+
+def test_auto_epochs_plan_enough_steps_by_a_rule_of_the_data_size():
+    from featcache.train.heads._torch_train import AUTO_MAX_EPOCHS, planned_epochs
+
+    assert planned_epochs(7, 1, (8, 240)) == 7  # an int is used as given
+    assert planned_epochs("auto", 45, (8, 240)) == 8  # 51,000 rows at batch 1,024: the epoch floor
+    assert planned_epochs("auto", 18, (8, 240)) == 14  # 4,500 rows at batch 256: the step floor
+    assert planned_epochs("auto", 1, (8, 240)) == AUTO_MAX_EPOCHS  # one step an epoch: capped
+    assert planned_epochs("auto", 0, (8, 240)) == AUTO_MAX_EPOCHS
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_over_the_planned_steps():
+    from featcache.train.heads._torch_train import lr_factor
+
+    assert lr_factor("cosine", 0, 100) == 1.0
+    assert lr_factor("cosine", 50, 100) == pytest.approx(0.5)
+    assert 0 < lr_factor("cosine", 99, 100) < 1e-3
+    assert [lr_factor("constant", s, 100) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+@pytest.mark.parametrize("lazy", [False, True])
+def test_the_optimiser_follows_the_schedule_step_by_step(monkeypatch, tmp_path, blobs, schedule, lazy):
+    from featcache.train.heads._torch_train import AdamW
+
+    X_train, _, y_train, _ = blobs
+    seen = []
+    step = AdamW.step
+    monkeypatch.setattr(AdamW, "step", lambda self: (seen.append(self.lr), step(self))[1])
+    monkeypatch.setattr(heads_base, "BLOCK_BYTES", 100 * 64 * 4)  # lazy: blocks of 100 rows
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_dataset("x", data=X_train)
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        X = f["x"] if lazy else X_train
+        head = make_head("linear", batch_size=64, lr=0.01, max_epochs=3, patience=99,
+                         lr_schedule=schedule).fit(X, y_train)
+    assert head.n_epochs_ == 3
+    n_fit = len(y_train) - math.ceil(0.1 * len(y_train))  # the validation rows are held out
+    per_epoch = math.ceil(n_fit / 64) if not lazy else len(seen) // 3
+    assert len(seen) == 3 * per_epoch and per_epoch >= math.ceil(n_fit / 64)
+    if schedule == "constant":
+        assert set(seen) == {0.01}
+    else:
+        n = len(seen)  # a half cosine from lr to 0 over every planned step
+        assert seen == pytest.approx([0.005 * (1 + math.cos(math.pi * k / n)) for k in range(n)], rel=1e-12)
+        assert seen[0] == 0.01 and seen[-1] < 0.01 * 1e-2
+
+
+def test_the_default_schedule_is_cosine_over_auto_epochs(blobs):
+    X_train, _, y_train, _ = blobs
+    head = make_head("mlp", hidden_sizes=(16,), patience=99).fit(X_train, y_train)
+    # 540 training rows at batch 256: 3 steps an epoch, so 80 epochs reach the mlp's 240 steps
+    assert head.get_params()["lr_schedule"] == "cosine" and head.n_epochs_ == 80
+    linear = make_head("linear", patience=99).fit(X_train, y_train)
+    assert linear.n_epochs_ == 100  # 480 steps would take 160 epochs: capped
 
 
 def test_bfloat16_training_only_where_native_and_large_enough(monkeypatch):

@@ -26,6 +26,7 @@ from featcache.train.heads._torch_train import (
     batch_and_lr,
     check_finite_loss,
     cpu_threads,
+    lr_factor,
     torch_module,
 )
 
@@ -33,23 +34,27 @@ from featcache.train.heads._torch_train import (
 class GridAdamW:
     """AdamW over G models side by side: weights (G, k, d), biases (G, k); ``lr`` and
     ``weight_decay`` are (G,) tensors; the weights decay, the biases do not (as
-    :class:`~featcache.train.heads._torch_train.AdamW`)."""
+    :class:`~featcache.train.heads._torch_train.AdamW`). ``step(factor)`` uses ``lr * factor``
+    (the schedule's share, :func:`~featcache.train.heads._torch_train.lr_factor`) for the
+    update and the decoupled decay alike, as ``torch.optim.AdamW`` under a scheduler does."""
 
     def __init__(self, weight, bias, lr, weight_decay, betas=(0.9, 0.999), eps=1e-8):
         torch = torch_module()
         self.torch, self.params = torch, [weight, bias]
         self.lr = [lr.view(-1, 1, 1), lr.view(-1, 1)]
-        self.decay = [1 - self.lr[0] * weight_decay.view(-1, 1, 1), None]
+        self.weight_decay = weight_decay.view(-1, 1, 1)
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.betas, self.eps, self.t = betas, eps, 0
 
-    def step(self) -> None:
+    def step(self, factor: float = 1.0) -> None:
         self.t += 1
         b1, b2 = self.betas
         bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
         with self.torch.no_grad():
-            for p, lr, decay, m, v in zip(self.params, self.lr, self.decay, self.m, self.v):
+            lrs = [lr * factor for lr in self.lr]
+            decays = [1 - lrs[0] * self.weight_decay, None]
+            for p, lr, decay, m, v in zip(self.params, lrs, decays, self.m, self.v):
                 if decay is not None:
                     p.mul_(decay)
                 m.mul_(b1).add_(p.grad, alpha=1 - b1)
@@ -133,21 +138,25 @@ def _evaluate(W, b, plan: DataPlan) -> list[tuple[float, float]]:
     return [(int(correct[g]) / max(count, 1), float(loss_sum[g]) / max(count, 1)) for g in range(G)]
 
 
-def _train(heads: list, plan: DataPlan, gen, W, b, *, batch: int, lrs: list[float], amp_dtype) -> _Tracker:
-    """The epoch loop of :func:`fit_linear_grid`; leaves each model's state in the tracker."""
+def _train(heads: list, plan: DataPlan, gen, W, b, *, batch: int, lrs: list[float], epochs: int,
+           amp_dtype) -> _Tracker:
+    """The epoch loop of :func:`fit_linear_grid` (``epochs`` planned, the heads' shared
+    ``lr_schedule``); leaves each model's state in the tracker."""
     torch = plan.torch
     G = len(heads)
     opt = GridAdamW(W, b, torch.tensor(lrs, dtype=W.dtype, device=W.device),
                     torch.tensor([float(h.weight_decay) for h in heads], dtype=W.dtype, device=W.device))
     tracker = _Tracker(heads, plan.has_val)
-    for epoch in range(1, int(heads[0].max_epochs) + 1):
+    step, total_steps = 0, epochs * plan.steps_per_epoch(batch)
+    for epoch in range(1, epochs + 1):
         total, seen = torch.zeros(G, device=plan.device), 0
         for x, y in plan.train_batches(gen, batch):
             with torch.autocast(plan.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = _logits(W, b, x)
             losses = _cross_entropy(logits, y).mean(dim=0)
             losses.sum().backward()  # each model's gradient is that of its own mean loss
-            opt.step()
+            opt.step(lr_factor(heads[0].lr_schedule, step, total_steps))
+            step += 1
             total += losses.detach() * len(y)
             seen += len(y)
         per_model = (total / max(seen, 1)).tolist()
@@ -169,7 +178,8 @@ def fit_linear_grid(heads: list, X, y) -> list:
     W = prep.net.weights[0].detach()[None].repeat(len(heads), 1, 1).requires_grad_()
     b = prep.net.biases[0].detach()[None].repeat(len(heads), 1).requires_grad_()
     with cpu_threads(prep.device, prep.macs * len(heads)):
-        tracker = _train(heads, prep.plan, prep.gen, W, b, batch=prep.batch, lrs=lrs, amp_dtype=prep.amp_dtype)
+        tracker = _train(heads, prep.plan, prep.gen, W, b, batch=prep.batch, lrs=lrs, epochs=prep.epochs,
+                         amp_dtype=prep.amp_dtype)
     for g, h in enumerate(heads):
         h.classes_, h.n_features_in_ = first.classes_, first.n_features_in_
         h.mean_, h.scale_ = first.mean_, first.scale_

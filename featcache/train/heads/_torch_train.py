@@ -37,6 +37,29 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 #: ``batch_size="auto"``: 256 rows per step, or LARGE_BATCH from LARGE_BATCH_FROM training rows
 #: on (at least 32 steps per epoch), with the learning rate scaled by sqrt(batch / 256).
 BASE_BATCH, LARGE_BATCH, LARGE_BATCH_FROM = 256, 1024, 32 * 1024
+#: ``lr_schedule``: "cosine" lowers the learning rate from ``lr`` to 0 along a half cosine over
+#: the planned steps (epochs x steps per epoch), step by step; "constant" keeps ``lr``.
+LR_SCHEDULES = ("cosine", "constant")
+#: ``max_epochs="auto"`` plans at most this many epochs (see :func:`planned_epochs`).
+AUTO_MAX_EPOCHS = 100
+
+
+def planned_epochs(max_epochs, steps_per_epoch: int, auto: tuple[int, int]) -> int:
+    """Epochs a fit plans (early stopping may end it sooner): ``max_epochs`` as given, or for
+    "auto" with ``auto = (min_epochs, min_steps)``: at least ``min_epochs`` epochs and at least
+    ``min_steps`` optimiser steps, at most :data:`AUTO_MAX_EPOCHS` epochs. A rule of the data's
+    size, never a timing, so the same data and parameters always train the same way."""
+    if max_epochs != "auto":
+        return int(max_epochs)
+    min_epochs, min_steps = auto
+    return min(AUTO_MAX_EPOCHS, max(min_epochs, math.ceil(min_steps / max(steps_per_epoch, 1))))
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The share of ``lr`` used at optimiser step ``step`` (0-based) of ``total_steps``."""
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
 
 
 def batch_and_lr(batch_size, lr: float, n_train: int) -> tuple[int, float]:
@@ -142,6 +165,7 @@ class Prepared:
     n_train: int
     macs: int  # multiply-adds of one mini-batch's forward
     amp_dtype: Any  # autocast dtype of the training products, or None (float32)
+    epochs: int  # planned epochs (planned_epochs)
 
 
 def training_dtype(precision: str, device, macs_per_batch: int):
@@ -243,6 +267,12 @@ class DataPlan:
         for a in range(0, len(rows), step):
             out[a : a + step] = standardized(rows[a : a + step])
         return out.to(self.device)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Mini-batches in one epoch of :meth:`train_batches`."""
+        if self.X_train is not None:
+            return math.ceil(len(self.y_train) / batch_size)
+        return sum(math.ceil(len(rows) / batch_size) for rows in self.train_local)
 
     def _read(self, a: int, b: int) -> np.ndarray:
         return read_block(self.X, a, b, n_features=self.d)
@@ -414,11 +444,12 @@ def check_finite_loss(head, loss: float, epoch: int) -> None:
         )
 
 
-def run_epochs(head, net: Net, plan: DataPlan, gen, *, batch: int, lr: float,
+def run_epochs(head, net: Net, plan: DataPlan, gen, *, batch: int, lr: float, epochs: int,
                amp_dtype=None) -> dict[str, Any]:
     """The training loop with early stopping; leaves the best weights in ``net``.
 
-    ``batch`` rows per step at learning rate ``lr``. ``amp_dtype`` (e.g. ``torch.bfloat16``):
+    ``epochs`` planned epochs of ``batch`` rows per step, the learning rate ``lr`` times
+    :func:`lr_factor` of the head's ``lr_schedule`` at each step. ``amp_dtype`` (e.g. ``torch.bfloat16``):
     the training forward and backward run under autocast to it; validation runs in float32.
 
     Patience counts epochs without a better validation accuracy (as scikit-learn's
@@ -429,9 +460,12 @@ def run_epochs(head, net: Net, plan: DataPlan, gen, *, batch: int, lr: float,
     optimizer = AdamW(net, lr=lr, weight_decay=float(head.weight_decay))
     losses, val_scores, val_losses = [], [], []
     best, best_acc, best_loss, best_epoch, stale, epoch = None, -1.0, math.inf, 0, 0, 0
-    for epoch in range(1, int(head.max_epochs) + 1):
+    step, total_steps = 0, epochs * plan.steps_per_epoch(batch)
+    for epoch in range(1, epochs + 1):
         total, seen = torch.zeros((), device=plan.device), 0
         for x, y in plan.train_batches(gen, batch):
+            optimizer.lr = lr * lr_factor(head.lr_schedule, step, total_steps)
+            step += 1
             with torch.autocast(plan.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = net(x, train=True)
             loss = torch.nn.functional.cross_entropy(logits.float(), y)

@@ -1,11 +1,14 @@
 """Heads trained with PyTorch: ``linear`` (one linear layer) and ``mlp`` (ReLU MLP with dropout).
 
 Training: features standardised with a mean/std learned in ``fit`` (``mean_``, ``scale_``),
-AdamW (no weight decay on biases), cross-entropy, mini-batches; with ``early_stopping`` a
-stratified ``validation_fraction`` of the training rows is held out and training stops when
-the validation accuracy has not improved for ``patience`` epochs (like scikit-learn's
-``MLPClassifier``); the weights of the best epoch are restored (among epochs with the best
-accuracy, the one with the lowest validation loss).
+AdamW (no weight decay on biases), cross-entropy, mini-batches, for a planned number of epochs
+(``max_epochs``; "auto" by a rule of the data's size) along which the learning rate follows
+``lr_schedule`` (by default a cosine from ``lr`` down to 0). With ``early_stopping`` a
+stratified ``validation_fraction`` of the training rows is held out, the validation accuracy is
+measured after every epoch, and the weights of the best epoch are restored (among epochs with
+the best accuracy, the one with the lowest validation loss); training also stops when the
+validation accuracy has not improved for ``patience`` epochs (like scikit-learn's
+``MLPClassifier``).
 
 Everything random (split, initialisation, shuffling, dropout) is drawn from generators seeded
 with ``random_state``; global seeds are never touched, so the same data and ``random_state``
@@ -33,6 +36,7 @@ from sklearn.model_selection import StratifiedShuffleSplit
 from featcache.errors import HeadError
 from featcache.train.heads._torch_grid import fit_linear_grid
 from featcache.train.heads._torch_train import (
+    LR_SCHEDULES,
     PRECISIONS,
     DataPlan,
     Net,
@@ -41,6 +45,7 @@ from featcache.train.heads._torch_train import (
     check_device_name,
     cpu_threads,
     head_device,
+    planned_epochs,
     run_epochs,
     torch_module,
     training_dtype,
@@ -62,7 +67,8 @@ class _TorchHead(HeadBase):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         batch_size: int | str = "auto",
-        max_epochs: int = 100,
+        max_epochs: int | str = "auto",
+        lr_schedule: str = "cosine",
         patience: int = 10,
         validation_fraction: float = 0.1,
         early_stopping: bool = True,
@@ -74,12 +80,18 @@ class _TorchHead(HeadBase):
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.max_epochs = max_epochs
+        self.lr_schedule = lr_schedule
         self.patience = patience
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
         self.random_state = random_state
         self.device = device
         self.precision = precision
+
+    #: ``max_epochs="auto"``: (at least this many epochs, at least this many steps), see
+    #: :func:`~featcache.train.heads._torch_train.planned_epochs`; set per head from the
+    #: measurements in benchmarks/README.md ("A planned cosine schedule").
+    _auto_epochs: tuple[int, int] = (8, 240)
 
     def _hidden(self) -> tuple[int, ...]:
         return ()
@@ -107,9 +119,12 @@ class _TorchHead(HeadBase):
             bad("weight_decay", "a number >= 0")
         if not (self.batch_size == "auto" or is_int(self.batch_size) and self.batch_size >= 1):
             bad("batch_size", "a positive int or 'auto'")
-        for name in ("max_epochs", "patience"):
-            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
-                bad(name, "a positive int")
+        if not (self.max_epochs == "auto" or is_int(self.max_epochs) and self.max_epochs >= 1):
+            bad("max_epochs", "a positive int or 'auto'")
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad("lr_schedule", " or ".join(repr(s) for s in LR_SCHEDULES))
+        if not (is_int(self.patience) and self.patience >= 1):
+            bad("patience", "a positive int")
         if not (is_num(self.validation_fraction) and 0 < self.validation_fraction < 1):
             bad("validation_fraction", "a number strictly between 0 and 1")
         if not isinstance(self.early_stopping, (bool, np.bool_)):
@@ -132,7 +147,7 @@ class _TorchHead(HeadBase):
         prep = self._prepare(X, y)
         with cpu_threads(prep.device, prep.macs):
             history = run_epochs(self, prep.net, prep.plan, prep.gen, batch=prep.batch, lr=prep.lr,
-                                 amp_dtype=prep.amp_dtype)
+                                 epochs=prep.epochs, amp_dtype=prep.amp_dtype)
         self.coefs_, self.intercepts_ = prep.net.export()
         for key, value in history.items():
             setattr(self, key, value)
@@ -161,7 +176,8 @@ class _TorchHead(HeadBase):
         plan = DataPlan(X, Xmem, y_enc, val_idx, n_features=n_features, batch_size=batch, device=device, gen=gen,
                         train_dtype=amp_dtype)
         self.mean_, self.scale_ = plan.mean, plan.scale
-        return Prepared(device, plan, gen, net, batch, lr, n_train, macs, amp_dtype)
+        epochs = planned_epochs(self.max_epochs, plan.steps_per_epoch(batch), self._auto_epochs)
+        return Prepared(device, plan, gen, net, batch, lr, n_train, macs, amp_dtype, epochs)
 
     def _validation_split(self, y_enc: np.ndarray, n_classes: int, seed: int):
         """Sorted validation row indices (stratified), or None without early stopping."""
@@ -173,8 +189,8 @@ class _TorchHead(HeadBase):
             warnings.warn(
                 f"{type(self).__name__}: {n} samples are too few for a stratified validation "
                 f"split of {self.validation_fraction} over {n_classes} classes (every class "
-                "needs 2 samples); early stopping is disabled, training runs max_epochs "
-                "epochs. Pass early_stopping=False to silence this warning.",
+                "needs 2 samples); early stopping is disabled, training runs every planned "
+                "epoch (max_epochs). Pass early_stopping=False to silence this warning.",
                 UserWarning,
                 stacklevel=3,
             )
@@ -224,7 +240,10 @@ _COMMON_DOC = """
     weight decay, not applied to biases), ``batch_size`` (rows per step; 'auto' = 256, or 1,024
     from 32,768 training rows on, with ``lr`` then scaled by sqrt(batch / 256), Adam's usual rule,
     so ``lr`` stays the rate of a 256-row batch; an int is used as given, with ``lr`` as given),
-    ``max_epochs``, ``patience``
+    ``max_epochs`` (the epochs planned: an int, or 'auto' = at least 8 epochs and 240 steps
+    for the mlp, 16 epochs and 480 steps for linear, at most 100 epochs), ``lr_schedule``
+    ('cosine': the rate falls from ``lr`` to 0 along a half cosine over the planned steps;
+    'constant': ``lr`` throughout), ``patience``
     (epochs without validation-accuracy improvement before stopping),
     ``validation_fraction``, ``early_stopping``, ``random_state`` (int seed; None draws
     one), ``device`` ('auto' = cuda if available else cpu), ``precision`` of the training
@@ -242,6 +261,8 @@ class LinearHead(_TorchHead):
     )
 
     _default_grid = {"lr": [3e-4, 1e-3, 3e-3], "weight_decay": [1e-4, 1e-2]}
+    #: the convex probe gains from more steps than the mlp needs, and its epochs are cheap
+    _auto_epochs = (16, 480)
 
     #: parameters a sweep may vary and still train its whole grid at once (:meth:`fit_together`)
     together_params = ("lr", "weight_decay")
@@ -270,7 +291,8 @@ class MLPHead(_TorchHead):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         batch_size: int | str = "auto",
-        max_epochs: int = 100,
+        max_epochs: int | str = "auto",
+        lr_schedule: str = "cosine",
         patience: int = 10,
         validation_fraction: float = 0.1,
         early_stopping: bool = True,
@@ -281,7 +303,7 @@ class MLPHead(_TorchHead):
         self.hidden_sizes = hidden_sizes
         self.dropout = dropout
         super().__init__(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
-                         patience=patience, validation_fraction=validation_fraction, early_stopping=early_stopping,
+                         lr_schedule=lr_schedule, patience=patience, validation_fraction=validation_fraction, early_stopping=early_stopping,
                          random_state=random_state, device=device, precision=precision)
 
     def _hidden(self) -> tuple[int, ...]:
