@@ -22,6 +22,11 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_cache_dir() -> Path:
     """``$FEATCACHE_CACHE``, else ``./cache``."""
     return Path(os.environ.get("FEATCACHE_CACHE", "cache"))

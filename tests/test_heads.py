@@ -444,7 +444,8 @@ def test_bfloat16_training_rows_are_the_cast_autocast_makes(blobs, cast_rows, mo
              for dtype in (None, torch.bfloat16)]
     assert plans[0].X_train.dtype == torch.float32 and plans[1].X_train.dtype == torch.bfloat16
     assert torch.equal(plans[0].X_train.to(torch.bfloat16), plans[1].X_train)
-    assert plans[1].X_val.dtype == torch.float32  # validation stays float32
+    # the validation rows too: validation runs under the same autocast as training
+    assert plans[1].X_val.dtype == torch.bfloat16 and torch.equal(plans[0].X_val.to(torch.bfloat16), plans[1].X_val)
     rows = torch.cat([y for _, y in plans[0].train_batches(gen, 32)])
     assert sorted(rows.tolist()) == sorted(np.delete(y_train, np.arange(0, 600, 10)).tolist())
 

@@ -149,6 +149,23 @@ def test_blockwise_fit_makes_no_copy_of_a_float32_matrix(data):
     np.testing.assert_allclose(scale, X_train.std(axis=0, dtype=np.float64), rtol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [7, 64, 10**6])
+def test_column_stats_are_the_same_on_any_number_of_cores(data, monkeypatch, rows):
+    from featcache.train.heads import blocks as blocks_module
+
+    X = data[0]
+    blocks = FeatureBlocks(X, X.shape[1], rows=rows)
+    results = []
+    for cores in (1, 2, 5):
+        monkeypatch.setattr(blocks_module, "usable_cores", lambda: cores)
+        results.append(column_stats(blocks))
+    for mean, scale in results[1:]:  # the same parts merged in the same order: the same bits
+        assert np.array_equal(mean, results[0][0]) and np.array_equal(scale, results[0][1])
+    exact = X.astype(np.float64)
+    np.testing.assert_allclose(results[0][0], exact.mean(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(results[0][1], exact.std(axis=0), rtol=1e-12)
+
+
 # ----------------------------------------------------------------- streamed from disk
 @pytest.mark.parametrize("name", ["logreg", "svm", "knn", "ncm"])
 def test_every_sklearn_style_head_trains_from_disk_in_blocks(name, data, tmp_path, monkeypatch, blockwise):

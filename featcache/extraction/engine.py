@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from featcache.devices import resolve_device
+from featcache.environment import usable_cores
 from featcache.errors import FeatcacheError, ImageDecodeError, Interrupted
 from featcache.extraction import distributed, levers
 from featcache.extraction.augment import augmented_manifest, identity_extra
@@ -43,7 +44,7 @@ from featcache.store.resolutions import Resolution, ResolutionIndex, spec_reques
 
 
 def default_workers() -> int:
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = usable_cores()
     return max(1, min(8, n - 1 if n > 2 else n))
 
 
