@@ -436,7 +436,7 @@ def test_bfloat16_training_rows_are_the_cast_autocast_makes(blobs, cast_rows, mo
     from featcache.train.heads._torch_train import DataPlan
 
     if cast_rows:  # standardised and cast block by block: the same numbers as the whole copy cast
-        monkeypatch.setattr(_torch_train, "block_rows", lambda n_features, batch_size=1: cast_rows)
+        monkeypatch.setattr(_torch_train, "STANDARDIZE_BLOCK_BYTES", cast_rows * 64 * 4)
     X_train, _, y_train, _ = blobs
     gen = torch.Generator().manual_seed(0)
     plans = [DataPlan(X_train, X_train, y_train, np.arange(0, 600, 10), n_features=64, batch_size=32,
@@ -444,6 +444,9 @@ def test_bfloat16_training_rows_are_the_cast_autocast_makes(blobs, cast_rows, mo
              for dtype in (None, torch.bfloat16)]
     assert plans[0].X_train.dtype == torch.float32 and plans[1].X_train.dtype == torch.bfloat16
     assert torch.equal(plans[0].X_train.to(torch.bfloat16), plans[1].X_train)
+    train_rows = np.delete(np.arange(600), np.arange(0, 600, 10))
+    train_rows = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(0)).numpy()]
+    assert torch.equal(plans[0].X_train, plans[0].standardize(X_train[train_rows]))  # one whole-copy scaling
     # the validation rows too: validation runs under the same autocast as training
     assert plans[1].X_val.dtype == torch.bfloat16 and torch.equal(plans[0].X_val.to(torch.bfloat16), plans[1].X_val)
     rows = torch.cat([y for _, y in plans[0].train_batches(gen, 32)])

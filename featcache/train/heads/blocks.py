@@ -9,6 +9,7 @@ whole matrix.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import numpy as np
@@ -122,8 +123,6 @@ def column_stats(blocks: FeatureBlocks) -> tuple[np.ndarray, np.ndarray]:
 
     threads = min(len(parts), usable_cores())
     if threads > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(threads) as pool:
             results = list(pool.map(moments_of, parts))
     else:
