@@ -96,8 +96,9 @@ class RunningMoments:
         return self.mean.copy(), scale
 
 
-#: An in-memory matrix's column statistics are summed over this many contiguous parts of its
-#: blocks, in parallel, then merged in order: the same numbers whatever the thread count.
+#: An in-memory matrix's column statistics are summed over this many parts of its blocks
+#: (every STATS_PARTS-th block), in parallel, then merged in a fixed order: the same numbers
+#: whatever the thread count.
 STATS_PARTS = 8
 
 
@@ -105,7 +106,7 @@ def column_stats(blocks: FeatureBlocks) -> tuple[np.ndarray, np.ndarray]:
     """Column mean and standard deviation of every row of ``blocks`` (one pass).
 
     In memory, the parts run on the usable cores (numpy releases the GIL: on 2 cores 51,000 x
-    1,280 rows take 0.07 instead of 0.14 s); a lazy matrix is read block by block in order."""
+    1,280 rows take 0.08 instead of 0.13 s); a lazy matrix is read block by block in order."""
     if blocks.lazy:
         moments = RunningMoments(blocks.n_features)
         for _, _, block in blocks:
