@@ -474,6 +474,9 @@ def test_dropout_keeps_one_minus_p_of_the_units_reproducibly(dropout):
     assert torch.equal(m, draw(0)) and not torch.equal(m, draw(1))
     # columns are not correlated with their neighbours (the four int16 of a draw are independent)
     assert abs(float((m[:, 0:256:2].float() * m[:, 1:256:2].float()).mean()) - (1 - dropout) ** 2) < 0.01
+    for dtype in (torch.float32, torch.bfloat16):  # the multiplier in a dtype: the same mask
+        multiplier = keep_mask((301, 257), dropout, torch.Generator().manual_seed(0), torch.device("cpu"), dtype)
+        assert multiplier.dtype == dtype and torch.equal(multiplier, m.to(dtype))
 
 
 def test_adamw_takes_the_textbook_step():

@@ -324,18 +324,24 @@ class DataPlan:
                 yield self.standardize(self._read(a, b)[local]), self.y_all[idx]
 
 
-def keep_mask(shape, dropout: float, gen, device):
-    """Dropout's mask: True with probability ``1 - dropout`` (to 1/65,536), from ``gen``.
+def keep_mask(shape, dropout: float, gen, device, dtype=None):
+    """Dropout's mask: True (1) with probability ``1 - dropout`` (to 1/65,536), from ``gen``;
+    bool, or the multiplier in ``dtype`` (1 or 0) when given.
 
     Each entry is a uniform 16-bit integer cut from 64-bit draws of the generator, four per
     draw: on CPU this is 4x cheaper than ``torch.rand`` (one float draw per entry), which was
-    a quarter of an mlp training step (1,024 x 512 activations: 0.4 instead of 1.5 ms).
+    a quarter of an mlp training step (1,024 x 512 activations: 0.4 instead of 1.5 ms). The
+    comparison writes the multiplier straight into ``dtype``: 0.05 ms instead of 0.3 ms for a
+    comparison into bool and a cast (1,024 x 512, bfloat16, 2 cores), the same numbers.
     """
     torch = torch_module()
     n = math.prod(shape)
     draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None, generator=gen)
     bits = draws.view(torch.int16)[:n].view(shape)
-    return bits >= round(dropout * 65536) - 32768  # P(bits >= t) = (32768 - t) / 65536
+    threshold = round(dropout * 65536) - 32768  # P(bits >= t) = (32768 - t) / 65536
+    if dtype is None:
+        return bits >= threshold
+    return torch.ge(bits, threshold, out=torch.empty(shape, dtype=dtype, device=device))
 
 
 class Net:
@@ -376,7 +382,7 @@ class Net:
             if i < last:
                 x = torch.relu(x)
                 if dropping:  # the mask in x's dtype once, also what backward multiplies by
-                    x = x * keep_mask(x.shape, self.dropout, self.drop_gen, x.device).to(x.dtype)
+                    x = x * keep_mask(x.shape, self.dropout, self.drop_gen, x.device, x.dtype)
         return x
 
     def snapshot(self) -> list:
