@@ -331,11 +331,16 @@ def test_auto_batch_grows_with_the_data_and_scales_the_learning_rate():
 def test_auto_epochs_plan_enough_steps_by_a_rule_of_the_data_size():
     from featcache.train.heads._torch_train import AUTO_MAX_EPOCHS, planned_epochs
 
-    assert planned_epochs(7, 1, (8, 240)) == 7  # an int is used as given
-    assert planned_epochs("auto", 45, (8, 240)) == 8  # 51,000 rows at batch 1,024: the epoch floor
-    assert planned_epochs("auto", 18, (8, 240)) == 14  # 4,500 rows at batch 256: the step floor
-    assert planned_epochs("auto", 1, (8, 240)) == AUTO_MAX_EPOCHS  # one step an epoch: capped
-    assert planned_epochs("auto", 0, (8, 240)) == AUTO_MAX_EPOCHS
+    from featcache.train.heads.torch_heads import LinearHead, MLPHead
+
+    mlp, linear = MLPHead._auto_epochs, LinearHead._auto_epochs
+    assert (mlp, linear) == ((7, 240), (16, 480))  # as the docstrings and the README say
+    assert planned_epochs(5, 1, mlp) == 5  # an int is used as given
+    assert planned_epochs("auto", 45, mlp) == 7  # 51,000 rows at batch 1,024: the epoch floor
+    assert planned_epochs("auto", 18, mlp) == 14  # 4,500 rows at batch 256: the step floor
+    assert planned_epochs("auto", 18, linear) == 27
+    assert planned_epochs("auto", 1, mlp) == AUTO_MAX_EPOCHS  # one step an epoch: capped
+    assert planned_epochs("auto", 0, mlp) == AUTO_MAX_EPOCHS
 
 
 def test_cosine_schedule_falls_from_lr_to_zero_over_the_planned_steps():

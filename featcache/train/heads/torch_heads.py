@@ -91,7 +91,7 @@ class _TorchHead(HeadBase):
     #: ``max_epochs="auto"``: (at least this many epochs, at least this many steps), see
     #: :func:`~featcache.train.heads._torch_train.planned_epochs`; set per head from the
     #: measurements in benchmarks/README.md ("A planned cosine schedule").
-    _auto_epochs: tuple[int, int] = (8, 240)
+    _auto_epochs: tuple[int, int] = (7, 240)
 
     def _hidden(self) -> tuple[int, ...]:
         return ()
@@ -240,7 +240,7 @@ _COMMON_DOC = """
     weight decay, not applied to biases), ``batch_size`` (rows per step; 'auto' = 256, or 1,024
     from 32,768 training rows on, with ``lr`` then scaled by sqrt(batch / 256), Adam's usual rule,
     so ``lr`` stays the rate of a 256-row batch; an int is used as given, with ``lr`` as given),
-    ``max_epochs`` (the epochs planned: an int, or 'auto' = at least 8 epochs and 240 steps
+    ``max_epochs`` (the epochs planned: an int, or 'auto' = at least 7 epochs and 240 steps
     for the mlp, 16 epochs and 480 steps for linear, at most 100 epochs), ``lr_schedule``
     ('cosine': the rate falls from ``lr`` to 0 along a half cosine over the planned steps;
     'constant': ``lr`` throughout), ``patience``
