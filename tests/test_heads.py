@@ -320,11 +320,15 @@ def test_torch_training_history(blobs):
 
 
 def test_auto_batch_grows_with_the_data_and_scales_the_learning_rate():
-    from featcache.train.heads._torch_train import LARGE_BATCH_FROM, batch_and_lr
+    from featcache.train.heads._torch_train import batch_and_lr
 
-    assert batch_and_lr("auto", 1e-3, LARGE_BATCH_FROM - 1) == (256, 1e-3)
-    batch, lr = batch_and_lr("auto", 1e-3, LARGE_BATCH_FROM)
+    assert batch_and_lr("auto", 1e-3, 16383) == (256, 1e-3)  # at least 32 steps an epoch
+    batch, lr = batch_and_lr("auto", 1e-3, 16384)
+    assert batch == 512 and lr == pytest.approx(1e-3 * 2**0.5)
+    assert batch_and_lr("auto", 1e-3, 32767)[0] == 512
+    batch, lr = batch_and_lr("auto", 1e-3, 32768)
     assert batch == 1024 and lr == pytest.approx(2e-3)  # sqrt(1024 / 256) = 2
+    assert batch_and_lr("auto", 1e-3, 10**7)[0] == 1024  # at most 1,024
     assert batch_and_lr(64, 1e-2, 10**6) == (64, 1e-2)  # an explicit batch size is used as given
 
 

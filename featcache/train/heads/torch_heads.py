@@ -237,8 +237,8 @@ class _TorchHead(HeadBase):
 
 _COMMON_DOC = """
     Training parameters: ``lr`` (AdamW learning rate), ``weight_decay`` (AdamW decoupled
-    weight decay, not applied to biases), ``batch_size`` (rows per step; 'auto' = 256, or 1,024
-    from 32,768 training rows on, with ``lr`` then scaled by sqrt(batch / 256), Adam's usual rule,
+    weight decay, not applied to biases), ``batch_size`` (rows per step; 'auto' = 256, 512 from
+    16,384 training rows, 1,024 from 32,768, with ``lr`` then scaled by sqrt(batch / 256), Adam's usual rule,
     so ``lr`` stays the rate of a 256-row batch; an int is used as given, with ``lr`` as given),
     ``max_epochs`` (the epochs planned: an int, or 'auto' = at least 7 epochs and 240 steps
     for the mlp, 16 epochs and 480 steps for linear, at most 100 epochs), ``lr_schedule``
