@@ -556,6 +556,19 @@ def test_a_linear_grid_trained_together_equals_separate_fits(blobs):
         assert head.get_params() == alone.get_params()
 
 
+def test_a_bfloat16_linear_grid_trained_together_equals_separate_fits(blobs):
+    from featcache.train.heads.torch_heads import LinearHead
+
+    X_train, X_test, y_train, _ = blobs  # the validation rows are kept in bfloat16 too
+    combos = [dict(lr=lr, precision="bfloat16") for lr in (3e-4, 3e-3)]
+    together = LinearHead.fit_together([fast_head("linear", **c) for c in combos], X_train, y_train)
+    for c, head in zip(combos, together):
+        alone = fast_head("linear", **c).fit(X_train, y_train)
+        assert (head.n_epochs_, head.best_epoch_) == (alone.n_epochs_, alone.best_epoch_)
+        np.testing.assert_allclose(head.validation_scores_, alone.validation_scores_)
+        np.testing.assert_allclose(head.predict_proba(X_test), alone.predict_proba(X_test), atol=1e-4)
+
+
 def test_a_diverging_point_of_a_grid_trained_together_is_named(blobs):
     from featcache.train.heads.torch_heads import LinearHead
 

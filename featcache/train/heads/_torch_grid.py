@@ -28,6 +28,7 @@ from featcache.train.heads._torch_train import (
     cpu_threads,
     lr_factor,
     torch_module,
+    training_autocast,
 )
 
 
@@ -124,14 +125,16 @@ def _cross_entropy(logits, y):
         logits.float().permute(0, 2, 1), y[:, None].expand(-1, logits.shape[1]), reduction="none")
 
 
-def _evaluate(W, b, plan: DataPlan) -> list[tuple[float, float]]:
-    """Validation (accuracy, mean cross-entropy) of every model, in float32."""
+def _evaluate(W, b, plan: DataPlan, amp_dtype) -> list[tuple[float, float]]:
+    """Validation (accuracy, mean cross-entropy) of every model, under the training autocast
+    (as :func:`~featcache.train.heads._torch_train.evaluate`)."""
     torch = plan.torch
     G = W.shape[0]
     loss_sum, correct, count = torch.zeros(G, dtype=torch.float64), torch.zeros(G, dtype=torch.int64), 0
     with torch.no_grad():
         for x, y in plan.validation_batches():
-            logits = _logits(W, b, x)
+            with training_autocast(plan, amp_dtype):
+                logits = _logits(W, b, x)
             loss_sum += _cross_entropy(logits, y).sum(dim=0).double().cpu()
             correct += (logits.argmax(dim=2) == y[:, None]).sum(dim=0).cpu()
             count += len(y)
@@ -151,7 +154,7 @@ def _train(heads: list, plan: DataPlan, gen, W, b, *, batch: int, lrs: list[floa
     for epoch in range(1, epochs + 1):
         total, seen = torch.zeros(G, device=plan.device), 0
         for x, y in plan.train_batches(gen, batch):
-            with torch.autocast(plan.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with training_autocast(plan, amp_dtype):
                 logits = _logits(W, b, x)
             losses = _cross_entropy(logits, y).mean(dim=0)
             losses.sum().backward()  # each model's gradient is that of its own mean loss
@@ -160,7 +163,7 @@ def _train(heads: list, plan: DataPlan, gen, W, b, *, batch: int, lrs: list[floa
             total += losses.detach() * len(y)
             seen += len(y)
         per_model = (total / max(seen, 1)).tolist()
-        tracker.record(epoch, per_model, _evaluate(W, b, plan) if plan.has_val else None, W, b)
+        tracker.record(epoch, per_model, _evaluate(W, b, plan, amp_dtype) if plan.has_val else None, W, b)
         if plan.has_val and not tracker.active:
             break
     return tracker

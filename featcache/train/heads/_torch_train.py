@@ -438,13 +438,19 @@ class AdamW:
                                          maximize=False)
 
 
+def training_autocast(plan: DataPlan, amp_dtype):
+    """The autocast of a head's training and validation products on ``plan``'s device
+    (``amp_dtype`` None: off, float32)."""
+    return plan.torch.autocast(plan.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+
 def evaluate(net: Net, plan: DataPlan, amp_dtype=None) -> tuple[float, float]:
     """Validation accuracy and mean cross-entropy."""
     torch = plan.torch
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad():
         for x, y in plan.validation_batches():
-            with torch.autocast(plan.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with training_autocast(plan, amp_dtype):
                 logits = net(x, train=False).float()
             loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(dim=1) == y).sum())
@@ -484,7 +490,7 @@ def run_epochs(head, net: Net, plan: DataPlan, gen, *, batch: int, lr: float, ep
         for x, y in plan.train_batches(gen, batch):
             optimizer.lr = lr * lr_factor(head.lr_schedule, step, total_steps)
             step += 1
-            with torch.autocast(plan.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with training_autocast(plan, amp_dtype):
                 logits = net(x, train=True)
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
             optimizer.zero_grad()
