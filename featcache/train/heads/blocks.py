@@ -74,19 +74,19 @@ class RunningMoments:
         if nb == 0:
             return
         centred = block.astype(np.float64)  # one block in float64, never the whole matrix
-        part = RunningMoments(0)
-        part.count, part.mean = nb, centred.mean(axis=0)
-        centred -= part.mean
-        part.m2 = np.einsum("ij,ij->j", centred, centred)
-        self.merge(part)
+        mean = centred.mean(axis=0)
+        centred -= mean
+        self._combine(nb, mean, np.einsum("ij,ij->j", centred, centred))
 
     def merge(self, other: "RunningMoments") -> None:
         """Fold in the moments of other rows (the same pairwise update as :meth:`add`)."""
-        if other.count == 0:
-            return
-        delta, total = other.mean - self.mean, self.count + other.count
-        self.mean = self.mean + delta * (other.count / total)
-        self.m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / total)
+        if other.count:
+            self._combine(other.count, other.mean, other.m2)
+
+    def _combine(self, count: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        delta, total = mean - self.mean, self.count + count
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * count / total)
         self.count = total
 
     def mean_scale(self) -> tuple[np.ndarray, np.ndarray]:

@@ -238,8 +238,8 @@ class _TorchHead(HeadBase):
 _COMMON_DOC = """
     Training parameters: ``lr`` (AdamW learning rate), ``weight_decay`` (AdamW decoupled
     weight decay, not applied to biases), ``batch_size`` (rows per step; 'auto' = 256, 512 from
-    16,384 training rows, 1,024 from 32,768, with ``lr`` then scaled by sqrt(batch / 256), Adam's usual rule,
-    so ``lr`` stays the rate of a 256-row batch; an int is used as given, with ``lr`` as given),
+    16,384 training rows, 1,024 from 32,768, with ``lr`` then scaled by sqrt(batch / 256),
+    Adam's usual rule, so ``lr`` stays the rate of a 256-row batch; an int is used as given, with ``lr`` as given),
     ``max_epochs`` (the epochs planned: an int, or 'auto' = at least 7 epochs and 240 steps
     for the mlp, 16 epochs and 480 steps for linear, at most 100 epochs), ``lr_schedule``
     ('cosine': the rate falls from ``lr`` to 0 along a half cosine over the planned steps;
@@ -303,8 +303,9 @@ class MLPHead(_TorchHead):
         self.hidden_sizes = hidden_sizes
         self.dropout = dropout
         super().__init__(lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
-                         lr_schedule=lr_schedule, patience=patience, validation_fraction=validation_fraction, early_stopping=early_stopping,
-                         random_state=random_state, device=device, precision=precision)
+                         lr_schedule=lr_schedule, patience=patience, validation_fraction=validation_fraction,
+                         early_stopping=early_stopping, random_state=random_state, device=device,
+                         precision=precision)
 
     def _hidden(self) -> tuple[int, ...]:
         sizes = self.hidden_sizes
