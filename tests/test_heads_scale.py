@@ -20,7 +20,10 @@ from featcache.errors import FeatcacheError, HeadError
 from featcache.train.heads import make_head
 from featcache.train.heads.blocks import FeatureBlocks, chunk_rows, column_stats
 from featcache.train.heads.neighbors import top_k_cosine, vote
+from featcache.train.heads.lockstep import run_lockstep
+from featcache.train.heads.sklearn_heads import LogRegHead, SVMHead
 from featcache.train.persist import load_head
+from featcache.train.sweeps import _grid_combinations as sweep_combinations
 from featcache.train.sweeps import path_order, sweep
 
 OLD_FILES = Path(__file__).parent / "data" / "heads_before_blockwise"
@@ -325,18 +328,126 @@ def test_path_order_runs_strongest_regularisation_first():
     assert path_order(lambda p: make_head("linear", **p), [{"lr": 1.0}, {"lr": 2.0}]) is None
 
 
-def test_warm_started_logreg_path_matches_cold_fits(data, blockwise):
+@pytest.mark.parametrize("grid, together", [({"C": [1.0, 0.01, 0.1]}, 1),
+                                            ({"C": [1.0, 0.01], "max_iter": [50, 100]}, 0)],
+                         ids=["C: fitted together", "C and max_iter: warm-started paths"])
+def test_a_logreg_sweep_matches_separate_fits(data, blockwise, monkeypatch, grid, together):
     X_train, X_val, y_train, y_val = data
-    grid = {"C": [1.0, 0.01, 0.1]}
-    res = sweep(lambda p: make_head("logreg", **p), grid,
-                X_train, y_train, X_val, y_val, n_jobs=1)
-    assert [r["params"] for r in res.rows] == [{"C": 1.0}, {"C": 0.01}, {"C": 0.1}]  # grid order
-    assert (res.workers, res.in_process) == (1, 3)
+    calls = []
+    real = LogRegHead.fit_together.__func__
+    monkeypatch.setattr(LogRegHead, "fit_together",
+                        classmethod(lambda cls, heads, X, y: calls.append(len(heads)) or real(cls, heads, X, y)))
+    res = sweep(lambda p: make_head("logreg", **p), grid, X_train, y_train, X_val, y_val, n_jobs=1)
+    assert [r["params"] for r in res.rows] == sweep_combinations(grid)  # grid order
+    assert len(calls) == together and (res.workers, res.in_process) == (1, len(res.rows))
     for row in res.rows:
         cold = make_head("logreg", **row["params"]).fit(X_train, y_train)
         assert row["val_score"] == pytest.approx(cold.score(X_val, y_val), abs=2 / len(y_val))
     best = make_head("logreg", **res.best_params).fit(X_train, y_train)
     np.testing.assert_allclose(res.best_estimator.coef_, best.coef_, atol=1e-2 * np.abs(best.coef_).max())
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_linear_heads_fitted_together_equal_separate_fits(name, n_classes, data, blockwise, monkeypatch):
+    """One pass over the data per round serves every solve still running; each ends where its
+    own fit does (to the solver's tolerance), and the preconditioner is computed once."""
+    X_train, X_test, y_train, _ = data
+    keep = y_train < n_classes
+    X_train, y_train = X_train[keep], y_train[keep]
+    Cs = [0.01, 0.1, 1.0]
+    widths, factors = [], []
+    real_eval, real_factor = solvers.LinearObjective._evaluate_many, solvers.covariance_factor
+    monkeypatch.setattr(solvers.LinearObjective, "_evaluate_many",
+                        lambda self, thetas, alphas: widths.append(len(thetas)) or real_eval(self, thetas, alphas))
+    monkeypatch.setattr(solvers, "covariance_factor", lambda objective: factors.append(1) or real_factor(objective))
+    heads = [make_head(name, C=C) for C in Cs]
+    assert type(heads[0]).fit_together(heads, X_train, y_train) is heads
+    rounds = len(widths)
+    assert widths[0] == 3 and widths == sorted(widths, reverse=True) and len(factors) == 1
+    assert rounds <= max(h.n_iter_ for h in heads) + 10
+    widths.clear()
+    for C, head in zip(Cs, heads):
+        alone = make_head(name, C=C).fit(X_train, y_train)
+        np.testing.assert_allclose(head.coef_, alone.coef_, atol=2e-2 * np.abs(alone.coef_).max())
+        assert np.mean(head.predict(X_test) == alone.predict(X_test)) >= 0.99
+        np.testing.assert_array_equal(head.mean_, alone.mean_)
+        assert head._factor_ is heads[0]._factor_ and head.n_samples_fit_ == len(y_train)
+    assert rounds < len(widths)  # separate fits: one pass per evaluation of each
+
+
+def test_linear_heads_fitted_together_from_disk_read_each_block_once_a_round(data, tmp_path, monkeypatch, blockwise):
+    X_train, X_test, y_train, _ = data
+    monkeypatch.setattr(heads_base, "BLOCK_BYTES", 100 * 40 * 4)  # blocks of 100 rows
+    Cs = [0.001, 1.0]
+    in_memory = SVMHead.fit_together([make_head("svm", C=C) for C in Cs], X_train, y_train)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["x"] = X_train
+    widths = []
+    real_eval = solvers.LinearObjective._evaluate_many
+    monkeypatch.setattr(solvers.LinearObjective, "_evaluate_many",
+                        lambda self, thetas, alphas: widths.append(len(thetas)) or real_eval(self, thetas, alphas))
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        lazy = RowLimitedArray(f["x"], max_rows=100)
+        heads = SVMHead.fit_together([make_head("svm", C=C) for C in Cs], lazy, y_train)
+    blocks = -(-len(X_train) // 100)
+    assert widths[0] == 2 and sum(widths) > len(widths)  # rounds shared by both solves
+    assert lazy.reads == (len(widths) + 2) * blocks  # + the column statistics and the preconditioner
+    for head, ref in zip(heads, in_memory):
+        np.testing.assert_allclose(head.predict_proba(X_test), ref.predict_proba(X_test), rtol=1e-4, atol=1e-5)
+
+
+def test_small_matrices_fitted_together_are_scikit_learns_fits(data):
+    X_train, X_test, y_train, _ = data
+    heads = LogRegHead.fit_together([make_head("logreg", C=C) for C in (0.1, 1.0)], X_train, y_train)
+    for head in heads:
+        alone = make_head("logreg", C=head.C).fit(X_train, y_train)
+        np.testing.assert_array_equal(head.coef_, alone.coef_)
+
+
+def test_a_point_fitted_together_that_runs_out_of_iterations_is_named(data, blockwise):
+    X_train, _, y_train, _ = data
+    with pytest.warns(ConvergenceWarning, match=r"LogRegHead \(C=10\): L-BFGS did not converge in max_iter=3"):
+        LogRegHead.fit_together([make_head("logreg", C=C, max_iter=3) for C in (0.01, 10.0)], X_train, y_train)
+
+
+def test_lockstep_rounds_evaluate_every_running_solve_together():
+    batches = []
+
+    def solve(n):
+        return lambda fun: [fun(i) for i in range(n)]
+
+    def evaluate(batch):
+        batches.append([i for i, _ in batch])
+        return [10 * x for _, x in batch]
+
+    assert run_lockstep([solve(3), solve(1), solve(2)], evaluate) == [[0, 10, 20], [0], [0, 10]]
+    assert batches == [[0, 1, 2], [0, 2], [0]]
+
+
+def test_lockstep_raises_the_first_error_and_stops_every_solve():
+    import threading
+
+    before = threading.active_count()
+
+    def forever(fun):
+        while True:
+            fun(1)
+
+    def failing(fun):
+        fun(0)
+        raise ValueError("solve 0 failed")
+
+    with pytest.raises(ValueError, match="solve 0 failed"):
+        run_lockstep([failing, forever, forever], lambda batch: [x for _, x in batch])
+    assert threading.active_count() == before
+
+    def failing_pass(batch):
+        raise RuntimeError("the pass failed")
+
+    with pytest.raises(RuntimeError, match="the pass failed"):
+        run_lockstep([forever, forever], failing_pass)
+    assert threading.active_count() == before
 
 
 @pytest.mark.parametrize("name", ["logreg", "svm"])
@@ -421,7 +532,9 @@ def test_lbfgs_history_is_bounded_by_memory():
     assert history_size(10**9) == 10  # never below scipy's default
 
 
-def test_optimiser_runs_on_one_blas_thread_and_data_passes_on_all(data, monkeypatch):
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=5
+@pytest.mark.parametrize("together", [False, True], ids=["one fit", "fitted together"])
+def test_optimiser_runs_on_one_blas_thread_and_data_passes_on_all(data, monkeypatch, together):
     """The L-BFGS bookkeeping is limited to one BLAS thread; the objective gets them all back."""
     from threadpoolctl import threadpool_info
 
@@ -430,13 +543,13 @@ def test_optimiser_runs_on_one_blas_thread_and_data_passes_on_all(data, monkeypa
 
     before = blas_threads()
     seen = []
-    real = solvers.LinearObjective._evaluate
+    real = solvers.LinearObjective._evaluate_many
 
-    def spy(self, theta):
+    def spy(self, thetas, alphas):
         seen.append(blas_threads())
-        return real(self, theta)
+        return real(self, thetas, alphas)
 
-    monkeypatch.setattr(solvers.LinearObjective, "_evaluate", spy)
+    monkeypatch.setattr(solvers.LinearObjective, "_evaluate_many", spy)
     seen_outside = []
     real_min = solvers.minimize
 
@@ -447,9 +560,12 @@ def test_optimiser_runs_on_one_blas_thread_and_data_passes_on_all(data, monkeypa
     monkeypatch.setattr(solvers, "minimize", spy_min)
     monkeypatch.setattr(sklearn_heads, "SKLEARN_MAX_MACS", 0)  # the blockwise solver
     X_train, _, y_train, _ = data
-    make_head("logreg", max_iter=5).fit(X_train, y_train)
+    if together:
+        LogRegHead.fit_together([make_head("logreg", C=C, max_iter=5) for C in (0.1, 1.0)], X_train, y_train)
+    else:
+        make_head("logreg", max_iter=5).fit(X_train, y_train)
     assert seen and set(seen) == {before}
-    assert seen_outside == [1]
+    assert seen_outside == [1] * (2 if together else 1)
     assert blas_threads() == before
 
 

@@ -4,18 +4,19 @@
 parallel with joblib/loky when that pays off), scores each on the validation split
 only and returns a :class:`SweepResult`. It is never given the test split.
 
-Warm-started paths: when the estimator names a ``path_param`` that the grid sweeps (the
-``logreg``/``svm`` heads: ``C``; ``knn``: ``n_neighbors``; ``ncm``: ``temperature``, see
-:class:`featcache.train.heads.base.HeadBase`), every fit runs in this process along the
+Grids fitted at once: when the estimator's class has ``fit_together(estimators, X, y)`` and
+the combinations differ only in its ``together_params`` (the ``linear`` head: ``lr`` and
+``weight_decay``, one pass over the data per epoch for every combination; ``logreg`` and
+``svm``: ``C``, one pass per L-BFGS round for every solve still running), the whole grid is
+fitted by one call in this process; each row's ``fit_seconds`` is its share of that call.
+
+Warm-started paths: otherwise, when the estimator names a ``path_param`` that the grid sweeps
+(the ``logreg``/``svm`` heads: ``C``; ``knn``: ``n_neighbors``; ``ncm``: ``temperature``,
+an attribute of the class), every fit runs in this process along the
 path, strongest regularisation first (``C`` ascending; ``n_neighbors`` descending), each
 started from the previous fit (``fit(X, y, warm_start=previous)``), as glmnet and
 ``LogisticRegressionCV`` do. Rows are still reported in grid order and ties still go to the
 first combination in grid order.
-
-Grids trained at once: when the estimator's class has ``fit_together(estimators, X, y)`` and
-the combinations differ only in its ``together_params`` (the ``linear`` head: ``lr`` and
-``weight_decay``), the whole grid is fitted by one call in this process (one pass over the
-data per epoch for every combination); each row's ``fit_seconds`` is its share of that call.
 
 With ``n_jobs=-1`` (the default) the first combination is fitted in this process
 and timed; worker processes are started only when the remaining fits are expected
@@ -349,14 +350,14 @@ def _run_together(board: _Board, ests: list, data: tuple) -> None:
 
 
 def _run_as_one(board: _Board, make_estimator, data: tuple) -> bool:
-    """A warm-started path or a grid trained at once, in this process; False when neither applies."""
-    order = path_order(make_estimator, board.combos)
-    if order is not None:
-        _run_path(board, order, make_estimator, data)
-        return True
+    """A grid fitted at once or a warm-started path, in this process; False when neither applies."""
     grid = together(make_estimator, board.combos)
     if grid is not None:
         _run_together(board, grid, data)
+        return True
+    order = path_order(make_estimator, board.combos)
+    if order is not None:
+        _run_path(board, order, make_estimator, data)
         return True
     return False
 
@@ -414,10 +415,11 @@ def sweep(
     ``predict(X)``. Combinations are the cartesian product of the grid's lists in key order;
     ties go to the first combination in that order. Only train and val are seen.
 
-    Estimators with a ``path_param`` swept by the grid (the featcache heads ``logreg``,
-    ``svm``, ``knn``, ``ncm``) are fitted in this process along a warm-started path, and a
-    grid the estimator trains at once (``fit_together``: the ``linear`` head over ``lr`` and
-    ``weight_decay``) by one call in this process (see the module docstring). For the
+    A grid the estimator fits at once (``fit_together``: the ``linear`` head over ``lr`` and
+    ``weight_decay``, ``logreg`` and ``svm`` over ``C``) is fitted by one call in this
+    process, and estimators with a ``path_param`` swept by the grid (the featcache heads
+    ``logreg``, ``svm``, ``knn``, ``ncm``) otherwise along a warm-started path in this
+    process (see the module docstring). For the
     others, ``n_jobs=-1`` or ``None`` (auto, the default) fits the first combination in
     this process and times it; the remaining ones go to up to ``cpu_count`` worker
     processes only when that is expected to save time despite the workers' start-up

@@ -14,7 +14,8 @@ own attributes and predictions are computed from them, so a head rebuilt with
 Every head here trains on a lazy ``X`` (``h5py.Dataset``, ``np.memmap``, the rows of a view
 read from disk) by streaming blocks of rows, pass after pass; none of them makes a float64
 copy of the training matrix. They warm-start along a sweep (``fit(X, y, warm_start=head)``,
-see :attr:`featcache.train.heads.base.HeadBase.path_param`).
+the heads' ``path_param``, :func:`featcache.train.sweeps.path_order`); ``logreg`` and ``svm`` fit a
+grid over ``C`` at once (``fit_together``: the solves share their passes over the data).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, softma
 from featcache.train.heads.blocks import FeatureBlocks, column_stats
 from featcache.train.heads.neighbors import CosineSearch, class_means, normalize_rows, normalized_copy, vote
 from featcache.train.heads.registry import register_head
-from featcache.train.heads.solvers import LinearObjective, fit_linear
+from featcache.train.heads.solvers import LinearObjective, fit_linear, fit_linear_together
 
 #: Below this many multiply-adds per pass (rows x features x classes), fit on one BLAS thread:
 #: threaded BLAS on small matrices mostly waits on a busy machine (benchmarks/blas_threads.py:
@@ -119,6 +120,43 @@ class _LinearModelHead(HeadBase):
         self.coef_, self.intercept_, self.n_iter_ = res.coef, res.intercept, res.n_iter
         self._factor_ = res.factor  # the path's next point preconditions with it (not saved)
         return self
+
+    #: parameters a sweep may vary and still fit its whole grid at once (:meth:`fit_together`)
+    together_params = ("C",)
+
+    @classmethod
+    def fit_together(cls, heads: list, X, y) -> list:
+        """Fit ``heads`` (differing only in ``C``) on ``X``, ``y``; returns them.
+
+        The blockwise solver runs their L-BFGS solves side by side, each pass over the data
+        evaluating every solve still running (:func:`~featcache.train.heads.solvers.fit_linear_together`):
+        each ends at the solution of its own objective by its own fit's stopping rule (the
+        iterates differ from a separate fit's by float rounding). Where scikit-learn's solver
+        fits (small in-memory matrices), they are fitted one after the other, each from the
+        previous one.
+        """
+        first = heads[0]
+        for head in heads:
+            head.check_params()
+        X, y_enc = first._validate_any_fit(X, y)
+        if len(heads) == 1 or uses_sklearn_solver(X, len(first.classes_)):
+            previous = None
+            for head in heads:
+                previous = head.fit(X, y, warm_start=previous)
+            return heads
+        check_device(first.device)
+        blocks = FeatureBlocks(X, first.n_features_in_)
+        mean, scale = column_stats(blocks)
+        objective = LinearObjective(blocks, y_enc, len(first.classes_), loss=first._loss, C=first.C,
+                                    mean=mean, scale=scale, device=first.device)
+        fits = fit_linear_together(objective, [head.C for head in heads], max_iter=first.max_iter, tol=1e-4,
+                                   who=cls.__name__)
+        for head, res in zip(heads, fits):
+            head.classes_, head.n_features_in_, head.n_samples_fit_ = first.classes_, first.n_features_in_, len(y_enc)
+            head.mean_, head.scale_ = mean, scale
+            head.coef_, head.intercept_, head.n_iter_ = res.coef, res.intercept, res.n_iter
+            head._factor_ = res.factor
+        return heads
 
     def check_params(self) -> None:
         _check_positive(self, "C", self.C)

@@ -37,48 +37,53 @@ from threadpoolctl import ThreadpoolController
 from featcache.train.heads._torch_train import products_device, shared_tensor
 from featcache.train.heads.base import fold_standardization
 from featcache.train.heads.blocks import FeatureBlocks
+from featcache.train.heads.lockstep import run_lockstep
 
 LOSSES = ("logistic", "squared_hinge")
 
 
 def row_max(Z: np.ndarray) -> np.ndarray:
-    """``Z.max(axis=1, keepdims=True)`` of a matrix with few columns, column by column: the same
+    """``Z.max(axis=-1, keepdims=True)`` of scores with few columns, column by column: the same
     values, 4x faster (numpy's row-wise reduction over 10 columns: 3.1 ms for 51,000 rows)."""
-    m = Z[:, 0].copy()
-    for j in range(1, Z.shape[1]):
-        np.maximum(m, Z[:, j], out=m)
-    return m[:, None]
+    m = Z[..., 0].copy()
+    for j in range(1, Z.shape[-1]):
+        np.maximum(m, Z[..., j], out=m)
+    return m[..., None]
 
 
-def multinomial_loss(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Summed softmax cross-entropy of logits ``Z`` (m, k) and its gradient ``dZ``."""
+# The losses take the scores of m models at once, ``Z`` of shape (rows, m, k) (k classes, or
+# 1 score column for two classes), and return each model's summed loss (m,) in float64 and
+# the gradient ``dZ`` (rows, m, k).
+
+def multinomial_loss(Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax cross-entropy of logits ``Z`` (rows, m, k), labels ``y`` in 0..k-1."""
     rows = np.arange(len(y))
     Z = Z - row_max(Z)
     P = np.exp(Z)
-    total = P.sum(axis=1, keepdims=True)
-    loss = float(np.sum(np.log(total[:, 0], dtype=np.float64)) - np.sum(Z[rows, y], dtype=np.float64))
+    total = P.sum(axis=2, keepdims=True)
+    loss = np.sum(np.log(total[..., 0], dtype=np.float64), axis=0) - np.sum(Z[rows, :, y], axis=0, dtype=np.float64)
     P /= total
-    P[rows, y] -= 1.0
+    P[rows, :, y] -= 1.0
     return loss, P
 
 
-def binary_logistic_loss(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Summed logistic loss of one score column ``Z`` (m, 1), ``y`` in {0, 1}."""
-    s = (2.0 * y - 1.0).astype(Z.dtype)[:, None]
+def binary_logistic_loss(Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic loss of one score column per model ``Z`` (rows, m, 1), ``y`` in {0, 1}."""
+    s = (2.0 * y - 1.0).astype(Z.dtype)[:, None, None]
     margin = s * Z
-    loss = -float(np.sum(log_expit(margin), dtype=np.float64))
+    loss = -np.sum(log_expit(margin), axis=(0, 2), dtype=np.float64)
     return loss, -s * expit(-margin)
 
 
-def squared_hinge_loss(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """One-vs-rest squared hinge of scores ``Z`` (m, k); with k = 1, ``y`` in {0, 1}."""
-    if Z.shape[1] == 1:
-        S = (2.0 * y - 1.0).astype(Z.dtype)[:, None]
+def squared_hinge_loss(Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest squared hinge of scores ``Z`` (rows, m, k); with k = 1, ``y`` in {0, 1}."""
+    if Z.shape[2] == 1:
+        S = (2.0 * y - 1.0).astype(Z.dtype)[:, None, None]
     else:
-        S = np.full(Z.shape, -1.0, dtype=Z.dtype)
-        S[np.arange(len(y)), y] = 1.0
+        S = np.full((len(y), 1, Z.shape[2]), -1.0, dtype=Z.dtype)
+        S[np.arange(len(y)), 0, y] = 1.0
     slack = np.maximum(1.0 - S * Z, 0.0)
-    return float(np.sum(slack * slack, dtype=np.float64)), -2.0 * S * slack
+    return np.sum(slack * slack, axis=(0, 2), dtype=np.float64), -2.0 * S * slack
 
 
 #: Passes of at least this many multiply-adds (rows x features x score columns) make their two
@@ -192,7 +197,7 @@ class LinearObjective:
         }[loss]
         self.penalize_intercept = loss == "squared_hinge"  # LinearSVC: intercept_scaling=1
         self.mean, self.scale = mean, scale
-        self.alpha = 1.0 / (float(C) * len(self.y))  # penalty weight of the mean loss
+        self.alpha = self.penalty_weight(C)  # penalty weight of the mean loss
         self.calls = 0
 
     def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,25 +205,43 @@ class LinearObjective:
         return W, theta[self.d * self.k :]
 
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        with self.pass_threads():
-            return self._evaluate(theta)
+        return self.evaluate([theta], [self.alpha])[0]
 
-    def _evaluate(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+    def penalty_weight(self, C: float) -> float:
+        """The weight of the penalty in the mean loss for ``C`` (``alpha`` is that of this ``C``)."""
+        return 1.0 / (float(C) * len(self.y))
+
+    def evaluate(self, thetas: list[np.ndarray], alphas: list[float]) -> list[tuple[float, np.ndarray]]:
+        """Value and gradient at each of ``thetas``, each with its own penalty weight, from one
+        pass over the data: the models' weights side by side in each product."""
+        with self.pass_threads():
+            return self._evaluate_many(thetas, alphas)
+
+    def _evaluate_many(self, thetas: list[np.ndarray], alphas: list[float]) -> list[tuple[float, np.ndarray]]:
         self.calls += 1
-        W, b = self.unpack(theta)
-        W_raw, b_raw = (a.astype(np.float32) for a in fold_standardization(W, b, self.mean, self.scale))
-        loss, gW, gb = 0.0, np.zeros((self.d, self.k)), np.zeros(self.k)
+        m, d, k = len(thetas), self.d, self.k
+        params = [self.unpack(theta) for theta in thetas]
+        folded = [fold_standardization(W, b, self.mean, self.scale) for W, b in params]
+        W_raw = np.concatenate([W for W, _ in folded], axis=1).astype(np.float32)  # (d, m * k)
+        b_raw = np.concatenate([b for _, b in folded]).astype(np.float32)
+        loss, gW, gb = np.zeros(m), np.zeros((d, m * k)), np.zeros(m * k)
         for start, stop, block in self.products.operands(self.blocks):
-            block_loss, G = self.loss_fn(self.products.scores(block, W_raw, b_raw), self.y[start:stop])
+            Z = self.products.scores(block, W_raw, b_raw)
+            block_loss, G = self.loss_fn(Z.reshape(len(Z), m, k), self.y[start:stop])
+            G = G.reshape(len(Z), m * k)
             loss += block_loss
             gW += self.products.gradient(block, G.astype(np.float32, copy=False))
             gb += G.sum(axis=0, dtype=np.float64)
         n = len(self.y)
         gW = (gW - np.outer(self.mean, gb)) / self.scale[:, None]
-        penalty = float(W.ravel() @ W.ravel()) + (float(b @ b) if self.penalize_intercept else 0.0)
-        grad_b = gb / n + (self.alpha * b if self.penalize_intercept else 0.0)
-        value = loss / n + 0.5 * self.alpha * penalty
-        return value, np.concatenate([(gW / n + self.alpha * W).ravel(), grad_b])
+        out = []
+        for j, ((W, b), alpha) in enumerate(zip(params, alphas)):
+            cols = slice(j * k, (j + 1) * k)
+            penalty = float(W.ravel() @ W.ravel()) + (float(b @ b) if self.penalize_intercept else 0.0)
+            grad_b = gb[cols] / n + (alpha * b if self.penalize_intercept else 0.0)
+            value = float(loss[j]) / n + 0.5 * alpha * penalty
+            out.append((value, np.concatenate([(gW[:, cols] / n + alpha * W).ravel(), grad_b])))
+        return out
 
 
 #: Rows sampled (evenly, from every block) for the preconditioner's covariance.
@@ -244,31 +267,41 @@ def covariance_factor(objective: LinearObjective) -> np.ndarray | None:
 class Preconditioned:
     """The objective in coordinates ``V = L^T W`` (whitened features, Hessian ~ identity).
 
-    Records the gradient in the original coordinates, whose largest entry is the stopping
-    rule (scikit-learn's ``gtol``), so the answer meets the same criterion as without it.
+    Gives the largest entry of the gradient in the original coordinates with each value: it
+    is the stopping rule (scikit-learn's ``gtol``), so the answer meets the same criterion as
+    without the preconditioner. Several points go through one pair of triangular solves.
     """
 
     def __init__(self, objective: LinearObjective, factor: np.ndarray):
         self.objective, self.L = objective, factor
+        self.d, self.k = objective.d, objective.k
         self.dk = objective.d * objective.k
-        self.theta, self.max_grad = None, np.inf
+        self.max_grad = np.inf
+
+    def to_thetas(self, vs: list[np.ndarray]) -> list[np.ndarray]:
+        V = np.concatenate([v[: self.dk].reshape(self.d, self.k) for v in vs], axis=1)
+        W = solve_triangular(self.L, V, lower=True, trans="T", check_finite=False)
+        return [np.concatenate([W[:, j * self.k : (j + 1) * self.k].ravel(), v[self.dk :]])
+                for j, v in enumerate(vs)]
 
     def to_theta(self, v: np.ndarray) -> np.ndarray:
-        V = v[: self.dk].reshape(self.objective.d, self.objective.k)
-        W = solve_triangular(self.L, V, lower=True, trans="T", check_finite=False)
-        return np.concatenate([W.ravel(), v[self.dk :]])
+        return self.to_thetas([v])[0]
 
     def from_theta(self, theta: np.ndarray) -> np.ndarray:
-        W = theta[: self.dk].reshape(self.objective.d, self.objective.k)
+        W = theta[: self.dk].reshape(self.d, self.k)
         return np.concatenate([(self.L.T @ W).ravel(), theta[self.dk :]])
 
+    def evaluate(self, vs: list[np.ndarray], alphas: list[float]) -> list[tuple[float, np.ndarray, float]]:
+        """``(value, gradient in V, largest entry of the gradient in W)`` at each of ``vs``."""
+        values = self.objective.evaluate(self.to_thetas(vs), alphas)
+        G = np.concatenate([g[: self.dk].reshape(self.d, self.k) for _, g in values], axis=1)
+        GV = solve_triangular(self.L, G, lower=True, check_finite=False)
+        return [(value, np.concatenate([GV[:, j * self.k : (j + 1) * self.k].ravel(), g[self.dk :]]),
+                 float(np.max(np.abs(g)))) for j, (value, g) in enumerate(values)]
+
     def __call__(self, v: np.ndarray) -> tuple[float, np.ndarray]:
-        self.theta = self.to_theta(v)
-        value, g = self.objective(self.theta)
-        self.max_grad = float(np.max(np.abs(g)))
-        gW = g[: self.dk].reshape(self.objective.d, self.objective.k)
-        gV = solve_triangular(self.L, gW, lower=True, check_finite=False)
-        return value, np.concatenate([gV.ravel(), g[self.dk :]])
+        value, gv, self.max_grad = self.evaluate([v], [self.objective.alpha])[0]
+        return value, gv
 
 
 @contextlib.contextmanager
@@ -286,8 +319,10 @@ def blas_split(objective: LinearObjective):
 
 
 #: Most (s, y) pairs L-BFGS keeps: on CNN features 100 instead of scipy's 10 takes 30 % fewer
-#: passes over the data (logreg on 51,000 x 1,280 Fashion-MNIST features: 80 vs 116).
-MAX_HISTORY = 100
+#: passes over the data (logreg on 51,000 x 1,280 Fashion-MNIST features: 80 vs 116), and 200
+#: instead of 100 takes 11 % fewer on the solves that need more than 100 iterations (svm,
+#: C=0.1: 151 vs 170; solves of up to 100 iterations never fill the history: the same passes).
+MAX_HISTORY = 200
 #: Memory the L-BFGS history may hold (two float64 vectors per pair).
 HISTORY_BYTES = 64 * 2**20
 
@@ -309,32 +344,98 @@ def fit_linear(objective: LinearObjective, *, max_iter: int, tol: float,
     previous point; it depends on neither ``C`` nor the loss), computed here when None. Warns
     with ``ConvergenceWarning`` when ``max_iter`` iterations were not enough.
     """
+    if factor is None:
+        factor = covariance_factor(objective)
+    theta = np.zeros(objective.d * objective.k + objective.k)
     d, k = objective.d, objective.k
-    theta = np.zeros(d * k + k)
     if init is not None and np.shape(init[0]) == (k, d) and np.shape(init[1]) == (k,):
         theta[: d * k] = np.asarray(init[0], dtype=np.float64).T.ravel()
         theta[d * k :] = init[1]
-    if factor is None:
-        factor = covariance_factor(objective)
-    fun = objective if factor is None else Preconditioned(objective, factor)
-    x0 = theta if factor is None else fun.from_theta(theta)
-    options = {"maxiter": int(max_iter), "maxls": 50, "maxcor": history_size(theta.size),
+    pre = None if factor is None else Preconditioned(objective, factor)
+    with blas_split(objective):
+        solved = _lbfgs(objective if pre is None else pre, theta if pre is None else pre.from_theta(theta),
+                        whitened=pre is not None, max_iter=max_iter, tol=tol)
+    return _finish(objective, pre, solved, factor, max_iter=max_iter, who=who)
+
+
+def fit_linear_together(objective: LinearObjective, Cs: list[float], *, max_iter: int, tol: float,
+                        who: str = "head") -> list[LinearFit]:
+    """Minimise ``objective`` for each of ``Cs`` (from 0), the solves side by side: one pass over
+    the data evaluates every solve still running (:func:`~featcache.train.heads.lockstep.run_lockstep`).
+
+    Each solve is that of :func:`fit_linear` with its own ``C``: the same L-BFGS, preconditioner
+    (computed once) and stopping rule; its iterates differ from a separate fit's by float
+    rounding only (wider products). Warns with ``ConvergenceWarning`` for each ``C`` whose
+    ``max_iter`` iterations were not enough.
+    """
+    factor = covariance_factor(objective)
+    pre = None if factor is None else Preconditioned(objective, factor)
+    alphas = [objective.penalty_weight(C) for C in Cs]
+    x0 = np.zeros(objective.d * objective.k + objective.k)
+
+    def evaluate(batch):
+        points, weights = [x for _, x in batch], [alphas[i] for i, _ in batch]
+        if pre is None:
+            return [(value, g, np.inf) for value, g in objective.evaluate(points, weights)]
+        return pre.evaluate(points, weights)
+
+    def solve(fun):
+        return _lbfgs(_Member(fun), x0, whitened=pre is not None, max_iter=max_iter, tol=tol)
+
+    with blas_split(objective):
+        solved = run_lockstep([solve] * len(Cs), evaluate)
+    fits = []
+    for one, C in zip(solved, Cs):
+        fits.append(_finish(objective, pre, one, factor, max_iter=max_iter, who=f"{who} (C={C:g})"))
+    return fits
+
+
+class _Member:
+    """One solve of :func:`fit_linear_together`: values (and the stopping rule's largest
+    gradient entry) from ``fun``, a round of the lockstep."""
+
+    def __init__(self, fun):
+        self.fun, self.max_grad = fun, np.inf
+
+    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        value, g, self.max_grad = self.fun(x)
+        return value, g
+
+
+@dataclass
+class _Solved:
+    """What :func:`_lbfgs` leaves for :func:`_finish`."""
+
+    x: np.ndarray
+    n_iter: int
+    converged: bool
+    out_of_iterations: bool
+
+
+def _lbfgs(fun, x0: np.ndarray, *, whitened: bool, max_iter: int, tol: float) -> _Solved:
+    """scipy's L-BFGS-B on ``fun`` from ``x0``; ``whitened``: stop by ``fun.max_grad`` (the
+    original gradient's largest entry, :class:`Preconditioned`) instead of scipy's ``gtol``."""
+    options = {"maxiter": int(max_iter), "maxls": 50, "maxcor": history_size(x0.size),
                "gtol": float(tol), "ftol": 64 * np.finfo(float).eps}
     callback = None
-    if factor is not None:
+    if whitened:
         options["gtol"] = 0.0  # the rule is on the original gradient, checked below
 
         def callback(intermediate_result):
             if fun.max_grad <= tol:
                 raise StopIteration
 
-    with blas_split(objective):
-        res = minimize(fun, x0, jac=True, method="L-BFGS-B", callback=callback, options=options)
-    converged = res.status == 0 or (factor is not None and fun.max_grad <= tol)
-    if not converged and res.nit >= int(max_iter):
+    res = minimize(fun, x0, jac=True, method="L-BFGS-B", callback=callback, options=options)
+    converged = res.status == 0 or (whitened and fun.max_grad <= tol)
+    return _Solved(res.x, int(res.nit), bool(converged), int(res.nit) >= int(max_iter))
+
+
+def _finish(objective: LinearObjective, pre: Preconditioned | None, solved: _Solved,
+            factor: np.ndarray | None, *, max_iter: int, who: str) -> LinearFit:
+    if not solved.converged and solved.out_of_iterations:
         warnings.warn(
             f"{who}: L-BFGS did not converge in max_iter={max_iter} iterations; increase "
-            "max_iter, or raise the regularisation (smaller C)", ConvergenceWarning, stacklevel=3)
-    W, b = objective.unpack(res.x if factor is None else fun.to_theta(res.x))
+            "max_iter, or raise the regularisation (smaller C)", ConvergenceWarning, stacklevel=4)
+    W, b = objective.unpack(solved.x if pre is None else pre.to_theta(solved.x))
     return LinearFit(np.ascontiguousarray(W.T), np.asarray(b, dtype=np.float64).copy(),
-                     int(res.nit), bool(converged), factor)
+                     solved.n_iter, solved.converged, factor)
