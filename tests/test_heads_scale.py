@@ -442,12 +442,14 @@ def test_lockstep_raises_the_first_error_and_stops_every_solve():
         run_lockstep([failing, forever, forever], lambda batch: [x for _, x in batch])
     assert threading.active_count() == before
 
-    def failing_pass(batch):
-        raise RuntimeError("the pass failed")
+    for error in (RuntimeError("the pass failed"), KeyboardInterrupt()):  # Ctrl-C arrives in this thread
 
-    with pytest.raises(RuntimeError, match="the pass failed"):
-        run_lockstep([forever, forever], failing_pass)
-    assert threading.active_count() == before
+        def failing_pass(batch, error=error):
+            raise error
+
+        with pytest.raises(type(error)):
+            run_lockstep([forever, forever], failing_pass)
+        assert threading.active_count() == before
 
 
 @pytest.mark.parametrize("name", ["logreg", "svm"])
@@ -649,6 +651,12 @@ def test_a_gpu_named_where_there_is_none_is_refused_whatever_the_size(name, data
     X_train, _, y_train, _ = data  # small: logreg/svm would use scikit-learn, knn numpy
     with pytest.raises(FeatcacheError, match="CUDA is not available"):
         make_head(name, device="cuda").fit(X_train, y_train)
+    if name != "knn":  # a grid over C fitted together, small (scikit-learn) or blockwise
+        cls = type(make_head(name))
+        for limit in (10**12, 0):
+            with pytest.MonkeyPatch.context() as mp, pytest.raises(FeatcacheError, match="CUDA is not available"):
+                mp.setattr(sklearn_heads, "SKLEARN_MAX_MACS", limit)
+                cls.fit_together([make_head(name, C=C, device="cuda") for C in (0.1, 1.0)], X_train, y_train)
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
@@ -666,6 +674,11 @@ def test_linear_heads_fit_on_the_gpu_like_on_the_cpu(name, blockwise, data, tmp_
     cpu = make_head(name, device="cpu").fit(X_train, y_train)
     np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-3, atol=1e-3 * np.abs(cpu.coef_).max())
     assert np.mean(gpu.predict(X_val) == cpu.predict(X_val)) >= 0.99
+    cls = type(gpu)  # a grid over C fitted together: every solve's passes on the GPU
+    gpus = cls.fit_together([make_head(name, C=C, device="cuda") for C in (0.1, 1.0)], X, y_train)
+    cpus = cls.fit_together([make_head(name, C=C, device="cpu") for C in (0.1, 1.0)], X_train, y_train)
+    for g, c in zip(gpus, cpus):
+        np.testing.assert_allclose(g.coef_, c.coef_, rtol=1e-3, atol=1e-3 * np.abs(c.coef_).max())
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
