@@ -588,27 +588,29 @@ def test_plot_errors(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_a_linear_grid_over_lr_and_weight_decay_is_trained_at_once(monkeypatch):
+@pytest.mark.parametrize("name, grid, other", [
+    ("linear", {"lr": [1e-3, 1e-2], "weight_decay": [0.0, 1e-2]}, {"lr": [1e-3, 1e-2], "max_epochs": [2, 3]}),
+    # two hidden layers: not one network of side-by-side layers
+    ("mlp", {"hidden_sizes": [(8,), (16,)], "dropout": [0.0, 0.2]}, {"hidden_sizes": [(8,), (8, 4)]}),
+], ids=["linear", "mlp"])
+def test_a_torch_grid_is_trained_at_once(monkeypatch, name, grid, other):
     import joblib
 
     from featcache.train.heads import make_head
-    from featcache.train.heads.torch_heads import LinearHead
 
     monkeypatch.setattr(joblib, "Parallel", _NoParallel)
+    cls = type(make_head(name))
     calls = []
-    real = LinearHead.fit_together.__func__
-    monkeypatch.setattr(LinearHead, "fit_together",
-                        classmethod(lambda cls, h, X, y: calls.append(len(h)) or real(cls, h, X, y)))
+    real = cls.fit_together.__func__
+    monkeypatch.setattr(cls, "fit_together", classmethod(lambda c, h, X, y: calls.append(len(h)) or real(c, h, X, y)))
     rng = np.random.default_rng(2)
     X = rng.normal(size=(300, 6)).astype(np.float32)
     y = (X[:, 0] + 0.3 * X[:, 1] > 0).astype(int)
-    grid = {"lr": [1e-3, 1e-2], "weight_decay": [0.0, 1e-2]}
-    res = sweep(lambda p: make_head("linear", max_epochs=5, **p), grid, X[:200], y[:200], X[200:], y[200:], n_jobs=2)
+    data = (X[:200], y[:200], X[200:], y[200:])
+    res = sweep(lambda p: make_head(name, max_epochs=5, **p), grid, *data, n_jobs=2)
     assert calls == [4] and res.workers == 1 and len(res.rows) == 4
-    alone = make_head("linear", max_epochs=5, **res.best_params).fit(X[:200], y[:200])
+    alone = make_head(name, max_epochs=5, **res.best_params).fit(X[:200], y[:200])
     assert (alone.predict(X[200:]) == y[200:]).mean() == pytest.approx(res.best_score)
-    # a grid that also varies another parameter is fitted point by point
-    calls.clear()
-    sweep(lambda p: make_head("linear", **p), {"lr": [1e-3, 1e-2], "max_epochs": [2, 3]},
-          X[:200], y[:200], X[200:], y[200:], n_jobs=1)
+    calls.clear()  # a grid that also varies another parameter is fitted point by point
+    sweep(lambda p: make_head(name, **{"max_epochs": 2, **p}), other, *data, n_jobs=1)
     assert calls == []

@@ -569,6 +569,65 @@ def test_a_bfloat16_linear_grid_trained_together_equals_separate_fits(blobs):
         np.testing.assert_allclose(head.predict_proba(X_test), alone.predict_proba(X_test), atol=1e-4)
 
 
+@pytest.mark.parametrize("precision, atol", [("float32", 1e-6), ("bfloat16", 2e-2)])
+def test_an_mlp_grid_trained_together_equals_separate_fits(blobs, precision, atol):
+    """Widths and dropouts side by side in one network: each point keeps its own initial
+    weights, dropout masks, early stopping and history, as its own fit."""
+    from featcache.train.heads.torch_heads import MLPHead
+
+    X_train, X_test, y_train, _ = blobs
+    combos = [dict(hidden_sizes=(h,), dropout=p, precision=precision) for h in (16, 48) for p in (0.0, 0.3)]
+    heads = [fast_head("mlp", **c) for c in combos]
+    assert MLPHead.can_fit_together(heads)
+    together = MLPHead.fit_together(heads, X_train, y_train)
+    for c, head in zip(combos, together):
+        alone = fast_head("mlp", **c).fit(X_train, y_train)
+        assert head.n_epochs_ == alone.n_epochs_
+        assert precision != "float32" or head.best_epoch_ == alone.best_epoch_
+        # bfloat16: the products round differently (dropout's rescaling sits in the weights)
+        np.testing.assert_allclose(head.validation_scores_, alone.validation_scores_, atol=atol * 2)
+        for mine, theirs in zip(head.coefs_ + head.intercepts_, alone.coefs_ + alone.intercepts_):
+            assert mine.shape == theirs.shape and mine.dtype == theirs.dtype
+        np.testing.assert_allclose(head.predict_proba(X_test), alone.predict_proba(X_test), atol=atol)
+        assert head.get_params() == alone.get_params()
+
+
+def test_the_same_seed_gives_every_mlp_width_the_same_batches(blobs, monkeypatch):
+    import featcache.train.heads._torch_train as torch_train
+
+    X_train, _, y_train, _ = blobs
+    seen = {}
+    real = torch_train.DataPlan.train_batches
+
+    def record(width):
+        def batches(self, gen, batch_size):
+            for x, y in real(self, gen, batch_size):
+                seen.setdefault(width, []).append(y.clone())
+                yield x, y
+        return batches
+
+    for width in (8, 64):
+        monkeypatch.setattr(torch_train.DataPlan, "train_batches", record(width))
+        fast_head("mlp", hidden_sizes=(width,), early_stopping=False).fit(X_train, y_train)
+    assert len(seen[8]) == len(seen[64]) > 1
+    assert all(bool((a == b).all()) for a, b in zip(seen[8], seen[64]))
+
+
+def test_mlp_grids_of_deeper_or_mixed_precision_networks_are_fitted_one_by_one(blobs, monkeypatch):
+    import featcache.train.heads._torch_mlp_grid as mlp_grid
+    from featcache.train.heads.torch_heads import MLPHead
+
+    X_train, X_test, y_train, _ = blobs
+    assert not MLPHead.can_fit_together([make_head("mlp", hidden_sizes=(16,)), make_head("mlp", hidden_sizes=(16, 8))])
+    # precision "auto" gives bfloat16 to the wide network only: each point trains as its own fit
+    monkeypatch.setattr(mlp_grid, "training_dtype",
+                        lambda precision, device, macs: "bfloat16" if macs > 100 * 48 * 64 else None)
+    fitted = []
+    monkeypatch.setattr(MLPHead, "fit", lambda self, X, y: fitted.append(self) or self)
+    heads = [fast_head("mlp", hidden_sizes=(h,)) for h in (16, 256)]
+    assert MLPHead.fit_together(heads, X_train, y_train) == heads and fitted == heads
+
+
 def test_a_diverging_point_of_a_grid_trained_together_is_named(blobs):
     from featcache.train.heads.torch_heads import LinearHead
 

@@ -4,11 +4,13 @@
 parallel with joblib/loky when that pays off), scores each on the validation split
 only and returns a :class:`SweepResult`. It is never given the test split.
 
-Grids fitted at once: when the estimator's class has ``fit_together(estimators, X, y)`` and
-the combinations differ only in its ``together_params`` (the ``linear`` head: ``lr`` and
-``weight_decay``, one pass over the data per epoch for every combination; ``logreg`` and
-``svm``: ``C``, one pass per L-BFGS round for every solve still running), the whole grid is
-fitted by one call in this process; each row's ``fit_seconds`` is its share of that call.
+Grids fitted at once: when the estimator's class has ``fit_together(estimators, X, y)``, the
+combinations differ only in its ``together_params`` and its ``can_fit_together(estimators)``
+(when it has one) agrees (the ``linear`` head: ``lr`` and ``weight_decay``, one pass over the
+data per epoch for every combination; ``mlp``: ``hidden_sizes`` of one layer and
+``dropout``, one network; ``logreg`` and ``svm``: ``C``, one pass per L-BFGS round for every
+solve still running), the whole grid is fitted by one call in this process; each row's
+``fit_seconds`` is its share of that call.
 
 Warm-started paths: otherwise, when the estimator names a ``path_param`` that the grid sweeps
 (the ``logreg``/``svm`` heads: ``C``; ``knn``: ``n_neighbors``; ``ncm``: ``temperature``,
@@ -330,7 +332,13 @@ def together(make_estimator, combos: list[dict]) -> list | None:
     def fixed(e) -> dict:
         return {k: repr(v) for k, v in e.get_params().items() if k not in free}
 
-    return ests if all(fixed(e) == fixed(ests[0]) for e in ests) else None
+    if not all(fixed(e) == fixed(ests[0]) for e in ests):
+        return None
+    try:
+        fits = getattr(cls, "can_fit_together", lambda ests: True)(ests)
+    except Exception:  # noqa: BLE001 - reported by the fit of that combination
+        return None
+    return ests if fits else None
 
 
 def _run_together(board: _Board, ests: list, data: tuple) -> None:
@@ -415,11 +423,11 @@ def sweep(
     ``predict(X)``. Combinations are the cartesian product of the grid's lists in key order;
     ties go to the first combination in that order. Only train and val are seen.
 
-    A grid the estimator fits at once (``fit_together``: the ``linear`` head over ``lr`` and
-    ``weight_decay``, ``logreg`` and ``svm`` over ``C``) is fitted by one call in this
-    process, and estimators with a ``path_param`` swept by the grid (the featcache heads
-    ``logreg``, ``svm``, ``knn``, ``ncm``) otherwise along a warm-started path in this
-    process (see the module docstring). For the
+    A grid the estimator fits at once (``fit_together``: ``linear`` over ``lr`` and
+    ``weight_decay``, ``mlp`` over one-layer ``hidden_sizes`` and ``dropout``, ``logreg``
+    and ``svm`` over ``C``) is fitted by one call in this process, and estimators with a
+    ``path_param`` swept by the grid (``logreg``, ``svm``, ``knn``, ``ncm``) otherwise along
+    a warm-started path in this process (see the module docstring). For the
     others, ``n_jobs=-1`` or ``None`` (auto, the default) fits the first combination in
     this process and times it; the remaining ones go to up to ``cpu_count`` worker
     processes only when that is expected to save time despite the workers' start-up

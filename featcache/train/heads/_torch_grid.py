@@ -79,8 +79,9 @@ class _Tracker:
         self.best_epoch, self.stale, self.last_epoch = [0] * n, [0] * n, [0] * n
         self.active = list(range(n))
 
-    def record(self, epoch: int, losses: list[float], scores, W, b) -> None:
-        """One epoch's training losses (and validation (acc, loss) per model, or None)."""
+    def record(self, epoch: int, losses: list[float], scores, snapshot) -> None:
+        """One epoch's training losses (and validation (acc, loss) per model, or None);
+        ``snapshot(g)``: a copy of model ``g``'s weights, taken when it improves."""
         for g in self.active:
             self.losses[g].append(losses[g])
             self.last_epoch[g] = epoch
@@ -93,15 +94,16 @@ class _Tracker:
             self.val_losses[g].append(vloss)
             improved = acc > self.best_acc[g]
             if improved or (acc == self.best_acc[g] and vloss < self.best_loss[g]):
-                self.best[g] = (W[g].detach().clone(), b[g].detach().clone())
+                self.best[g] = snapshot(g)
                 self.best_acc[g], self.best_loss[g], self.best_epoch[g] = acc, vloss, epoch
             self.stale[g] = 0 if improved else self.stale[g] + 1
             if self.stale[g] >= int(self.heads[g].patience):
                 self.active.remove(g)
 
-    def finish(self, g: int, W, b) -> tuple[list, list, dict]:
-        """Model ``g``'s weights (its best epoch's) as numpy layers and its history attributes."""
-        w, bias = self.best[g] if self.best[g] is not None else (W[g].detach(), b[g].detach())
+    def finish(self, g: int, current) -> tuple[Any, dict]:
+        """Model ``g``'s weights of its best epoch (``current(g)`` without one) and its history
+        attributes."""
+        weights = self.best[g] if self.best[g] is not None else current(g)
         history = {
             "n_epochs_": int(self.last_epoch[g]),
             "best_epoch_": int(self.best_epoch[g] if self.best[g] is not None else self.last_epoch[g]),
@@ -109,7 +111,7 @@ class _Tracker:
             "validation_scores_": np.asarray(self.val_scores[g], dtype=np.float64),
             "validation_loss_curve_": np.asarray(self.val_losses[g], dtype=np.float64),
         }
-        return ([w.t().cpu().numpy().astype(np.float32)], [bias.cpu().numpy().astype(np.float32)], history)
+        return weights, history
 
 
 def _logits(W, b, x):
@@ -125,48 +127,61 @@ def _cross_entropy(logits, y):
         logits.float().permute(0, 2, 1), y[:, None].expand(-1, logits.shape[1]), reduction="none")
 
 
-def _evaluate(W, b, plan: DataPlan, amp_dtype) -> list[tuple[float, float]]:
-    """Validation (accuracy, mean cross-entropy) of every model, under the training autocast
-    (as :func:`~featcache.train.heads._torch_train.evaluate`)."""
+def _evaluate(forward, G: int, plan: DataPlan, amp_dtype) -> list[tuple[float, float]]:
+    """Validation (accuracy, mean cross-entropy) of every model (``forward(x)``: (rows, G, k)
+    scores), under the training autocast (as :func:`~featcache.train.heads._torch_train.evaluate`)."""
     torch = plan.torch
-    G = W.shape[0]
     loss_sum, correct, count = torch.zeros(G, dtype=torch.float64), torch.zeros(G, dtype=torch.int64), 0
     with torch.no_grad():
         for x, y in plan.validation_batches():
             with training_autocast(plan, amp_dtype):
-                logits = _logits(W, b, x)
+                logits = forward(x)
             loss_sum += _cross_entropy(logits, y).sum(dim=0).double().cpu()
             correct += (logits.argmax(dim=2) == y[:, None]).sum(dim=0).cpu()
             count += len(y)
     return [(int(correct[g]) / max(count, 1), float(loss_sum[g]) / max(count, 1)) for g in range(G)]
 
 
-def _train(heads: list, plan: DataPlan, gen, W, b, *, batch: int, lrs: list[float], epochs: int,
-           amp_dtype) -> _Tracker:
-    """The epoch loop of :func:`fit_linear_grid` (``epochs`` planned, the heads' shared
-    ``lr_schedule``); leaves each model's state in the tracker."""
-    torch = plan.torch
-    G = len(heads)
-    opt = GridAdamW(W, b, torch.tensor(lrs, dtype=W.dtype, device=W.device),
-                    torch.tensor([float(h.weight_decay) for h in heads], dtype=W.dtype, device=W.device))
+def train_grid(heads: list, prep, forward, step, snapshot) -> _Tracker:
+    """The epoch loop of a grid trained at once, on ``prep``'s data, batches and planned
+    epochs (the heads' shared ``lr_schedule``): ``forward(x, train)`` gives every model's
+    (rows, G, k) scores, ``step(factor)`` updates every model with the schedule's share of its
+    rate and clears the gradients, ``snapshot(g)`` copies model ``g``'s weights. Each model's
+    gradient is that of its own mean loss; each stops early on its own (the tracker's)."""
+    plan, torch, G = prep.plan, prep.plan.torch, len(heads)
     tracker = _Tracker(heads, plan.has_val)
-    step, total_steps = 0, epochs * plan.steps_per_epoch(batch)
-    for epoch in range(1, epochs + 1):
+    step_no, total_steps = 0, prep.epochs * plan.steps_per_epoch(prep.batch)
+    for epoch in range(1, prep.epochs + 1):
         total, seen = torch.zeros(G, device=plan.device), 0
-        for x, y in plan.train_batches(gen, batch):
-            with training_autocast(plan, amp_dtype):
-                logits = _logits(W, b, x)
+        for x, y in plan.train_batches(prep.gen, prep.batch):
+            with training_autocast(plan, prep.amp_dtype):
+                logits = forward(x, True)
             losses = _cross_entropy(logits, y).mean(dim=0)
-            losses.sum().backward()  # each model's gradient is that of its own mean loss
-            opt.step(lr_factor(heads[0].lr_schedule, step, total_steps))
-            step += 1
+            losses.sum().backward()
+            step(lr_factor(heads[0].lr_schedule, step_no, total_steps))
+            step_no += 1
             total += losses.detach() * len(y)
             seen += len(y)
         per_model = (total / max(seen, 1)).tolist()
-        tracker.record(epoch, per_model, _evaluate(W, b, plan, amp_dtype) if plan.has_val else None, W, b)
+        scores = None
+        if plan.has_val:
+            scores = _evaluate(lambda x: forward(x, False), G, plan, prep.amp_dtype)
+        tracker.record(epoch, per_model, scores, snapshot)
         if plan.has_val and not tracker.active:
             break
     return tracker
+
+
+def copies(*tensors) -> tuple:
+    """Detached copies of ``tensors`` (a model's weights at its best epoch)."""
+    return tuple(t.detach().clone() for t in tensors)
+
+
+def adopt(heads: list, first) -> None:
+    """Give every head of a grid the data attributes ``first._prepare`` set."""
+    for h in heads:
+        h.classes_, h.n_features_in_ = first.classes_, first.n_features_in_
+        h.mean_, h.scale_ = first.mean_, first.scale_
 
 
 def fit_linear_grid(heads: list, X, y) -> list:
@@ -177,16 +192,19 @@ def fit_linear_grid(heads: list, X, y) -> list:
     for h in heads[1:]:
         h.check_params()
     prep = first._prepare(X, y)  # the data, split, batch order and initial weights they share
+    torch = prep.plan.torch
     lrs = [batch_and_lr(h.batch_size, float(h.lr), prep.n_train)[1] for h in heads]
     W = prep.net.weights[0].detach()[None].repeat(len(heads), 1, 1).requires_grad_()
     b = prep.net.biases[0].detach()[None].repeat(len(heads), 1).requires_grad_()
+    opt = GridAdamW(W, b, torch.tensor(lrs, dtype=W.dtype, device=W.device),
+                    torch.tensor([float(h.weight_decay) for h in heads], dtype=W.dtype, device=W.device))
     with cpu_threads(prep.device, prep.macs * len(heads)):
-        tracker = _train(heads, prep.plan, prep.gen, W, b, batch=prep.batch, lrs=lrs, epochs=prep.epochs,
-                         amp_dtype=prep.amp_dtype)
+        tracker = train_grid(heads, prep, lambda x, train: _logits(W, b, x), opt.step, lambda g: copies(W[g], b[g]))
+    adopt(heads, first)
     for g, h in enumerate(heads):
-        h.classes_, h.n_features_in_ = first.classes_, first.n_features_in_
-        h.mean_, h.scale_ = first.mean_, first.scale_
-        h.coefs_, h.intercepts_, history = tracker.finish(g, W, b)
+        (w, bias), history = tracker.finish(g, lambda g: (W[g].detach(), b[g].detach()))
+        h.coefs_ = [w.t().cpu().numpy().astype(np.float32)]
+        h.intercepts_ = [bias.cpu().numpy().astype(np.float32)]
         for key, value in history.items():
             setattr(h, key, value)
     return heads

@@ -166,7 +166,7 @@ class Prepared:
 
     device: Any
     plan: "DataPlan"
-    gen: Any  # torch.Generator: initialisation, then shuffling
+    gen: Any  # torch.Generator of the rows' order (shuffle-once, then every epoch)
     net: "Net"
     batch: int
     lr: float
@@ -174,6 +174,7 @@ class Prepared:
     macs: int  # multiply-adds of one mini-batch's forward
     amp_dtype: Any  # autocast dtype of the training products, or None (float32)
     epochs: int  # planned epochs (planned_epochs)
+    seed: int  # the int seed of the head's random_state (drawn once when it is None)
 
 
 def training_dtype(precision: str, device, macs_per_batch: int):
@@ -329,9 +330,10 @@ class DataPlan:
                 yield self.standardize(self._read(a, b)[local]), self.y_all[idx]
 
 
-def keep_mask(shape, dropout: float, gen, device, dtype=None):
+def keep_mask(shape, dropout: float, gen, device, dtype=None, out=None):
     """Dropout's mask: True (1) with probability ``1 - dropout`` (to 1/65,536), from ``gen``;
-    bool, or the multiplier in ``dtype`` (1 or 0) when given.
+    bool, or the multiplier in ``dtype`` (1 or 0) when given, written into ``out`` (a tensor
+    of ``shape``, e.g. columns of a wider one) when given.
 
     Each entry is a uniform 16-bit integer cut from 64-bit draws of the generator, four per
     draw: on CPU this is 4x cheaper than ``torch.rand`` (one float draw per entry), which was
@@ -344,9 +346,9 @@ def keep_mask(shape, dropout: float, gen, device, dtype=None):
     draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None, generator=gen)
     bits = draws.view(torch.int16)[:n].view(shape)
     threshold = round(dropout * 65536) - 32768  # P(bits >= t) = (32768 - t) / 65536
-    if dtype is None:
+    if dtype is None and out is None:
         return bits >= threshold
-    return torch.ge(bits, threshold, out=torch.empty(shape, dtype=dtype, device=device))
+    return torch.ge(bits, threshold, out=torch.empty(shape, dtype=dtype, device=device) if out is None else out)
 
 
 class Net:

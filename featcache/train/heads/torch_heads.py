@@ -12,7 +12,9 @@ validation accuracy has not improved for ``patience`` epochs (like scikit-learn'
 
 Everything random (split, initialisation, shuffling, dropout) is drawn from generators seeded
 with ``random_state``; global seeds are never touched, so the same data and ``random_state``
-give identical predictions (on the same device).
+give identical predictions (on the same device). The initial weights, the dropout masks and the
+order of the rows each have their own generator, so that the same ``random_state`` gives
+every architecture the same mini-batches.
 
 ``X`` may be a numpy array or a lazy array (``h5py.Dataset``, ``np.memmap``, ...; see
 :func:`featcache.train.heads.base.is_lazy`). A lazy array is never read whole: the mean/std come
@@ -35,6 +37,7 @@ from sklearn.model_selection import StratifiedShuffleSplit
 
 from featcache.errors import HeadError
 from featcache.train.heads._torch_grid import fit_linear_grid
+from featcache.train.heads._torch_mlp_grid import fit_mlp_grid, trains_together
 from featcache.train.heads._torch_train import (
     LR_SCHEDULES,
     PRECISIONS,
@@ -52,6 +55,11 @@ from featcache.train.heads._torch_train import (
 )
 from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, seed_from, standardized_affine
 from featcache.train.heads.registry import register_head
+
+#: The generator of the rows' order (shuffle-once and every epoch's batch order) is seeded with
+#: ``random_state + DATA_ORDER_SEED``; the initial weights use ``random_state``, dropout
+#: ``random_state + 1``.
+DATA_ORDER_SEED = 2
 
 
 class _TorchHead(HeadBase):
@@ -168,16 +176,24 @@ class _TorchHead(HeadBase):
         val_idx = self._validation_split(y_enc, n_classes, seed)
         n_train = len(y_enc) - (0 if val_idx is None else len(val_idx))
         batch, lr = batch_and_lr(self.batch_size, float(self.lr), n_train)
-        gen = torch.Generator().manual_seed(seed)  # initialisation and shuffling
-        sizes = [n_features, *self._hidden(), n_classes]
-        net = Net(sizes, self._dropout(), device, gen, seed)
-        macs = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        net, macs = self._make_net(seed, device, batch)
         amp_dtype = training_dtype(self.precision, device, macs)
+        # the order of the rows has its own generator: the same seed gives every architecture
+        # the same mini-batches (what lets a sweep train several of them side by side)
+        gen = torch.Generator().manual_seed(seed + DATA_ORDER_SEED)
         plan = DataPlan(X, Xmem, y_enc, val_idx, n_features=n_features, batch_size=batch, device=device, gen=gen,
                         train_dtype=amp_dtype)
         self.mean_, self.scale_ = plan.mean, plan.scale
         epochs = planned_epochs(self.max_epochs, plan.steps_per_epoch(batch), self._auto_epochs)
-        return Prepared(device, plan, gen, net, batch, lr, n_train, macs, amp_dtype, epochs)
+        return Prepared(device, plan, gen, net, batch, lr, n_train, macs, amp_dtype, epochs, seed)
+
+    def _make_net(self, seed: int, device, batch: int) -> tuple[Net, int]:
+        """The initialised network (weights from ``seed``, dropout masks from ``seed + 1``) and
+        the multiply-adds of one mini-batch's forward."""
+        torch = torch_module()
+        sizes = [self.n_features_in_, *self._hidden(), len(self.classes_)]
+        net = Net(sizes, self._dropout(), device, torch.Generator().manual_seed(seed), seed)
+        return net, batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
     def _validation_split(self, y_enc: np.ndarray, n_classes: int, seed: int):
         """Sorted validation row indices (stratified), or None without early stopping."""
@@ -283,6 +299,21 @@ class MLPHead(_TorchHead):
     )
 
     _default_grid = {"hidden_sizes": [(256,), (512,), (1024,)], "dropout": [0.0, 0.2, 0.5]}
+
+    #: parameters a sweep may vary and still train its whole grid at once (:meth:`fit_together`)
+    together_params = ("hidden_sizes", "dropout")
+
+    @classmethod
+    def can_fit_together(cls, heads: list) -> bool:
+        """True when :meth:`fit_together` can train ``heads`` as one network (one hidden layer each)."""
+        return trains_together(heads)
+
+    @classmethod
+    def fit_together(cls, heads: list, X, y) -> list:
+        """Fit ``heads`` (one hidden layer each, differing only in ``together_params``) in one
+        training run; each ends as its own ``fit`` would (up to float rounding). See
+        :mod:`featcache.train.heads._torch_mlp_grid`."""
+        return fit_mlp_grid(heads, X, y)
 
     def __init__(
         self,
