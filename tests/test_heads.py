@@ -592,9 +592,22 @@ def test_an_mlp_grid_trained_together_equals_separate_fits(blobs, precision, ato
         assert head.get_params() == alone.get_params()
 
 
-def test_the_same_seed_gives_every_mlp_width_the_same_batches(blobs, monkeypatch):
-    import featcache.train.heads._torch_train as torch_train
+def test_an_mlp_grid_trained_together_from_disk_equals_separate_fits(blobs, tmp_path, monkeypatch):
+    from featcache.train.heads.torch_heads import MLPHead
 
+    X_train, X_test, y_train, _ = blobs
+    monkeypatch.setattr(heads_base, "BLOCK_BYTES", 128 * 64 * 4)  # blocks of 128 rows
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_dataset("x", data=X_train)
+    combos = [dict(hidden_sizes=(h,), dropout=0.2, precision="float32", max_epochs=4) for h in (8, 24)]
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        together = MLPHead.fit_together([make_head("mlp", **c) for c in combos], f["x"], y_train)
+        for c, head in zip(combos, together):
+            alone = make_head("mlp", **c).fit(f["x"], y_train)
+            np.testing.assert_allclose(head.predict_proba(X_test), alone.predict_proba(X_test), atol=1e-6)
+
+
+def test_the_same_seed_gives_every_mlp_width_the_same_batches(blobs, monkeypatch):
     X_train, _, y_train, _ = blobs
     seen = {}
     real = torch_train.DataPlan.train_batches
