@@ -10,8 +10,9 @@
    60,000 training rows, so heads train on 51,000 rows and are scored once on the official
    10,000 test rows. Per head, side by side in this process: one fit with default
    parameters (fit s, predict s on the test rows, test accuracy, peak memory of the fit),
-   the head's whole default sweep (chosen on validation; warm-started paths where the head
-   has one), and the scikit-learn reference solver of the same model on the same split
+   the head's whole default sweep (chosen on validation; fitted as ``featcache.train.sweeps``
+   fits it: the grid at once where the head can, else along a warm-started path where it has
+   one), and the scikit-learn reference solver of the same model on the same split
    (``LogisticRegression`` / ``LinearSVC(dual=True)`` / ``KNeighborsClassifier`` / ...).
    Every time is also given as a ratio to the cold extraction time (``--cold-extraction``:
    a JSON of an earlier run that extracted, when this one was a cache hit).
