@@ -14,6 +14,9 @@ are numpy's, or torch's on large matrices (:data:`TORCH_MIN_MACS`), on the head'
 (a GPU when there is one, for ``"auto"``: the matrix is copied there once, and each pass
 sends only the parameters, the scores and their gradient across).
 The parameter vector (``d * k`` numbers) and the sums across blocks are float64.
+Several values of ``C`` are solved side by side by :func:`fit_linear_together`: one pass over
+the data per round evaluates every solve still running, their weights side by side in each
+product (a wider product costs far less than one pass each).
 
 Threads: the optimiser's own vector work (L-BFGS-B's updates, the preconditioner's triangular
 solves) runs on one BLAS thread and only the passes over the data use them all. A threaded
