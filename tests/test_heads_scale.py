@@ -186,6 +186,23 @@ def test_every_sklearn_style_head_trains_from_disk_in_blocks(name, data, tmp_pat
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["logreg", "linear"])
+def test_lazy_blocks_are_looked_at_for_nan_once(name, data, tmp_path, monkeypatch, blockwise):
+    """Every pass reads the blocks again; only the first looks for NaN/inf in them."""
+    X_train, _, y_train, _ = data
+    monkeypatch.setattr(heads_base, "BLOCK_BYTES", 100 * 40 * 4)  # blocks of 100 rows
+    checked = []
+    real = heads_base.check_finite
+    monkeypatch.setattr(heads_base, "check_finite", lambda X, **kw: checked.append(kw.get("offset")) or real(X, **kw))
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["x"] = X_train
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        lazy = RowLimitedArray(f["x"], max_rows=256)
+        (make_head(name, max_iter=50) if name == "logreg" else make_head(name, max_epochs=3)).fit(lazy, y_train)
+    assert len(checked) >= 4 and len(set(checked)) == len(checked)  # each block once
+    assert lazy.reads > 2 * len(checked)  # over several passes
+
+
 def test_knn_predicts_lazy_blocks_with_one_index(data, tmp_path, monkeypatch):
     """Query blocks read from disk share one search index (the bfloat16 training matrix is
     built once per prediction, not once per block), with the neighbours of one whole search."""

@@ -214,6 +214,7 @@ class DataPlan:
     ):
         torch = torch_module()
         self.torch, self.X, self.device, self.d = torch, X, device, n_features
+        self._checked: set = set()  # lazy blocks already looked at for NaN/inf
         n = len(y_enc)
         self.val_mask = np.zeros(n, dtype=bool)
         if val_idx is not None:
@@ -286,7 +287,10 @@ class DataPlan:
         return sum(math.ceil(len(rows) / batch_size) for rows in self.train_local)
 
     def _read(self, a: int, b: int) -> np.ndarray:
-        return read_block(self.X, a, b, n_features=self.d)
+        """Rows ``a:b`` of the lazy matrix, looked at for NaN/inf the first time only."""
+        block = read_block(self.X, a, b, n_features=self.d, check=(a, b) not in self._checked)
+        self._checked.add((a, b))
+        return block
 
     def _streaming_stats(self, val_parts: list | None):
         moments = RunningMoments(self.d)

@@ -62,8 +62,10 @@ def block_rows(n_features: int, batch_size: int = 1) -> int:
     return max(int(batch_size), BLOCK_BYTES // (4 * max(int(n_features), 1)), 1)
 
 
-def read_block(X: Any, start: int, stop: int, *, n_features: int, what: str = "X") -> np.ndarray:
-    """Rows ``start:stop`` of a lazy array as a finite float32 array."""
+def read_block(X: Any, start: int, stop: int, *, n_features: int, what: str = "X",
+               check: bool = True) -> np.ndarray:
+    """Rows ``start:stop`` of a lazy array as a finite float32 array (``check=False``: a block
+    already read and checked by an earlier pass is not scanned for NaN/inf again)."""
     block = X[start:stop]
     if hasattr(block, "detach"):  # torch tensor
         block = block.detach().cpu().numpy()
@@ -73,7 +75,8 @@ def read_block(X: Any, start: int, stop: int, *, n_features: int, what: str = "X
             f"{what}[{start}:{stop}] has shape {block.shape}; expected "
             f"({stop - start}, {n_features}); pass a 2-d array of features (rows = samples)"
         )
-    check_finite(block, what=what, offset=start)
+    if check:
+        check_finite(block, what=what, offset=start)
     return block
 
 

@@ -39,14 +39,16 @@ class FeatureBlocks:
         self.n = int(X.shape[0])
         default = block_rows(n_features) if self.lazy else MEMORY_BLOCK_ROWS
         self.rows = max(1, int(rows or default))
+        self.checked = False  # a lazy matrix's blocks were all read (and checked) once
 
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
         for start in range(0, self.n, self.rows):
             stop = min(self.n, start + self.rows)
-            if self.lazy:
-                yield start, stop, read_block(self.X, start, stop, n_features=self.n_features)
+            if self.lazy:  # NaN/inf are looked for on the first whole pass only
+                yield start, stop, read_block(self.X, start, stop, n_features=self.n_features, check=not self.checked)
             else:
                 yield start, stop, self.X[start:stop]
+        self.checked = True
 
     def check_finite(self) -> None:
         """Raise :class:`~featcache.train.heads.base.HeadInputError` on NaN/inf (blockwise)."""
