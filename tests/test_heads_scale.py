@@ -203,6 +203,30 @@ def test_lazy_blocks_are_looked_at_for_nan_once(name, data, tmp_path, monkeypatc
     assert lazy.reads > 2 * len(checked)  # over several passes
 
 
+def test_row_subset_reads_spans_into_one_buffer_and_returns_fresh_rows(tmp_path):
+    from featcache.train.fitting import RowSubset
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1000, 7)).astype(np.float32)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["x"] = X
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        idx = np.sort(rng.choice(1000, 700, replace=False))
+        rows = RowSubset(f["x"], idx)
+        first, second, picked = rows[0:300], rows[300:700], rows[np.array([0, 5, 699])]
+        buffer = rows._span
+        third = rows[100:400]
+        assert rows._span is buffer  # one buffer for every span
+        # the rows handed out earlier are their own arrays, not views of the buffer
+        np.testing.assert_array_equal(first, X[idx[:300]])
+        np.testing.assert_array_equal(second, X[idx[300:]])
+        np.testing.assert_array_equal(picked, X[idx[[0, 5, 699]]])
+        np.testing.assert_array_equal(third, X[idx[100:400]])
+        sparse = RowSubset(f["x"], np.array([1, 500, 999]))  # far apart: read row by row
+        np.testing.assert_array_equal(sparse[0:3], X[[1, 500, 999]])
+    np.testing.assert_array_equal(RowSubset(X, idx)[10:20], X[idx[10:20]])  # a numpy array
+
+
 def test_knn_predicts_lazy_blocks_with_one_index(data, tmp_path, monkeypatch):
     """Query blocks read from disk share one search index (the bfloat16 training matrix is
     built once per prediction, not once per block), with the neighbours of one whole search."""
