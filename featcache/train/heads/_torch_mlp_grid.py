@@ -70,13 +70,14 @@ class GridNet:
                 keep_mask((rows, b - a), p, self.gens[g], device, dtype, out=mask[:, a:b])
         return mask
 
-    def snapshot(self, g: int) -> tuple:
-        a, b, k = self.edges[g], self.edges[g + 1], self.k
-        return copies(self.W1[a:b], self.b1[a:b], self.W2[g], self.b2[g * k : (g + 1) * k])
-
     def current(self, g: int) -> tuple:
+        """Network ``g``'s (W1, b1, W2, b2), detached views of the stacked parameters."""
         a, b, k = self.edges[g], self.edges[g + 1], self.k
         return tuple(t.detach() for t in (self.W1[a:b], self.b1[a:b], self.W2[g], self.b2[g * k : (g + 1) * k]))
+
+    def snapshot(self, g: int) -> tuple:
+        """A copy of network ``g``'s parameters (its best epoch so far)."""
+        return copies(*self.current(g))
 
 
 def trains_together(heads: list) -> bool:

@@ -112,14 +112,20 @@ class _LinearModelHead(HeadBase):
         if uses_sklearn_solver(X, len(self.classes_)):
             self._fit_sklearn(blocks.X, y_enc)
             return self
-        objective = LinearObjective(blocks, y_enc, len(self.classes_), loss=self._loss, C=self.C,
-                                    mean=self.mean_, scale=self.scale_, device=self.device)
         init = (warm.coef_, warm.intercept_) if warm else None
-        res = fit_linear(objective, max_iter=self.max_iter, tol=1e-4, init=init, who=type(self).__name__,
-                         factor=getattr(warm, "_factor_", None))
-        self.coef_, self.intercept_, self.n_iter_ = res.coef, res.intercept, res.n_iter
-        self._factor_ = res.factor  # the path's next point preconditions with it (not saved)
+        res = fit_linear(self._objective(blocks, y_enc), max_iter=self.max_iter, tol=1e-4, init=init,
+                         who=type(self).__name__, factor=getattr(warm, "_factor_", None))
+        self._take_solution(res)
         return self
+
+    def _objective(self, blocks: FeatureBlocks, y_enc: np.ndarray) -> LinearObjective:
+        """The blockwise solver's objective of this head (its ``C``, ``mean_``, ``scale_``)."""
+        return LinearObjective(blocks, y_enc, len(self.classes_), loss=self._loss, C=self.C,
+                               mean=self.mean_, scale=self.scale_, device=self.device)
+
+    def _take_solution(self, res) -> None:
+        self.coef_, self.intercept_, self.n_iter_ = res.coef, res.intercept, res.n_iter
+        self._factor_ = res.factor  # a path's next point preconditions with it (not saved)
 
     #: parameters a sweep may vary and still fit its whole grid at once (:meth:`fit_together`)
     together_params = ("C",)
@@ -146,16 +152,13 @@ class _LinearModelHead(HeadBase):
             return heads
         check_device(first.device)
         blocks = FeatureBlocks(X, first.n_features_in_)
-        mean, scale = column_stats(blocks)
-        objective = LinearObjective(blocks, y_enc, len(first.classes_), loss=first._loss, C=first.C,
-                                    mean=mean, scale=scale, device=first.device)
-        fits = fit_linear_together(objective, [head.C for head in heads], max_iter=first.max_iter, tol=1e-4,
-                                   who=cls.__name__)
+        first.mean_, first.scale_ = column_stats(blocks)
+        fits = fit_linear_together(first._objective(blocks, y_enc), [head.C for head in heads],
+                                   max_iter=first.max_iter, tol=1e-4, who=cls.__name__)
         for head, res in zip(heads, fits):
             head.classes_, head.n_features_in_, head.n_samples_fit_ = first.classes_, first.n_features_in_, len(y_enc)
-            head.mean_, head.scale_ = mean, scale
-            head.coef_, head.intercept_, head.n_iter_ = res.coef, res.intercept, res.n_iter
-            head._factor_ = res.factor
+            head.mean_, head.scale_ = first.mean_, first.scale_
+            head._take_solution(res)
         return heads
 
     def check_params(self) -> None:

@@ -349,8 +349,8 @@ def fit_linear(objective: LinearObjective, *, max_iter: int, tol: float,
     """
     if factor is None:
         factor = covariance_factor(objective)
-    theta = np.zeros(objective.d * objective.k + objective.k)
     d, k = objective.d, objective.k
+    theta = np.zeros(d * k + k)
     if init is not None and np.shape(init[0]) == (k, d) and np.shape(init[1]) == (k,):
         theta[: d * k] = np.asarray(init[0], dtype=np.float64).T.ravel()
         theta[d * k :] = init[1]
