@@ -364,7 +364,7 @@ def test_the_optimiser_follows_the_schedule_step_by_step(monkeypatch, tmp_path, 
     X_train, _, y_train, _ = blobs
     seen = []
     step = AdamW.step
-    monkeypatch.setattr(AdamW, "step", lambda self: (seen.append(self.lr), step(self))[1])
+    monkeypatch.setattr(AdamW, "step", lambda self, factor=1.0: (seen.append(self.lr * factor), step(self, factor))[1])
     monkeypatch.setattr(heads_base, "BLOCK_BYTES", 100 * 64 * 4)  # lazy: blocks of 100 rows
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f.create_dataset("x", data=X_train)

@@ -17,19 +17,11 @@ instead of 6 times (sweep 28.4 -> 15.7 s).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
-from featcache.train.heads._torch_train import (
-    DataPlan,
-    batch_and_lr,
-    check_finite_loss,
-    cpu_threads,
-    lr_factor,
-    torch_module,
-    training_autocast,
-)
+from featcache.train.heads._epochs import train_epochs
+from featcache.train.heads._torch_train import batch_and_lr, cpu_threads, torch_module
 
 
 class GridAdamW:
@@ -65,111 +57,10 @@ class GridAdamW:
                 p.grad = None
 
 
-class _Tracker:
-    """Per-model early stopping: histories, best weights and whether it still trains."""
-
-    def __init__(self, heads: list, has_val: bool):
-        self.heads, self.has_val = heads, has_val
-        n = len(heads)
-        self.losses = [[] for _ in range(n)]
-        self.val_scores = [[] for _ in range(n)]
-        self.val_losses = [[] for _ in range(n)]
-        self.best: list[Any] = [None] * n
-        self.best_acc, self.best_loss = [-1.0] * n, [math.inf] * n
-        self.best_epoch, self.stale, self.last_epoch = [0] * n, [0] * n, [0] * n
-        self.active = list(range(n))
-
-    def record(self, epoch: int, losses: list[float], scores, snapshot) -> None:
-        """One epoch's training losses (and validation (acc, loss) per model, or None);
-        ``snapshot(g)``: a copy of model ``g``'s weights, taken when it improves."""
-        for g in self.active:
-            self.losses[g].append(losses[g])
-            self.last_epoch[g] = epoch
-            check_finite_loss(self.heads[g], losses[g], epoch)
-        if scores is None:
-            return
-        for g in list(self.active):
-            acc, vloss = scores[g]
-            self.val_scores[g].append(acc)
-            self.val_losses[g].append(vloss)
-            improved = acc > self.best_acc[g]
-            if improved or (acc == self.best_acc[g] and vloss < self.best_loss[g]):
-                self.best[g] = snapshot(g)
-                self.best_acc[g], self.best_loss[g], self.best_epoch[g] = acc, vloss, epoch
-            self.stale[g] = 0 if improved else self.stale[g] + 1
-            if self.stale[g] >= int(self.heads[g].patience):
-                self.active.remove(g)
-
-    def finish(self, g: int, current) -> tuple[Any, dict]:
-        """Model ``g``'s weights of its best epoch (``current(g)`` without one) and its history
-        attributes."""
-        weights = self.best[g] if self.best[g] is not None else current(g)
-        history = {
-            "n_epochs_": int(self.last_epoch[g]),
-            "best_epoch_": int(self.best_epoch[g] if self.best[g] is not None else self.last_epoch[g]),
-            "loss_curve_": np.asarray(self.losses[g], dtype=np.float64),
-            "validation_scores_": np.asarray(self.val_scores[g], dtype=np.float64),
-            "validation_loss_curve_": np.asarray(self.val_losses[g], dtype=np.float64),
-        }
-        return weights, history
-
-
 def _logits(W, b, x):
     """(rows, G, k) scores of every model: one product with the G weight matrices side by side."""
     G, k, d = W.shape
     return torch_module().addmm(b.reshape(G * k), x, W.reshape(G * k, d).t()).view(len(x), G, k)
-
-
-def _cross_entropy(logits, y):
-    """(rows, G) cross-entropy of every model's scores."""
-    torch = torch_module()
-    return torch.nn.functional.cross_entropy(
-        logits.float().permute(0, 2, 1), y[:, None].expand(-1, logits.shape[1]), reduction="none")
-
-
-def _evaluate(forward, G: int, plan: DataPlan, amp_dtype) -> list[tuple[float, float]]:
-    """Validation (accuracy, mean cross-entropy) of every model (``forward(x)``: (rows, G, k)
-    scores), under the training autocast (as :func:`~featcache.train.heads._torch_train.evaluate`)."""
-    torch = plan.torch
-    loss_sum, correct, count = torch.zeros(G, dtype=torch.float64), torch.zeros(G, dtype=torch.int64), 0
-    with torch.no_grad():
-        for x, y in plan.validation_batches():
-            with training_autocast(plan, amp_dtype):
-                logits = forward(x)
-            loss_sum += _cross_entropy(logits, y).sum(dim=0).double().cpu()
-            correct += (logits.argmax(dim=2) == y[:, None]).sum(dim=0).cpu()
-            count += len(y)
-    return [(int(correct[g]) / max(count, 1), float(loss_sum[g]) / max(count, 1)) for g in range(G)]
-
-
-def train_grid(heads: list, prep, forward, step, snapshot) -> _Tracker:
-    """The epoch loop of a grid trained at once, on ``prep``'s data, batches and planned
-    epochs (the heads' shared ``lr_schedule``): ``forward(x, train)`` gives every model's
-    (rows, G, k) scores, ``step(factor)`` updates every model with the schedule's share of its
-    rate and clears the gradients, ``snapshot(g)`` copies model ``g``'s weights. Each model's
-    gradient is that of its own mean loss; each stops early on its own (the tracker's)."""
-    plan, torch, G = prep.plan, prep.plan.torch, len(heads)
-    tracker = _Tracker(heads, plan.has_val)
-    step_no, total_steps = 0, prep.epochs * plan.steps_per_epoch(prep.batch)
-    for epoch in range(1, prep.epochs + 1):
-        total, seen = torch.zeros(G, device=plan.device), 0
-        for x, y in plan.train_batches(prep.gen, prep.batch):
-            with training_autocast(plan, prep.amp_dtype):
-                logits = forward(x, True)
-            losses = _cross_entropy(logits, y).mean(dim=0)
-            losses.sum().backward()
-            step(lr_factor(heads[0].lr_schedule, step_no, total_steps))
-            step_no += 1
-            total += losses.detach() * len(y)
-            seen += len(y)
-        per_model = (total / max(seen, 1)).tolist()
-        scores = None
-        if plan.has_val:
-            scores = _evaluate(lambda x: forward(x, False), G, plan, prep.amp_dtype)
-        tracker.record(epoch, per_model, scores, snapshot)
-        if plan.has_val and not tracker.active:
-            break
-    return tracker
 
 
 def copies(*tensors) -> tuple:
@@ -199,7 +90,7 @@ def fit_linear_grid(heads: list, X, y) -> list:
     opt = GridAdamW(W, b, torch.tensor(lrs, dtype=W.dtype, device=W.device),
                     torch.tensor([float(h.weight_decay) for h in heads], dtype=W.dtype, device=W.device))
     with cpu_threads(prep.device, prep.macs * len(heads)):
-        tracker = train_grid(heads, prep, lambda x, train: _logits(W, b, x), opt.step, lambda g: copies(W[g], b[g]))
+        tracker = train_epochs(heads, prep, lambda x, train: _logits(W, b, x), opt.step, lambda g: copies(W[g], b[g]))
     adopt(heads, first)
     for g, h in enumerate(heads):
         (w, bias), history = tracker.finish(g, lambda g: (W[g].detach(), b[g].detach()))

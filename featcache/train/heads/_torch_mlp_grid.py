@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from featcache.train.heads._torch_grid import adopt, copies, train_grid
+from featcache.train.heads._epochs import train_epochs
+from featcache.train.heads._torch_grid import adopt, copies
 from featcache.train.heads._torch_train import AdamW, cpu_threads, keep_mask, training_dtype
 
 
@@ -106,14 +107,8 @@ def fit_mlp_grid(heads: list, X, y) -> list:
         return heads
     net = GridNet(nets, [h._dropout() for h in heads])
     optimizer = AdamW(net, lr=prep.lr, weight_decay=float(first.weight_decay))
-
-    def step(factor: float) -> None:
-        optimizer.lr = prep.lr * factor
-        optimizer.step()
-        optimizer.zero_grad()
-
     with cpu_threads(prep.device, sum(macs)):
-        tracker = train_grid(heads, prep, net, step, net.snapshot)
+        tracker = train_epochs(heads, prep, net, optimizer.step, net.snapshot)
     adopt(heads, first)
     for g, h in enumerate(heads):
         (w1, b1, w2, b2), history = tracker.finish(g, net.current)

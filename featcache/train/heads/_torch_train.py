@@ -1,4 +1,4 @@
-"""Training machinery of the torch heads: data plan, network, AdamW, the epoch loop.
+"""Training machinery of the torch heads: data plan, network, AdamW.
 
 Kept apart from :mod:`featcache.train.heads.torch_heads` (the estimator classes). ``torch`` is
 imported lazily so that ``import featcache.train.heads`` stays cheap.
@@ -14,8 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from featcache.errors import HeadError
-from featcache.train.heads.base import HeadInputError, block_rows, read_block
+from featcache.train.heads.base import HeadInputError, block_rows
 from featcache.train.heads.blocks import FeatureBlocks, RunningMoments, column_stats
 
 #: Training rows are standardised (and cast) in blocks of this many float32 bytes: a block
@@ -213,8 +212,7 @@ class DataPlan:
         train_dtype=None,
     ):
         torch = torch_module()
-        self.torch, self.X, self.device, self.d = torch, X, device, n_features
-        self._checked: set = set()  # lazy blocks already looked at for NaN/inf
+        self.torch, self.device, self.d = torch, device, n_features
         n = len(y_enc)
         self.val_mask = np.zeros(n, dtype=bool)
         if val_idx is not None:
@@ -222,8 +220,9 @@ class DataPlan:
         self.has_val = val_idx is not None
         self.y_all = torch.from_numpy(y_enc).to(device)
         if Xmem is None:
-            rows = block_rows(n_features, batch_size)
-            self.blocks = [(a, min(n, a + rows)) for a in range(0, n, rows)]
+            # the first pass (the statistics) looks at every block for NaN/inf, the epochs do not
+            self.source = FeatureBlocks(X, n_features, rows=block_rows(n_features, batch_size))
+            self.blocks = self.source.spans()
             self.train_local = [np.flatnonzero(~self.val_mask[a:b]) for a, b in self.blocks]
             self.cache_val = self.has_val and len(val_idx) * n_features * 4 <= VAL_CACHE_BYTES
             val_parts: list[np.ndarray] = []
@@ -286,16 +285,9 @@ class DataPlan:
             return math.ceil(len(self.y_train) / batch_size)
         return sum(math.ceil(len(rows) / batch_size) for rows in self.train_local)
 
-    def _read(self, a: int, b: int) -> np.ndarray:
-        """Rows ``a:b`` of the lazy matrix, looked at for NaN/inf the first time only."""
-        block = read_block(self.X, a, b, n_features=self.d, check=(a, b) not in self._checked)
-        self._checked.add((a, b))
-        return block
-
     def _streaming_stats(self, val_parts: list | None):
         moments = RunningMoments(self.d)
-        for a, b in self.blocks:
-            block = self._read(a, b)
+        for a, b, block in self.source:
             if val_parts is not None and self.val_mask[a:b].any():
                 val_parts.append(block[self.val_mask[a:b]])
             moments.add(block)
@@ -315,7 +307,7 @@ class DataPlan:
             if len(rows) == 0:
                 continue
             a, b = self.blocks[k]
-            xb = self.standardize(self._read(a, b))
+            xb = self.standardize(self.source.read(a, b))
             order = torch.from_numpy(rows)[torch.randperm(len(rows), generator=gen)].to(self.device)
             for i in range(0, len(order), batch_size):
                 idx = order[i : i + batch_size]
@@ -331,7 +323,7 @@ class DataPlan:
             local = np.flatnonzero(self.val_mask[a:b])
             if len(local):
                 idx = self.torch.from_numpy(local + a).to(self.device)
-                yield self.standardize(self._read(a, b)[local]), self.y_all[idx]
+                yield self.standardize(self.source.read(a, b)[local]), self.y_all[idx]
 
 
 def keep_mask(shape, dropout: float, gen, device, dtype=None, out=None):
@@ -429,102 +421,22 @@ class AdamW:
         self.steps = [[torch.zeros((), dtype=torch.float32, device=p.device) for p in ps] for ps, _ in self.groups]
         self.lr, self.betas, self.eps = lr, betas, eps
 
-    def zero_grad(self) -> None:
-        for ps, _ in self.groups:
-            for p in ps:
-                p.grad = None
-
-    def step(self) -> None:
+    def step(self, factor: float = 1.0) -> None:
+        """Update with ``lr * factor`` (the schedule's share,
+        :func:`lr_factor`), for the update and the decoupled decay alike, as
+        ``torch.optim.AdamW`` under a scheduler does; then clear the gradients."""
         b1, b2 = self.betas
         with self.torch.no_grad():
             for (ps, wd), m, v, steps in zip(self.groups, self.m, self.v, self.steps):
                 self.torch._foreach_add_(steps, 1)  # the kernel reads the step count, as torch.optim does
-                self.torch._fused_adamw_(ps, [p.grad for p in ps], m, v, [], steps, lr=self.lr, beta1=b1,
-                                         beta2=b2, weight_decay=wd, eps=self.eps, amsgrad=False,
+                self.torch._fused_adamw_(ps, [p.grad for p in ps], m, v, [], steps, lr=self.lr * factor,
+                                         beta1=b1, beta2=b2, weight_decay=wd, eps=self.eps, amsgrad=False,
                                          maximize=False)
+                for p in ps:
+                    p.grad = None
 
 
 def training_autocast(plan: DataPlan, amp_dtype):
     """The autocast of a head's training and validation products on ``plan``'s device
     (``amp_dtype`` None: off, float32)."""
     return plan.torch.autocast(plan.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-
-def evaluate(net: Net, plan: DataPlan, amp_dtype=None) -> tuple[float, float]:
-    """Validation accuracy and mean cross-entropy."""
-    torch = plan.torch
-    loss_sum, correct, count = 0.0, 0, 0
-    with torch.no_grad():
-        for x, y in plan.validation_batches():
-            with training_autocast(plan, amp_dtype):
-                logits = net(x, train=False).float()
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == y).sum())
-            count += len(y)
-    return correct / max(count, 1), loss_sum / max(count, 1)
-
-
-def check_finite_loss(head, loss: float, epoch: int) -> None:
-    """HeadError naming the learning rate when an epoch's mean training loss is not finite."""
-    if not math.isfinite(loss):
-        raise HeadError(
-            f"{type(head).__name__} training diverged (loss {loss}) at epoch {epoch} "
-            f"with lr={head.lr}; expected a finite loss; lower lr"
-        )
-
-
-def run_epochs(head, net: Net, plan: DataPlan, gen, *, batch: int, lr: float, epochs: int,
-               amp_dtype=None) -> dict[str, Any]:
-    """The training loop with early stopping; leaves the best weights in ``net``.
-
-    ``epochs`` planned epochs of ``batch`` rows per step, the learning rate ``lr`` times
-    :func:`lr_factor` of the head's ``lr_schedule`` at each step. ``amp_dtype`` (e.g. ``torch.bfloat16``):
-    the training forward and backward and the validation forward run under autocast to it
-    (on 2 AMX cores a float32 validation pass was 4 % of a default mlp fit at scale).
-
-    Patience counts epochs without a better validation accuracy (as scikit-learn's
-    ``MLPClassifier``); the weights kept are those of the best accuracy, ties going to the
-    lower validation loss.
-    """
-    torch = plan.torch
-    optimizer = AdamW(net, lr=lr, weight_decay=float(head.weight_decay))
-    losses, val_scores, val_losses = [], [], []
-    best, best_acc, best_loss, best_epoch, stale, epoch = None, -1.0, math.inf, 0, 0, 0
-    step, total_steps = 0, epochs * plan.steps_per_epoch(batch)
-    for epoch in range(1, epochs + 1):
-        total, seen = torch.zeros((), device=plan.device), 0
-        for x, y in plan.train_batches(gen, batch):
-            optimizer.lr = lr * lr_factor(head.lr_schedule, step, total_steps)
-            step += 1
-            with training_autocast(plan, amp_dtype):
-                logits = net(x, train=True)
-            loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(y)  # accumulated on the device: no sync per batch
-            seen += len(y)
-        losses.append(float(total) / max(seen, 1))
-        check_finite_loss(head, losses[-1], epoch)
-        if not plan.has_val:
-            continue
-        acc, vloss = evaluate(net, plan, amp_dtype)
-        val_scores.append(acc)
-        val_losses.append(vloss)
-        improved = acc > best_acc
-        if improved or (acc == best_acc and vloss < best_loss):
-            best, best_acc, best_loss, best_epoch = net.snapshot(), acc, vloss, epoch
-        stale = 0 if improved else stale + 1
-        if stale >= int(head.patience):
-            break
-    if best is not None:
-        net.restore(best)
-    else:
-        best_epoch = epoch
-    return {
-        "n_epochs_": int(epoch),
-        "best_epoch_": int(best_epoch),
-        "loss_curve_": np.asarray(losses, dtype=np.float64),
-        "validation_scores_": np.asarray(val_scores, dtype=np.float64),
-        "validation_loss_curve_": np.asarray(val_losses, dtype=np.float64),
-    }

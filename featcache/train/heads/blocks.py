@@ -41,13 +41,20 @@ class FeatureBlocks:
         self.rows = max(1, int(rows or default))
         self.checked = False  # a lazy matrix's blocks were all read (and checked) once
 
+    def spans(self) -> list[tuple[int, int]]:
+        """The ``(start, stop)`` of every block, in order."""
+        return [(start, min(self.n, start + self.rows)) for start in range(0, self.n, self.rows)]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` in float32; a lazy matrix's are looked at for NaN/inf until one
+        whole pass over it has been read (:meth:`__iter__` to its end), not after."""
+        if self.lazy:
+            return read_block(self.X, start, stop, n_features=self.n_features, check=not self.checked)
+        return self.X[start:stop]
+
     def __iter__(self) -> Iterator[tuple[int, int, np.ndarray]]:
-        for start in range(0, self.n, self.rows):
-            stop = min(self.n, start + self.rows)
-            if self.lazy:  # NaN/inf are looked for on the first whole pass only
-                yield start, stop, read_block(self.X, start, stop, n_features=self.n_features, check=not self.checked)
-            else:
-                yield start, stop, self.X[start:stop]
+        for start, stop in self.spans():
+            yield start, stop, self.read(start, stop)
         self.checked = True
 
     def check_finite(self) -> None:

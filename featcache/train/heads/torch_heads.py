@@ -36,11 +36,13 @@ import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
 
 from featcache.errors import HeadError
+from featcache.train.heads._epochs import fit_one
 from featcache.train.heads._torch_grid import fit_linear_grid
 from featcache.train.heads._torch_mlp_grid import fit_mlp_grid, trains_together
 from featcache.train.heads._torch_train import (
     LR_SCHEDULES,
     PRECISIONS,
+    AdamW,
     DataPlan,
     Net,
     Prepared,
@@ -49,7 +51,6 @@ from featcache.train.heads._torch_train import (
     cpu_threads,
     head_device,
     planned_epochs,
-    run_epochs,
     torch_module,
     training_dtype,
 )
@@ -153,9 +154,9 @@ class _TorchHead(HeadBase):
         empty without early stopping) and ``validation_loss_curve_``.
         """
         prep = self._prepare(X, y)
+        optimizer = AdamW(prep.net, lr=prep.lr, weight_decay=float(self.weight_decay))
         with cpu_threads(prep.device, prep.macs):
-            history = run_epochs(self, prep.net, prep.plan, prep.gen, batch=prep.batch, lr=prep.lr,
-                                 epochs=prep.epochs, amp_dtype=prep.amp_dtype)
+            history = fit_one(self, prep, optimizer)
         self.coefs_, self.intercepts_ = prep.net.export()
         for key, value in history.items():
             setattr(self, key, value)
