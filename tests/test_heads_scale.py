@@ -448,8 +448,12 @@ def test_small_matrices_fitted_together_are_scikit_learns_fits(data):
 
 def test_a_point_fitted_together_that_runs_out_of_iterations_is_named(data, blockwise):
     X_train, _, y_train, _ = data
-    with pytest.warns(ConvergenceWarning, match=r"LogRegHead \(C=10\): L-BFGS did not converge in max_iter=3"):
+    with pytest.warns(ConvergenceWarning) as caught:
         LogRegHead.fit_together([make_head("logreg", C=C, max_iter=3) for C in (0.01, 10.0)], X_train, y_train)
+    messages = sorted(str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning))
+    assert len(messages) == 2  # one warning per point that ran out, each naming its C
+    assert messages[0].startswith("LogRegHead (C=0.01): L-BFGS did not converge in max_iter=3")
+    assert messages[1].startswith("LogRegHead (C=10): L-BFGS did not converge in max_iter=3")
 
 
 def test_lockstep_rounds_evaluate_every_running_solve_together():
