@@ -665,6 +665,22 @@ def test_adamw_takes_the_textbook_step():
             m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
             x = x - 0.01 * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
         assert torch.allclose(p.double(), x, rtol=1e-5, atol=1e-7), i
+    assert all(p.grad is None for p in net.params)  # each step clears the gradients
+
+
+def test_adamw_step_takes_the_schedules_share_of_its_rate():
+    import torch
+
+    from featcache.train.heads._torch_train import AdamW, Net
+
+    nets = [Net([6, 4, 3], 0.0, torch.device("cpu"), torch.Generator().manual_seed(0), 0) for _ in range(2)]
+    for net, lr, factor in ((nets[0], 0.01, 1.0), (nets[1], 0.04, 0.25)):
+        opt = AdamW(net, lr=lr, weight_decay=0.1)
+        for p in net.params:
+            p.grad = torch.ones_like(p)
+        opt.step(factor)
+    for a, b in zip(*(net.params for net in nets)):
+        assert torch.equal(a, b)
 
 
 # ----------------------------------------------------------------- devices
