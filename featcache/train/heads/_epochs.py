@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from featcache.errors import HeadError
-from featcache.train.heads._torch_train import DataPlan, lr_factor, torch_module, training_autocast
+from featcache.train.heads._torch_train import AdamW, DataPlan, lr_factor, torch_module, training_autocast
 
 
 def check_finite_loss(head, loss: float, epoch: int) -> None:
@@ -33,8 +33,8 @@ class Tracker:
     weights kept are those of the best validation accuracy, ties going to the lower
     validation loss."""
 
-    def __init__(self, heads: list, has_val: bool):
-        self.heads, self.has_val = heads, has_val
+    def __init__(self, heads: list):
+        self.heads = heads
         n = len(heads)
         self.losses = [[] for _ in range(n)]
         self.val_scores = [[] for _ in range(n)]
@@ -116,7 +116,7 @@ def train_epochs(heads: list, prep, forward, step, snapshot) -> Tracker:
     gradients, ``snapshot(g)`` copies model ``g``'s weights. Each model's gradient is that of
     its own mean loss; each stops early on its own (the returned :class:`Tracker`)."""
     plan, torch, G = prep.plan, prep.plan.torch, len(heads)
-    tracker = Tracker(heads, plan.has_val)
+    tracker = Tracker(heads)
     step_no, total_steps = 0, prep.epochs * plan.steps_per_epoch(prep.batch)
     for epoch in range(1, prep.epochs + 1):
         total, seen = torch.zeros(G, device=plan.device), 0
@@ -139,11 +139,12 @@ def train_epochs(heads: list, prep, forward, step, snapshot) -> Tracker:
     return tracker
 
 
-def fit_one(head, prep, optimizer) -> dict[str, Any]:
+def fit_one(head, prep) -> dict[str, Any]:
     """Train ``prep.net`` (a :class:`~featcache.train.heads._torch_train.Net`) as a grid of
-    one with ``optimizer``; leaves the best epoch's weights in it and returns the head's
-    history attributes."""
+    one with AdamW; leaves the best epoch's weights in it and returns the head's history
+    attributes."""
     net = prep.net
+    optimizer = AdamW(net, lr=prep.lr, weight_decay=float(head.weight_decay))
     tracker = train_epochs([head], prep, lambda x, train: net(x, train)[:, None], optimizer.step,
                            lambda g: net.snapshot())
     best, history = tracker.finish(0, lambda g: None)

@@ -95,9 +95,9 @@ def fit_mlp_grid(heads: list, X, y) -> list:
     for h in heads[1:]:
         h.check_params()
     prep = first._prepare(X, y)  # the data, split, batches and schedule they share
+    adopt(heads, first)  # the classes and feature count each network is made for
     nets, macs = [prep.net], [prep.macs]
     for h in heads[1:]:
-        h.classes_, h.n_features_in_ = first.classes_, first.n_features_in_
         net, m = h._make_net(prep.seed, prep.device, prep.batch)
         nets.append(net)
         macs.append(m)
@@ -109,7 +109,6 @@ def fit_mlp_grid(heads: list, X, y) -> list:
     optimizer = AdamW(net, lr=prep.lr, weight_decay=float(first.weight_decay))
     with cpu_threads(prep.device, sum(macs)):
         tracker = train_epochs(heads, prep, net, optimizer.step, net.snapshot)
-    adopt(heads, first)
     for g, h in enumerate(heads):
         (w1, b1, w2, b2), history = tracker.finish(g, net.current)
         h.coefs_ = [w.t().cpu().numpy().astype(np.float32) for w in (w1, w2)]

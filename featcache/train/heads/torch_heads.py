@@ -42,7 +42,6 @@ from featcache.train.heads._torch_mlp_grid import fit_mlp_grid, trains_together
 from featcache.train.heads._torch_train import (
     LR_SCHEDULES,
     PRECISIONS,
-    AdamW,
     DataPlan,
     Net,
     Prepared,
@@ -154,9 +153,8 @@ class _TorchHead(HeadBase):
         empty without early stopping) and ``validation_loss_curve_``.
         """
         prep = self._prepare(X, y)
-        optimizer = AdamW(prep.net, lr=prep.lr, weight_decay=float(self.weight_decay))
         with cpu_threads(prep.device, prep.macs):
-            history = fit_one(self, prep, optimizer)
+            history = fit_one(self, prep)
         self.coefs_, self.intercepts_ = prep.net.export()
         for key, value in history.items():
             setattr(self, key, value)
