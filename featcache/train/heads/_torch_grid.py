@@ -22,6 +22,7 @@ import numpy as np
 
 from featcache.train.heads._epochs import train_epochs
 from featcache.train.heads._torch_train import batch_and_lr, cpu_threads, torch_module
+from featcache.train.heads.base import adopt
 
 
 class GridAdamW:
@@ -68,21 +69,23 @@ def copies(*tensors) -> tuple:
     return tuple(t.detach().clone() for t in tensors)
 
 
-def adopt(heads: list, first) -> None:
-    """Give every head of a grid the data attributes ``first._prepare`` set."""
-    for h in heads:
-        h.classes_, h.n_features_in_ = first.classes_, first.n_features_in_
-        h.mean_, h.scale_ = first.mean_, first.scale_
+def prepare_grid(heads: list, X, y):
+    """Check every head of a grid, prepare the data, split, batches and schedule they share
+    (the first head's ``_prepare``) and give each the data attributes it set; returns that
+    preparation."""
+    first = heads[0]
+    for h in heads[1:]:
+        h.check_params()
+    prep = first._prepare(X, y)
+    adopt(heads, first)
+    return prep
 
 
 def fit_linear_grid(heads: list, X, y) -> list:
     """Fit ``heads`` (linear heads that differ only in ``lr`` and ``weight_decay``) on ``X``,
     ``y`` together; returns them, each fitted as its own ``fit`` would have (up to float
     rounding; a ``random_state`` of None is drawn once, for all of them)."""
-    first = heads[0]
-    for h in heads[1:]:
-        h.check_params()
-    prep = first._prepare(X, y)  # the data, split, batch order and initial weights they share
+    prep = prepare_grid(heads, X, y)  # the data, split, batch order and initial weights they share
     torch = prep.plan.torch
     lrs = [batch_and_lr(h.batch_size, float(h.lr), prep.n_train)[1] for h in heads]
     W = prep.net.weights[0].detach()[None].repeat(len(heads), 1, 1).requires_grad_()
@@ -91,7 +94,6 @@ def fit_linear_grid(heads: list, X, y) -> list:
                     torch.tensor([float(h.weight_decay) for h in heads], dtype=W.dtype, device=W.device))
     with cpu_threads(prep.device, prep.macs * len(heads)):
         tracker = train_epochs(heads, prep, lambda x, train: _logits(W, b, x), opt.step, lambda g: copies(W[g], b[g]))
-    adopt(heads, first)
     for g, h in enumerate(heads):
         (w, bias), history = tracker.finish(g, lambda g: (W[g].detach(), b[g].detach()))
         h.coefs_ = [w.t().cpu().numpy().astype(np.float32)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from featcache.train.heads._epochs import train_epochs
-from featcache.train.heads._torch_grid import adopt, copies
+from featcache.train.heads._torch_grid import copies, prepare_grid
 from featcache.train.heads._torch_train import AdamW, cpu_threads, keep_mask, training_dtype
 
 
@@ -92,10 +92,7 @@ def fit_mlp_grid(heads: list, X, y) -> list:
     ``dropout``) on ``X``, ``y`` together; returns them, each fitted as its own ``fit`` would
     have (up to float rounding; a ``random_state`` of None is drawn once, for all of them)."""
     first = heads[0]
-    for h in heads[1:]:
-        h.check_params()
-    prep = first._prepare(X, y)  # the data, split, batches and schedule they share
-    adopt(heads, first)  # the classes and feature count each network is made for
+    prep = prepare_grid(heads, X, y)  # also the classes and feature count each network is made for
     nets, macs = [prep.net], [prep.macs]
     for h in heads[1:]:
         net, m = h._make_net(prep.seed, prep.device, prep.batch)

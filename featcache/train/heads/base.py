@@ -146,6 +146,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z
 
 
+#: What a head learns from the data alone (not from its parameters): the heads of a grid fitted
+#: together share them (:func:`adopt`).
+DATA_ATTRS = ("classes_", "n_features_in_", "feature_names_in_", "mean_", "scale_", "n_samples_fit_")
+
+
+def adopt(heads: list, first) -> None:
+    """Give every head of a grid fitted together the data attributes (:data:`DATA_ATTRS`)
+    that ``first`` holds: the classes, feature count and names, standardisation and rows."""
+    shared = {name: getattr(first, name) for name in DATA_ATTRS if hasattr(first, name)}
+    for head in heads:
+        for name, value in shared.items():
+            setattr(head, name, value)
+
+
 class HeadBase(ClassifierMixin, BaseEstimator):
     """Base of every head. Subclasses implement ``_fit_encoded`` and ``_decision``.
 

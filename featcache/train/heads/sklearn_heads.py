@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from featcache.train.heads._torch_train import check_device, check_device_name
-from featcache.train.heads.base import HeadBase, HeadInputError, is_lazy, softmax, standardized_affine
+from featcache.train.heads.base import HeadBase, HeadInputError, adopt, is_lazy, softmax, standardized_affine
 from featcache.train.heads.blocks import FeatureBlocks, column_stats
 from featcache.train.heads.neighbors import CosineSearch, class_means, normalize_rows, normalized_copy, vote
 from featcache.train.heads.registry import register_head
@@ -104,6 +104,10 @@ class _LinearModelHead(HeadBase):
         """
         self.check_params()
         X, y_enc = self._validate_any_fit(X, y)
+        return self._fit_validated(X, y_enc, warm_start)
+
+    def _fit_validated(self, X, y_enc: np.ndarray, warm_start=None):
+        """``fit`` on checked features and encoded labels (``classes_`` and ``n_features_in_`` set)."""
         check_device(self.device)
         blocks = FeatureBlocks(X, self.n_features_in_)
         warm = warm_start if _compatible(self, warm_start, y_enc) else None
@@ -146,18 +150,19 @@ class _LinearModelHead(HeadBase):
             head.check_params()
         X, y_enc = first._validate_any_fit(X, y)
         if len(heads) == 1 or uses_sklearn_solver(X, len(first.classes_)):
+            adopt(heads, first)  # the classes, feature count and names: validated once
             previous = None
             for head in heads:
-                previous = head.fit(X, y, warm_start=previous)
+                previous = head._fit_validated(X, y_enc, warm_start=previous)
             return heads
         check_device(first.device)
         blocks = FeatureBlocks(X, first.n_features_in_)
         first.mean_, first.scale_ = column_stats(blocks)
+        first.n_samples_fit_ = len(y_enc)
+        adopt(heads, first)
         fits = fit_linear_together(first._objective(blocks, y_enc), [head.C for head in heads],
                                    max_iter=first.max_iter, tol=1e-4, who=cls.__name__)
         for head, res in zip(heads, fits):
-            head.classes_, head.n_features_in_, head.n_samples_fit_ = first.classes_, first.n_features_in_, len(y_enc)
-            head.mean_, head.scale_ = first.mean_, first.scale_
             head._take_solution(res)
         return heads
 

@@ -238,13 +238,22 @@ class LinearObjective:
         n = len(self.y)
         gW = (gW - np.outer(self.mean, gb)) / self.scale[:, None]
         out = []
-        for j, ((W, b), alpha) in enumerate(zip(params, alphas)):
-            cols = slice(j * k, (j + 1) * k)
+        for (W, b), alpha, gW_j, gb_j, loss_j in zip(params, alphas, column_blocks(gW, k), gb.reshape(m, k), loss):
             penalty = float(W.ravel() @ W.ravel()) + (float(b @ b) if self.penalize_intercept else 0.0)
-            grad_b = gb[cols] / n + (alpha * b if self.penalize_intercept else 0.0)
-            value = float(loss[j]) / n + 0.5 * alpha * penalty
-            out.append((value, np.concatenate([(gW[:, cols] / n + alpha * W).ravel(), grad_b])))
+            grad_b = gb_j / n + (alpha * b if self.penalize_intercept else 0.0)
+            value = float(loss_j) / n + 0.5 * alpha * penalty
+            out.append((value, np.concatenate([(gW_j / n + alpha * W).ravel(), grad_b])))
         return out
+
+
+def side_by_side(thetas: list[np.ndarray], d: int, k: int) -> np.ndarray:
+    """The (d, k) weight matrices of parameter vectors ``thetas`` side by side: (d, m * k)."""
+    return np.concatenate([theta[: d * k].reshape(d, k) for theta in thetas], axis=1)
+
+
+def column_blocks(M: np.ndarray, k: int) -> list[np.ndarray]:
+    """The m (rows, k) column blocks of ``M`` (rows, m * k), one per model: views."""
+    return [M[:, j * k : (j + 1) * k] for j in range(M.shape[1] // k)]
 
 
 #: Rows sampled (evenly, from every block) for the preconditioner's covariance.
@@ -282,10 +291,8 @@ class Preconditioned:
         self.max_grad = np.inf
 
     def to_thetas(self, vs: list[np.ndarray]) -> list[np.ndarray]:
-        V = np.concatenate([v[: self.dk].reshape(self.d, self.k) for v in vs], axis=1)
-        W = solve_triangular(self.L, V, lower=True, trans="T", check_finite=False)
-        return [np.concatenate([W[:, j * self.k : (j + 1) * self.k].ravel(), v[self.dk :]])
-                for j, v in enumerate(vs)]
+        W = solve_triangular(self.L, side_by_side(vs, self.d, self.k), lower=True, trans="T", check_finite=False)
+        return [np.concatenate([W_j.ravel(), v[self.dk :]]) for W_j, v in zip(column_blocks(W, self.k), vs)]
 
     def to_theta(self, v: np.ndarray) -> np.ndarray:
         return self.to_thetas([v])[0]
@@ -297,10 +304,10 @@ class Preconditioned:
     def evaluate(self, vs: list[np.ndarray], alphas: list[float]) -> list[tuple[float, np.ndarray, float]]:
         """``(value, gradient in V, largest entry of the gradient in W)`` at each of ``vs``."""
         values = self.objective.evaluate(self.to_thetas(vs), alphas)
-        G = np.concatenate([g[: self.dk].reshape(self.d, self.k) for _, g in values], axis=1)
+        G = side_by_side([g for _, g in values], self.d, self.k)
         GV = solve_triangular(self.L, G, lower=True, check_finite=False)
-        return [(value, np.concatenate([GV[:, j * self.k : (j + 1) * self.k].ravel(), g[self.dk :]]),
-                 float(np.max(np.abs(g)))) for j, (value, g) in enumerate(values)]
+        return [(value, np.concatenate([GV_j.ravel(), g[self.dk :]]), float(np.max(np.abs(g))))
+                for GV_j, (value, g) in zip(column_blocks(GV, self.k), values)]
 
     def __call__(self, v: np.ndarray) -> tuple[float, np.ndarray]:
         value, gv, self.max_grad = self.evaluate([v], [self.objective.alpha])[0]
