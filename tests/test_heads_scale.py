@@ -417,6 +417,27 @@ def test_linear_heads_fitted_together_equal_separate_fits(name, n_classes, data,
     assert rounds < len(widths)  # separate fits: one pass per evaluation of each
 
 
+@pytest.mark.parametrize("name,params", [("logreg", {"C": 1.0}), ("svm", {"C": 0.01}), ("linear", {"max_epochs": 2}),
+                                         ("mlp", {"max_epochs": 2, "hidden_sizes": (8,)})])
+@pytest.mark.parametrize("solver", ["blockwise", "default"])
+def test_a_grid_refitted_on_other_data_keeps_nothing_of_the_old(data, name, params, solver, monkeypatch):
+    """Every head of a grid fitted together takes the new data's classes, feature count,
+    standardisation and row count, whichever head was fitted on what before."""
+    if solver == "blockwise":
+        monkeypatch.setattr(sklearn_heads, "SKLEARN_MAX_MACS", 0)
+    X_train, _, y_train, _ = data
+    heads = [make_head(name, **params) for _ in range(2)]
+    heads[1].fit(X_train[:, :10], (y_train > 2).astype(int))  # 10 features, 2 classes
+    heads[1].n_samples_fit_ = -1
+    heads[1].feature_names_in_ = np.array([f"f{i}" for i in range(10)], dtype=object)  # as from a data frame
+    type(heads[0]).fit_together(heads, X_train, y_train)
+    for head in heads:
+        assert not hasattr(head, "feature_names_in_")
+        assert head.n_features_in_ == 40 and list(head.classes_) == [0, 1, 2, 3, 4]
+        assert head.mean_ is heads[0].mean_ and head.predict(X_train[:5]).shape == (5,)
+        assert getattr(head, "n_samples_fit_", len(y_train)) == len(y_train)
+
+
 def test_linear_heads_fitted_together_from_disk_read_each_block_once_a_round(data, tmp_path, monkeypatch, blockwise):
     X_train, X_test, y_train, _ = data
     monkeypatch.setattr(heads_base, "BLOCK_BYTES", 100 * 40 * 4)  # blocks of 100 rows

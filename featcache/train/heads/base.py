@@ -153,11 +153,15 @@ DATA_ATTRS = ("classes_", "n_features_in_", "feature_names_in_", "mean_", "scale
 
 def adopt(heads: list, first) -> None:
     """Give every head of a grid fitted together the data attributes (:data:`DATA_ATTRS`)
-    that ``first`` holds: the classes, feature count and names, standardisation and rows."""
-    shared = {name: getattr(first, name) for name in DATA_ATTRS if hasattr(first, name)}
-    for head in heads:
-        for name, value in shared.items():
-            setattr(head, name, value)
+    that ``first`` holds: the classes, feature count and names, standardisation and rows. One
+    that ``first`` lacks (no feature names for an array) is removed from the others: a head
+    refitted in a grid keeps nothing of its previous data."""
+    for name in DATA_ATTRS:
+        for head in heads:
+            if hasattr(first, name):
+                setattr(head, name, getattr(first, name))
+            elif hasattr(head, name):
+                delattr(head, name)
 
 
 class HeadBase(ClassifierMixin, BaseEstimator):
