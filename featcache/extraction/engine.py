@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from featcache import allocator
 from featcache.devices import resolve_device
 from featcache.environment import usable_cores
 from featcache.errors import FeatcacheError, ImageDecodeError, Interrupted
@@ -323,6 +324,7 @@ class _Job:
         return ExtractResult(view=str(view), rows=len(keep), dim=fs.dim() or 0, extracted=extracted,
                              reused=len(keep) - extracted, cache_hit=False, model_built=any(r[1] for r in ranks),
                              skipped=skipped, timings=timings, workers=self.workers, levers=chosen.describe(),
+                             heap_reuse=self.reuses_heap,
                              **common)
 
     def settle_levers(self, fs: FeatureSet, ident: FeatureIdentity, images: int) -> levers.Levers:
@@ -343,9 +345,16 @@ class _Job:
                            workers=self.workers, decode=decode_mode(ident.decoder),
                            resize=int(ident.preprocess["resize"]))
         try:
-            return self._forward_rows(fs, manifest, mine, resolved, timings, chosen, batches, transform)
+            with allocator.keep_freed_memory(self.reuses_heap):
+                return self._forward_rows(fs, manifest, mine, resolved, timings, chosen, batches, transform)
         finally:
             batches.close()
+
+    @property
+    def reuses_heap(self) -> bool:
+        """Whether the forward keeps freed memory for the next batch (:mod:`featcache.allocator`):
+        on the CPU, unless ``--compute plain``; where the C library allows it."""
+        return self.device.type == "cpu" and self.run.compute != "plain" and allocator.available()
 
     def _forward_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int], resolved: ResolvedIdentity,
                       timings: dict, chosen: levers.Levers, batches: Decoding, transform):

@@ -39,6 +39,7 @@ class ExtractResult:
     augmented: dict | None = None
     workers: int = 0  # DataLoader decode workers of this run (0: decoding in the main process)
     levers: str = "plain"  # inference levers the rows were computed with (featcache.extraction.levers)
+    heap_reuse: bool = False  # freed memory kept for the next batch (featcache.allocator): speed only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +63,8 @@ class ExtractResult:
 
     def _levers(self) -> str:
         setup = self.timings.get("levers_s")
-        return f"levers {self.levers}" + (f" set up in {setup:.1f} s" if setup else "")
+        return (f"levers {self.levers}" + (f" set up in {setup:.1f} s" if setup else "")
+                + (", freed memory reused" if self.heap_reuse else ""))
 
     def _device_decode(self) -> str:
         s = self.timings.get("device_decode_s")
