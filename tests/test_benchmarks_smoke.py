@@ -119,6 +119,13 @@ def test_lever_table(tmp_path):
     assert res["sets"]["MEASURED"] == ["mobilenet_v3_small"]
 
 
+def test_heap_reuse(tmp_path):
+    res = run_script("heap_reuse", tmp_path, "--partial", str(tmp_path / "partial.jsonl"))
+    (row,) = res["rows"]
+    assert row["backbone"] == "mobilenet_v3_small" and row["identical"] and row["off_s"] > 0 and row["on_s"] > 0
+    assert res["summary"]["measured"] == 1 and res["summary"]["not_identical"] == []
+
+
 def test_cli_latency(tmp_path):
     res = run_script("cli_latency", tmp_path)
     rows = {r["command"]: r for r in res["rows"]}
