@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
-from lever_table import _extractor, backbones  # noqa: E402
+from lever_table import _extractor, backbones, table_options  # noqa: E402
 
 
 def child(a) -> dict:
@@ -96,14 +95,7 @@ def parse(argv=None):
     p.add_argument("--batch", type=int, default=32, help="rows per forward (extract's default batch)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds, off and on each (median)")
     p.add_argument("--budget-s", type=float, default=30.0, help="stop adding rounds after this many seconds")
-    p.add_argument("--timeout-s", type=float, default=300.0, help="per-backbone limit; beyond it: not measured")
-    p.add_argument("--only", default=None, help="comma list of backbones (default: all registered)")
-    p.add_argument("--partial", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "featcache-heap.jsonl"))
-    p.add_argument("--quick", action="store_true", help="smoke test: mobilenet_v3_small at 32 px, 1 round")
-    p.add_argument("--publish", action="store_true", help="write the table from --partial without measuring")
-    p.add_argument("--out", default=str(_bench.RESULTS_DIR))
-    p.add_argument("--name", default="heap_reuse")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    table_options(p, name="heap_reuse", timeout_s=300.0)
     a = p.parse_args(argv)
     if a.quick:
         a.only, a.size, a.repeats, a.batch = a.only or "mobilenet_v3_small", 32, 1, 4

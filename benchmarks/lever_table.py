@@ -202,21 +202,28 @@ def sets(rows: list[dict]) -> dict:
             "LOSES_FREEZE": sorted(r["backbone"] for r in measured if not r["decision"]["freeze"])}
 
 
+def table_options(p: argparse.ArgumentParser, *, name: str, timeout_s: float) -> None:
+    """The options of a per-backbone table run one fresh child process per backbone (this
+    script's and heap_reuse.py's): limit, selection, resumable partial results, output."""
+    p.add_argument("--timeout-s", type=float, default=timeout_s, help="per-backbone limit; beyond it: not measured")
+    p.add_argument("--only", default=None, help="comma list of backbones (default: all registered)")
+    p.add_argument("--partial", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"featcache-{name}.jsonl"),
+                   help="one JSON line per measured backbone: an interrupted run resumes from it")
+    p.add_argument("--quick", action="store_true", help="smoke test: mobilenet_v3_small at 32 px, 1 round")
+    p.add_argument("--publish", action="store_true", help="write the table from --partial without measuring")
+    p.add_argument("--out", default=str(_bench.RESULTS_DIR))
+    p.add_argument("--name", default=name)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+
+
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=64, help="input size in px (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds over the four variants (median)")
     p.add_argument("--budget-s", type=float, default=60.0, help="stop adding rounds after this many seconds")
-    p.add_argument("--timeout-s", type=float, default=600.0, help="per-backbone limit; beyond it: not measured")
     p.add_argument("--threads", type=int, default=None, help="torch threads of each child (default: torch's "
                    "own, one per core; 1 keeps a shared machine's scheduling out of the comparison)")
-    p.add_argument("--only", default=None, help="comma list of backbones (default: all registered)")
-    p.add_argument("--partial", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "featcache-levers.jsonl"))
-    p.add_argument("--quick", action="store_true", help="smoke test: mobilenet_v3_small at 32 px, 1 round")
-    p.add_argument("--publish", action="store_true", help="write the table from --partial without measuring")
-    p.add_argument("--out", default=str(_bench.RESULTS_DIR))
-    p.add_argument("--name", default="levers_all")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    table_options(p, name="levers_all", timeout_s=600.0)
     a = p.parse_args(argv)
     if a.quick:
         a.only, a.size, a.repeats = a.only or "mobilenet_v3_small", 32, 1
