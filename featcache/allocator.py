@@ -7,7 +7,7 @@ gives them back when freed, and it returns the free top of its heap to the syste
 trim threshold. Each batch then faults in and zeroes its buffers' pages afresh. Inside
 :func:`keep_freed_memory` blocks of up to :data:`KEEP_BYTES` come from the heap and freed
 memory stays there, so the next batch reuses it. On 2 Xeon cores that made resnet18's plain
-eager forward 1.38x faster and its frozen graph 1.2-1.3x (benchmarks/README.md, session 10);
+eager forward 1.3-1.4x faster and its frozen graph 1.2-1.3x (benchmarks/README.md, session 10);
 the numbers computed are the same bit for bit, only where their memory comes from changes.
 
 On leaving, the free memory is returned to the system (``malloc_trim``) and the thresholds
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import platform
 import threading
 from typing import Iterator
@@ -33,6 +34,7 @@ _lock = threading.Lock()
 _depth, _active = 0, False
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
     """The C library when it is glibc (has ``mallopt`` and ``malloc_trim``), else None."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
