@@ -207,7 +207,7 @@ def child_levers(a) -> dict:
     chosen = levers.choose(a.backbone, dev, compute=a.compute, precision=prec, images=a.n, pixels=crop * crop)
     fast, setup_s = levers.prepare_timed(copy.deepcopy(model), chosen, levers.to_input(batches[0][:levers.TRACE_ROWS], chosen))
     # the levers' forward keeps freed memory for reuse as extract's does (featcache.allocator); plain does not
-    heap = dev.type == "cpu" and a.compute != "plain" and allocator.available()
+    heap = levers.keeps_freed_memory(dev, a.compute)
     ways = {"plain": (model, levers.PLAIN, False), "levers": (fast, chosen, heap)}
     secs: dict = {w: [] for w in ways}
     outs: dict = {}

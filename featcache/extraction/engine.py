@@ -352,9 +352,8 @@ class _Job:
 
     @property
     def reuses_heap(self) -> bool:
-        """Whether the forward keeps freed memory for the next batch (:mod:`featcache.allocator`):
-        on the CPU, unless ``--compute plain``; where the C library allows it."""
-        return self.device.type == "cpu" and self.run.compute != "plain" and allocator.available()
+        """Whether the forward keeps freed memory for the next batch (:func:`levers.keeps_freed_memory`)."""
+        return levers.keeps_freed_memory(self.device, self.run.compute)
 
     def _forward_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int], resolved: ResolvedIdentity,
                       timings: dict, chosen: levers.Levers, batches: Decoding, transform):

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from featcache import allocator
 from featcache.atomic import atomic_write_text
 from featcache.errors import FeatcacheError, UnknownNameError
 from featcache.specs import COMPUTE_MODES
@@ -129,6 +130,13 @@ def choose(backbone: str, device: torch.device, *, compute: str = "auto", precis
         return PLAIN
     freeze = (precision == "float32" and images * pixels >= FREEZE_MIN_WORK and backbone not in LOSES_FREEZE)
     return Levers(channels_last=backbone not in LOSES_CHANNELS_LAST, freeze=freeze)
+
+
+def keeps_freed_memory(device: torch.device, compute: str) -> bool:
+    """Whether the forward keeps its freed memory for the next batch (:mod:`featcache.allocator`):
+    on the CPU unless ``--compute plain``, where the C library allows it. Speed only: it is not a
+    lever of the record (it cannot change a row)."""
+    return device.type == "cpu" and compute != "plain" and allocator.available()
 
 
 def recorded(fs: FeatureSet) -> Levers | None:
