@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
-from lever_table import _extractor, backbones, table_options  # noqa: E402
+from lever_table import _extractor, backbones, measure_backbones, table_options  # noqa: E402
 
 
 def child(a) -> dict:
@@ -57,27 +57,14 @@ def child(a) -> dict:
 
 
 def measure_all(a) -> list[dict]:
-    partial = Path(a.partial)
-    done = {}
-    if partial.is_file():
-        done = {r["backbone"]: r for r in map(json.loads, partial.read_text().splitlines())}
-    for name in backbones(a.only):
-        if name in done:
-            continue
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--size", str(a.size),
-               "--batch", str(a.batch), "--repeats", str(a.repeats), "--budget-s", str(a.budget_s)]
-        try:
-            r = _bench.run_child(cmd, timeout=a.timeout_s)
-            r.pop("memory_samples", None)
-        except RuntimeError as e:
-            r = {"backbone": name, "error": str(e).splitlines()[0][:300]}
-        with open(partial, "a") as f:
-            f.write(json.dumps(r, default=_bench._json_default) + "\n")
-        done[name] = r
-        print(f"  {name:22s} " + (f"{r['size']:>4} px  {r['levers']:20s} off {r['off_s'] * 1e3:8.1f} ms  on "
-                                  f"{r['on_s'] * 1e3:8.1f} ms  {r['speedup']:5.2f}x  same bits {r['identical']}"
-                                  if "error" not in r else f"ERROR {r['error']}"), flush=True)
-    return [done[n] for n in backbones(a.only) if n in done]
+    def line(r: dict) -> str:
+        if "error" in r:
+            return f"ERROR {r['error']}"
+        return (f"{r['size']:>4} px  {r['levers']:20s} off {r['off_s'] * 1e3:8.1f} ms  on {r['on_s'] * 1e3:8.1f} ms  "
+                f"{r['speedup']:5.2f}x  same bits {r['identical']}")
+
+    args = ["--size", str(a.size), "--batch", str(a.batch), "--repeats", str(a.repeats), "--budget-s", str(a.budget_s)]
+    return measure_backbones(a, str(Path(__file__).resolve()), args, lambda r: None, line)
 
 
 def summary(rows: list[dict]) -> dict:
@@ -111,7 +98,7 @@ def main(argv=None) -> dict:
     info = _bench.machine_info("cpu")
     print(f"heap_reuse: {len(backbones(a.only))} backbones at {a.size} px, batch {a.batch}; "
           f"machine: {_bench.describe_machine(info)}", flush=True)
-    rows = measure_all(a) if not a.publish else [json.loads(x) for x in Path(a.partial).read_text().splitlines()]
+    rows = measure_all(a)
     result = {"benchmark": "heap_reuse", "command": _bench.command_line(),
               "settings": {"quick": a.quick, "size": a.size, "batch": a.batch, "repeats": a.repeats,
                            "weights": "none (seeded random init)"},

@@ -163,36 +163,51 @@ def _gflops(name: str) -> float:
         return 0.4
 
 
-def measure_all(a) -> list[dict]:
+def measure_backbones(a, script: str, child_args: list[str], finish, line) -> list[dict]:
+    """Each backbone of ``a.only`` not yet in ``a.partial``, measured by ``script --child NAME
+    *child_args`` in a fresh process within ``a.timeout_s`` (a failure becomes a row with its
+    ``error``); ``finish(row)`` adds what the parent decides, the row is appended to the partial
+    file and printed as ``line(row)``. Returns every measured row, in backbone order. With
+    ``a.publish``: the partial file's rows, nothing measured. (This script and heap_reuse.py.)"""
     partial = Path(a.partial)
+    if a.publish:
+        return [json.loads(x) for x in partial.read_text().splitlines()]
     done = {}
     if partial.is_file():
-        for line in partial.read_text().splitlines():
-            r = json.loads(line)
-            done[r["backbone"]] = r
+        done = {r["backbone"]: r for r in map(json.loads, partial.read_text().splitlines())}
     for name in backbones(a.only):
         if name in done:
             continue
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--size", str(a.size),
-               "--repeats", str(a.repeats), "--budget-s", str(a.budget_s)]
-        cmd += ["--threads", str(a.threads)] if a.threads else []
         t0 = time.perf_counter()
         try:
-            r = _bench.run_child(cmd, timeout=a.timeout_s)
+            r = _bench.run_child([sys.executable, script, "--child", name, *child_args], timeout=a.timeout_s)
             r.pop("memory_samples", None)
         except RuntimeError as e:
-            r = {"backbone": name, "error": str(e).splitlines()[0][:300], "variants": {}}
+            r = {"backbone": name, "error": str(e).splitlines()[0][:300]}
         r["wall_s"] = time.perf_counter() - t0
-        r["decision"] = decide(r) if r.get("variants") else {"measured": False, "channels_last": False,
-                                                             "freeze": False}
+        finish(r)
         with open(partial, "a") as f:
             f.write(json.dumps(r, default=_bench._json_default) + "\n")
         done[name] = r
-        d = r["decision"]
-        print(f"  {name:22s} {r.get('size', '-')!s:>4} px  cl {d.get('cl_vs_plain') or 0:5.2f}x  best "
-              f"{d.get('best', '-'):9s} {d.get('best_vs_plain') or 0:5.2f}x  ({r['wall_s']:.0f} s)"
-              + (f"  ERROR {r['error']}" if r.get("error") else ""), flush=True)
+        print(f"  {name:22s} {line(r)}", flush=True)
     return [done[n] for n in backbones(a.only) if n in done]
+
+
+def measure_all(a) -> list[dict]:
+    args = ["--size", str(a.size), "--repeats", str(a.repeats), "--budget-s", str(a.budget_s)]
+    args += ["--threads", str(a.threads)] if a.threads else []
+
+    def finish(r: dict) -> None:
+        r.setdefault("variants", {})
+        r["decision"] = decide(r) if r["variants"] else {"measured": False, "channels_last": False, "freeze": False}
+
+    def line(r: dict) -> str:
+        d = r["decision"]
+        return (f"{r.get('size', '-')!s:>4} px  cl {d.get('cl_vs_plain') or 0:5.2f}x  best "
+                f"{d.get('best', '-'):9s} {d.get('best_vs_plain') or 0:5.2f}x  ({r['wall_s']:.0f} s)"
+                + (f"  ERROR {r['error']}" if r.get("error") else ""))
+
+    return measure_backbones(a, str(Path(__file__).resolve()), args, finish, line)
 
 
 def sets(rows: list[dict]) -> dict:
@@ -243,7 +258,7 @@ def main(argv=None) -> dict:
     info = _bench.machine_info("cpu")
     print(f"lever_table: {len(backbones(a.only))} backbones at {a.size} px, batch {ROWS}; "
           f"machine: {_bench.describe_machine(info)}", flush=True)
-    rows = measure_all(a) if not a.publish else [json.loads(x) for x in Path(a.partial).read_text().splitlines()]
+    rows = measure_all(a)
     result = {"benchmark": "lever_table", "command": _bench.command_line(),
               "settings": {"quick": a.quick, "size": a.size, "threads": a.threads, "rows": ROWS,
                            "other_rows": OTHER_ROWS, "repeats": a.repeats, "tolerance": TOLERANCE, "weights": "none (seeded random init)"},
