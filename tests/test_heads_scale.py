@@ -262,12 +262,13 @@ def test_lazy_training_matrix_with_nan_is_refused(data, tmp_path):
 
 
 # ----------------------------------------------------------------- neighbours
-@pytest.mark.parametrize("search", ["numpy", "torch"])
+@pytest.mark.parametrize("search", ["numpy", "torch", "torch-float32"])
 @pytest.mark.parametrize("margin", [32, 0])
 def test_top_k_cosine_is_exact_and_independent_of_chunks(data, monkeypatch, search, margin):
     import featcache.train.heads.neighbors as neighbors_mod
 
-    monkeypatch.setattr(neighbors_mod, "TORCH_MIN_WORK", 0 if search == "torch" else 10**30)
+    monkeypatch.setattr(neighbors_mod, "TORCH_MIN_WORK", 10**30 if search == "numpy" else 0)
+    monkeypatch.setattr(neighbors_mod, "_native_bf16", lambda device: search == "torch")
     monkeypatch.setattr(neighbors_mod, "RERANK_MARGIN", margin)  # 0: rows must widen their search
     X_train, X_test, _, _ = data
     train = X_train / np.linalg.norm(X_train, axis=1, keepdims=True)
@@ -307,15 +308,37 @@ def test_gpu_search_sums_in_float32_and_restores_the_setting():
 
     from featcache.train.heads.neighbors import float32_accumulation
 
-    flags = SimpleNamespace(allow_bf16_reduced_precision_reduction=True)
+    flags = SimpleNamespace(allow_bf16_reduced_precision_reduction=True, allow_tf32=True)
     fake_torch = SimpleNamespace(backends=SimpleNamespace(cuda=SimpleNamespace(matmul=flags)))
     with pytest.raises(KeyError):
         with float32_accumulation(fake_torch, SimpleNamespace(type="cuda")):
-            assert flags.allow_bf16_reduced_precision_reduction is False
+            assert flags.allow_bf16_reduced_precision_reduction is False and flags.allow_tf32 is False
             raise KeyError("a failing search")
-    assert flags.allow_bf16_reduced_precision_reduction is True
+    assert flags.allow_bf16_reduced_precision_reduction is True and flags.allow_tf32 is True
     with float32_accumulation(fake_torch, SimpleNamespace(type="cpu")):
         assert flags.allow_bf16_reduced_precision_reduction is True
+
+
+@pytest.mark.parametrize("cpu_has_bf16", [True, False])
+def test_cpu_search_multiplies_bfloat16_only_where_the_cpu_has_it(monkeypatch, cpu_has_bf16):
+    """A CPU without AVX512-BF16 / AMX emulates bfloat16 products (~75x slower than float32 on an
+    AVX2 EPYC): the search is then float32, with float32's tighter band."""
+    import featcache.devices as devices_mod
+    import featcache.train.heads.neighbors as neighbors_mod
+
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(neighbors_mod, "TORCH_MIN_WORK", 0)
+    monkeypatch.setattr(devices_mod, "cpu_bf16_native", lambda: cpu_has_bf16)
+    built = []
+    real = neighbors_mod._torch_candidates
+    monkeypatch.setattr(neighbors_mod, "_torch_candidates", lambda *a: built.append(a[2]) or real(*a))
+    rng = np.random.default_rng(3)
+    train = neighbors_mod.normalize_rows(rng.normal(size=(50, 8)).astype(np.float32))
+    search = neighbors_mod.CosineSearch(train, "cpu", n_queries=5)
+    assert search.device == torch.device("cpu") and search.bfloat16 is cpu_has_bf16
+    assert search.band == 2.0 * neighbors_mod.search_error(8, bfloat16=cpu_has_bf16)
+    idx, _ = search.top_k(train[:5], 3)
+    assert built == [cpu_has_bf16] and idx[:, 0].tolist() == [0, 1, 2, 3, 4]
 
 
 def test_search_error_bounds_the_candidate_search():

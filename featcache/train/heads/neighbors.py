@@ -1,11 +1,13 @@
 """Blockwise cosine nearest neighbours and class means.
 
 :class:`CosineSearch` (:func:`top_k_cosine` for one matrix of queries) multiplies chunks of
-queries by the unit-norm training matrix (one bfloat16 product per chunk, torch) and keeps the
+queries by the unit-norm training matrix (one bfloat16 or float32 product per chunk) and keeps the
 best candidates of each row, re-scored exactly in float64; a chunk's similarity matrix is sized from the available memory
 (:func:`featcache.train.heads.blocks.chunk_rows`), so the full (queries x training rows)
-matrix never exists. The candidate search uses torch (bfloat16) only for searches of at
-least ``TORCH_MIN_WORK`` multiply-adds, where it saves more than importing torch costs; smaller
+matrix never exists. The candidate search uses torch only for searches of at least
+``TORCH_MIN_WORK`` multiply-adds, where it saves more than importing torch costs, and multiplies
+in bfloat16 only where the device does so natively (:func:`featcache.devices.native_bf16`: a CPU
+without AVX512-BF16 or AMX emulates it, ~75x slower than float32 on a 2-core AVX2 EPYC); smaller
 ones use numpy float32, so stage two on small data never loads torch. :func:`vote` turns neighbours into
 class probabilities exactly as scikit-learn's ``KNeighborsClassifier`` (``uniform`` or
 ``distance`` weights, exact matches taking all the weight).
@@ -79,8 +81,9 @@ class CosineSearch:
     """Exact cosine k-nearest-neighbour search of query blocks in the unit rows of ``train``.
 
     The search is one matrix product per chunk of queries: numpy float32, or for searches of
-    ``TORCH_MIN_WORK`` multiply-adds and more (``n_queries`` rows in all) torch bfloat16 (AMX /
-    AVX-512 BF16 on recent CPUs) with torch's top-k. Its best candidates are re-scored exactly
+    ``TORCH_MIN_WORK`` multiply-adds and more (``n_queries`` rows in all) torch with its top-k, in
+    bfloat16 where the device multiplies it natively (AMX / AVX-512 BF16 CPUs, recent GPUs), else
+    float32. Its best candidates are re-scored exactly
     in float64: every row whose approximate similarity is within twice :func:`search_error` of
     the approximate k-th best, which provably holds the exact k best (a row whose band reaches
     past its candidates takes more). So the answer equals an exact search, does not depend on
@@ -88,14 +91,15 @@ class CosineSearch:
     ``device``: where torch's search runs ('auto': CUDA when there is one; a GPU named
     explicitly is used whatever the size; see
     :func:`featcache.train.heads._torch_train.products_device`); the training matrix is copied
-    there (transposed, bfloat16) once, at the first block, and each chunk's similarities are
+    there (transposed, in the search's dtype) once, at the first block, and each chunk's similarities are
     sized from that device's free memory.
     """
 
     def __init__(self, train: np.ndarray, device: str = "auto", *, n_queries: int):
         self.train = train
         self.device = products_device(device, n_queries * len(train) * train.shape[1], TORCH_MIN_WORK)
-        self.band = 2.0 * search_error(train.shape[1], bfloat16=self.device is not None)
+        self.bfloat16 = self.device is not None and _native_bf16(self.device)
+        self.band = 2.0 * search_error(train.shape[1], bfloat16=self.bfloat16)
         self._search = None
 
     def top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +109,8 @@ class CosineSearch:
         idx = np.empty((m, k), dtype=np.int64)
         sims = np.empty((m, k), dtype=np.float64)
         if self._search is None:
-            self._search = _numpy_candidates(train) if self.device is None else _torch_candidates(train, self.device)
+            self._search = (_numpy_candidates(train) if self.device is None
+                            else _torch_candidates(train, self.device, self.bfloat16))
         free = None if self.device is None else device_free_bytes(self.device)
         step = chunk_rows(n * 2 * 3, least=_RERANK_ROWS, available=free)
         for a in range(0, m, step):
@@ -157,22 +162,29 @@ def _numpy_candidates(train: np.ndarray):
     return search
 
 
-def _torch_candidates(train: np.ndarray, device):
-    """Candidate search by a bfloat16 product and torch's top-k on ``device``: on the CPU 3-5x
-    faster than numpy on large problems, where that saves more than importing torch costs."""
+def _native_bf16(device) -> bool:
+    from featcache.devices import native_bf16  # imports torch: only once a torch search is chosen
+
+    return native_bf16(device)
+
+
+def _torch_candidates(train: np.ndarray, device, bfloat16: bool):
+    """Candidate search by a bfloat16 (``bfloat16``, where the device has it natively: AMX cores
+    run it 3-5x faster than numpy's float32) or float32 product and torch's top-k on ``device``."""
     import torch  # only for searches large enough to pay for the import (TORCH_MIN_WORK), or a GPU
 
-    # transposed once, (features, rows): the product then runs 1.2x faster on the CPU (10,000 x
-    # 51,000 x 1,280: 1.0 instead of 1.23 s) for 0.05 s more than the plain bfloat16 copy
+    dtype = torch.bfloat16 if bfloat16 else torch.float32
+    # transposed once, (features, rows): the bfloat16 product then runs 1.2x faster on the CPU
+    # (10,000 x 51,000 x 1,280: 1.0 instead of 1.23 s) for 0.05 s more than a plain copy
     source = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
-    train_t = torch.empty((train.shape[1], len(train)), dtype=torch.bfloat16)
+    train_t = torch.empty((train.shape[1], len(train)), dtype=dtype)
     for a in range(0, len(train), _TRANSPOSE_ROWS):  # in blocks that stay in cache: 1.7x faster than one copy
-        train_t[:, a : a + _TRANSPOSE_ROWS].copy_(source[a : a + _TRANSPOSE_ROWS].bfloat16().t())
+        train_t[:, a : a + _TRANSPOSE_ROWS].copy_(source[a : a + _TRANSPOSE_ROWS].to(dtype).t())
     train_t = train_t.to(device)
 
     def search(q: np.ndarray):
         with float32_accumulation(torch, device):
-            sims = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).bfloat16().to(device) @ train_t
+            sims = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).to(device, dtype) @ train_t
 
         def top(rows: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
             s = sims if len(rows) == len(sims) else sims[torch.from_numpy(rows).to(device)]
@@ -187,17 +199,18 @@ def _torch_candidates(train: np.ndarray, device):
 @contextlib.contextmanager
 def float32_accumulation(torch, device):
     """cuBLAS may sum bfloat16 products in bfloat16 (``allow_bf16_reduced_precision_reduction``,
-    on by default), which :func:`search_error` does not bound: off for the search."""
+    on by default) and multiply float32 in TF32 (``allow_tf32``, when a program turns it on),
+    neither of which :func:`search_error` bounds: both off for the search."""
     if device.type != "cuda":
         yield
         return
     flags = torch.backends.cuda.matmul
-    before = flags.allow_bf16_reduced_precision_reduction
-    flags.allow_bf16_reduced_precision_reduction = False
+    before = flags.allow_bf16_reduced_precision_reduction, flags.allow_tf32
+    flags.allow_bf16_reduced_precision_reduction = flags.allow_tf32 = False
     try:
         yield
     finally:
-        flags.allow_bf16_reduced_precision_reduction = before
+        flags.allow_bf16_reduced_precision_reduction, flags.allow_tf32 = before
 
 
 def _rerank(q: np.ndarray, train: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
