@@ -17,12 +17,18 @@ time (trace, freeze, first call) is recorded, and every variant's features are c
 with plain at the traced batch (16 rows) and at another batch size (24 rows, so a graph
 that baked in the batch size is caught): max relative difference = max |a - b| / max |b|.
 
-Decision per backbone (what ``featcache.extraction.levers`` encodes): channels_last is
-kept where ``cl`` is at least as fast as ``plain`` and within 1e-5; freeze is kept where
-it traced, stays within 1e-5 at both batch sizes, and is at least as fast as the same
-model without it. The script writes ``results/levers_all.json`` and prints the sets
-``LOSES_CHANNELS_LAST``, ``LOSES_FREEZE`` and ``MEASURED`` to paste into levers.py;
-tests/test_levers.py checks that levers.py matches the committed table.
+Decision per backbone (what ``featcache.extraction.levers`` encodes), among the variants
+that ran and stayed within 1e-5 at both batch sizes: unfrozen, channels_last is kept where
+``cl`` is at least as fast as ``plain``; freeze is kept where the faster of ``freeze`` and
+``cl_freeze`` is at least as fast as that unfrozen choice, and frozen, the model takes
+channels_last where ``cl_freeze`` is the faster of the two. A run that freezes so gets the
+best of the four variants, one too small to freeze the better of the two unfrozen ones.
+
+The script writes ``results/<--name>.json`` with this CPU's kind (the instruction set torch
+dispatches on: ``AVX512``, ``AVX2``, ...) and prints the sets ``MEASURED``,
+``LOSES_CHANNELS_LAST``, ``LOSES_FREEZE`` and ``LOSES_CHANNELS_LAST_FROZEN``: the table of
+that kind in ``featcache/extraction/lever_tables.py`` (``levers_all.json``: AVX512,
+``levers_avx2.json``: AVX2); tests/test_levers.py checks each table there against its file.
 
 Results accumulate in ``--partial`` (one JSON line per backbone), so an interrupted run
 resumes; ``--publish`` writes the table from whatever is there.
@@ -124,23 +130,26 @@ def child(a) -> dict:
 
 
 def decide(res: dict) -> dict:
-    """Which levers pay for one backbone (see the module docstring)."""
+    """Which levers pay for one backbone (see the module docstring): the best of the four
+    variants when the run freezes, the better of plain and channels_last when it does not."""
     v = res["variants"]
 
-    def ok(k):
+    def ips(k) -> float:  # 0 for a variant that failed or left the tolerance
         r = v.get(k) or {}
-        return (not r.get("error") and r.get("img_per_s") is not None
+        good = (not r.get("error") and r.get("img_per_s") is not None
                 and max(r["max_rel_diff"], r["max_rel_diff_other_batch"]) <= TOLERANCE)
+        return r["img_per_s"] if good else 0.0
 
-    if not ok("plain"):
+    if not ips("plain"):
         return {"measured": False, "channels_last": False, "freeze": False}
-    cl = ok("cl") and v["cl"]["img_per_s"] >= v["plain"]["img_per_s"]
-    base, frozen = ("cl", "cl_freeze") if cl else ("plain", "freeze")
-    fr = ok(frozen) and v[frozen]["img_per_s"] >= v[base]["img_per_s"]
-    best = frozen if fr else base
-    return {"measured": True, "channels_last": cl, "freeze": fr, "best": best,
-            "best_vs_plain": v[best]["img_per_s"] / v["plain"]["img_per_s"],
-            "cl_vs_plain": v["cl"]["img_per_s"] / v["plain"]["img_per_s"] if ok("cl") else None}
+    cl = ips("cl") >= ips("plain")
+    unfrozen = "cl" if cl else "plain"
+    frozen = "cl_freeze" if ips("cl_freeze") > ips("freeze") else "freeze"
+    fr = ips(frozen) > 0 and ips(frozen) >= ips(unfrozen)
+    best = frozen if fr else unfrozen
+    return {"measured": True, "channels_last": cl, "freeze": fr, "channels_last_frozen": fr and frozen == "cl_freeze",
+            "best": best, "best_vs_plain": ips(best) / ips("plain"),
+            "cl_vs_plain": ips("cl") / ips("plain") if ips("cl") else None}
 
 
 # --------------------------------------------------------------------------- parent
@@ -207,14 +216,19 @@ def measure_all(a) -> list[dict]:
                 f"{d.get('best', '-'):9s} {d.get('best_vs_plain') or 0:5.2f}x  ({r['wall_s']:.0f} s)"
                 + (f"  ERROR {r['error']}" if r.get("error") else ""))
 
-    return measure_backbones(a, str(Path(__file__).resolve()), args, finish, line)
+    rows = measure_backbones(a, str(Path(__file__).resolve()), args, finish, line)
+    for r in rows:  # --publish: the rows decided by today's rule
+        finish(r)
+    return rows
 
 
 def sets(rows: list[dict]) -> dict:
     measured = [r for r in rows if r["decision"]["measured"]]
     return {"MEASURED": sorted(r["backbone"] for r in measured),
             "LOSES_CHANNELS_LAST": sorted(r["backbone"] for r in measured if not r["decision"]["channels_last"]),
-            "LOSES_FREEZE": sorted(r["backbone"] for r in measured if not r["decision"]["freeze"])}
+            "LOSES_FREEZE": sorted(r["backbone"] for r in measured if not r["decision"]["freeze"]),
+            "LOSES_CHANNELS_LAST_FROZEN": sorted(r["backbone"] for r in measured
+                                                 if r["decision"]["freeze"] and not r["decision"]["channels_last_frozen"])}
 
 
 def table_options(p: argparse.ArgumentParser, *, name: str, timeout_s: float) -> None:
@@ -259,7 +273,9 @@ def main(argv=None) -> dict:
     print(f"lever_table: {len(backbones(a.only))} backbones at {a.size} px, batch {ROWS}; "
           f"machine: {_bench.describe_machine(info)}", flush=True)
     rows = measure_all(a)
-    result = {"benchmark": "lever_table", "command": _bench.command_line(),
+    from featcache.extraction.levers import cpu_kind
+
+    result = {"benchmark": "lever_table", "command": _bench.command_line(), "cpu_kind": cpu_kind(),
               "settings": {"quick": a.quick, "size": a.size, "threads": a.threads, "rows": ROWS,
                            "other_rows": OTHER_ROWS, "repeats": a.repeats, "tolerance": TOLERANCE, "weights": "none (seeded random init)"},
               "machine": _bench.finish_info(info), "sets": sets(rows), "rows": rows}
@@ -277,6 +293,7 @@ def print_report(res: dict) -> None:
         [("backbone", "backbone"), ("size", "px"), ("plain_ips", "plain img/s", 1), ("cl_ips", "cl", 1),
          ("freeze_ips", "freeze", 1), ("cl_freeze_ips", "cl+freeze", 1), ("setup", "freeze set-up s", 1),
          ("rel", "max rel diff", 7), ("best", "chosen"), ("x", "chosen / plain", 2)]))
+    print(f"the {res.get('cpu_kind')} table of featcache/extraction/lever_tables.py:")
     for k, v in res["sets"].items():
         print(f"{k} = frozenset({v!r})")
 

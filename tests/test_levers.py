@@ -15,6 +15,7 @@ from featcache.errors import FeatcacheError, UnknownNameError
 from featcache.extraction import levers
 from featcache import devices
 from featcache.extraction.layers import FeatureExtractor
+from featcache.extraction.lever_tables import TABLES, LeverTable
 from featcache.extraction.levers import PLAIN, Levers
 from featcache.store.featureset import FeatureStore
 from featcache.extraction.identity import resolve_identity
@@ -22,16 +23,19 @@ from featcache.extraction.identity import resolve_identity
 from conftest import make_image
 
 CPU = torch.device("cpu")
-TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "levers_all.json"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 KW = dict(backbone="resnet18", weights="none", image_size=32, workers=0, batch_size=16)
+
+
+def table(measured=("resnet18",), loses_cl=(), loses_freeze=(), loses_cl_frozen=()) -> LeverTable:
+    return LeverTable("test", frozenset(measured), frozenset(loses_cl), frozenset(loses_freeze),
+                      frozenset(loses_cl_frozen))
 
 
 @pytest.fixture
 def both_levers_pay(monkeypatch):
-    """A table in which both levers pay for resnet18 (the committed one is tested on its own)."""
-    monkeypatch.setattr(levers, "MEASURED", frozenset({"resnet18"}))
-    monkeypatch.setattr(levers, "LOSES_CHANNELS_LAST", frozenset())
-    monkeypatch.setattr(levers, "LOSES_FREEZE", frozenset())
+    """A table in which both levers pay for resnet18 (the committed ones are tested on their own)."""
+    monkeypatch.setattr(levers, "cpu_table", lambda: table())
 
 
 def test_rule_is_plain_for_plain_cuda_bfloat16_and_unmeasured_backbones(both_levers_pay):
@@ -50,10 +54,37 @@ def test_freeze_only_when_the_work_repays_its_set_up(both_levers_pay):
     assert not levers.choose("resnet18", CPU, images=at - 1, pixels=64 * 64).freeze
 
 
-def test_rule_drops_a_lever_where_the_table_says_it_loses(both_levers_pay, monkeypatch):
-    monkeypatch.setattr(levers, "LOSES_CHANNELS_LAST", frozenset({"resnet18"}))
-    monkeypatch.setattr(levers, "LOSES_FREEZE", frozenset({"resnet18"}))
+def test_rule_drops_a_lever_where_the_table_says_it_loses(monkeypatch):
+    monkeypatch.setattr(levers, "cpu_table", lambda: table(loses_cl=["resnet18"], loses_freeze=["resnet18"]))
     assert levers.choose("resnet18", CPU, images=10_000) == PLAIN
+    monkeypatch.setattr(levers, "cpu_table", lambda: table(loses_cl_frozen=["resnet18"]))
+    assert levers.choose("resnet18", CPU, images=10_000) == Levers(freeze=True)
+
+
+def test_a_frozen_run_takes_the_frozen_layout_and_an_unfrozen_one_the_unfrozen(monkeypatch):
+    """The fastest of the four variants when the run freezes (here NCHW frozen, though
+    channels_last alone beats plain), the faster unfrozen one when it does not."""
+    monkeypatch.setattr(levers, "cpu_table", lambda: table(loses_cl_frozen=["resnet18"]))
+    assert levers.choose("resnet18", CPU, images=10_000) == Levers(freeze=True)
+    assert levers.choose("resnet18", CPU, images=1) == Levers(channels_last=True)
+    monkeypatch.setattr(levers, "cpu_table", lambda: table(loses_cl=["resnet18"]))
+    assert levers.choose("resnet18", CPU, images=10_000) == Levers(channels_last=True, freeze=True)
+    assert levers.choose("resnet18", CPU, images=1) == PLAIN
+
+
+@pytest.mark.parametrize("kind", ["AVX512", "AVX2"])
+def test_each_cpu_kind_uses_its_own_table_and_an_unmeasured_kind_runs_plainly(monkeypatch, kind):
+    monkeypatch.setattr(levers, "TABLES", {"AVX512": table(loses_cl=["resnet18"]), "AVX2": table()})
+    monkeypatch.setattr(levers, "cpu_kind", lambda: kind)
+    assert levers.choose("resnet18", CPU, images=1).channels_last is (kind == "AVX2")
+    monkeypatch.setattr(levers, "cpu_kind", lambda: "NEON")
+    assert levers.choose("resnet18", CPU, images=1) == PLAIN
+    assert levers.choose("resnet18", CPU, images=10_000) == PLAIN
+
+
+def test_this_machines_kind_is_what_torch_dispatches_on():
+    assert levers.cpu_kind() == torch.backends.cpu.get_cpu_capability()
+    assert levers.cpu_table() is levers.TABLES.get(levers.cpu_kind())
 
 
 def test_unknown_compute_mode_names_the_choices():
@@ -61,11 +92,15 @@ def test_unknown_compute_mode_names_the_choices():
         levers.choose("resnet18", CPU, compute="fast")
 
 
-def test_committed_table_matches_the_rule():
-    doc = json.loads(TABLE.read_text())
-    assert set(doc["sets"]["MEASURED"]) == set(levers.MEASURED)
-    assert set(doc["sets"]["LOSES_CHANNELS_LAST"]) == set(levers.LOSES_CHANNELS_LAST)
-    assert set(doc["sets"]["LOSES_FREEZE"]) == set(levers.LOSES_FREEZE)
+@pytest.mark.parametrize("kind", sorted(TABLES))
+def test_committed_table_matches_the_rule(kind):
+    t = TABLES[kind]
+    doc = json.loads((RESULTS / t.source).read_text())
+    assert doc.get("cpu_kind", "AVX512") == kind  # the first table (AVX512) predates the field
+    assert set(doc["sets"]["MEASURED"]) == set(t.measured)
+    assert set(doc["sets"]["LOSES_CHANNELS_LAST"]) == set(t.loses_channels_last)
+    assert set(doc["sets"]["LOSES_FREEZE"]) == set(t.loses_freeze)
+    assert set(doc["sets"]["LOSES_CHANNELS_LAST_FROZEN"]) == set(t.loses_channels_last_frozen)
     for row in doc["rows"]:  # every lever kept was within 1e-5 and not slower than without it
         d = row["decision"]
         if d["measured"]:
@@ -143,7 +178,7 @@ def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_pa
     assert first.levers == "channels_last+freeze" and first.timings["levers_s"] > 0
     assert "levers channels_last+freeze set up in" in first.summary()
     record = json.loads((cache / "features" / first.feature_key / levers.RECORD).read_text())
-    assert record["levers"] == ["channels_last", "freeze"]
+    assert record["levers"] == ["channels_last", "freeze"] and record["cpu_kind"] == levers.cpu_kind()
     plain = featcache.extract(str(image_folder), cache_dir=tmp_path / "plain", compute="plain", **KW)
     assert plain.feature_key == first.feature_key and plain.levers == "plain"  # rounding only: same key
     a, b = featcache.load_features(first.view).features, featcache.load_features(plain.view).features

@@ -1,8 +1,8 @@
 """Inference levers: a faster CPU forward pass, chosen by a fixed rule and recorded with the feature set.
 
 Two levers, both exact up to float rounding (features within ~1e-6 relative of the
-plain eager forward; measured for every torchvision backbone in
-``benchmarks/results/levers_all.json``):
+plain eager forward; measured for every torchvision backbone in the tables of
+:mod:`featcache.extraction.lever_tables`, one per kind of CPU):
 
 * ``channels_last`` - NHWC memory layout for the model and its input (oneDNN's
   preferred layout for convolutions);
@@ -12,8 +12,9 @@ plain eager forward; measured for every torchvision backbone in
   call's weight packing), so it is only used when the run has enough work to repay it
   (:data:`FREEZE_MIN_WORK` images x input pixels).
 
-The choice is a deterministic rule over the backbone, the device, the compute precision
-and the amount of work (never a timing taken at run time), and it is made once per
+The choice is a deterministic rule over the backbone, the device and its kind of CPU (the
+measured table of :mod:`featcache.extraction.lever_tables`), the compute precision and the
+amount of work (never a timing taken at run time), and it is made once per
 feature set: the first run that computes rows records it in ``compute.json`` beside
 ``identity.json``; every later run into that set (a resumed, grown, or torchrun job)
 reads the record and computes the same way, so all rows of a set come from one
@@ -38,6 +39,7 @@ import torch
 from featcache import allocator
 from featcache.atomic import atomic_write_text
 from featcache.errors import FeatcacheError, UnknownNameError
+from featcache.extraction.lever_tables import TABLES, LeverTable
 from featcache.specs import COMPUTE_MODES
 from featcache.store.featureset import FeatureSet
 
@@ -55,40 +57,6 @@ FREEZE_MIN_WORK = 64 * 224 * 224
 # calls runs the model, so a small example makes the set-up cheap: resnet50 at 224 px
 # 2.5 s with 16 rows, 0.6 s with 2.
 TRACE_ROWS = 2
-
-# Backbones where a lever loses (slower, or fails to trace) in the committed table
-# benchmarks/results/levers_all.json (benchmarks/lever_table.py; every torchvision
-# classification backbone at 64 px, levers on vs off). tests/test_levers.py checks these
-# sets against the table.
-LOSES_CHANNELS_LAST: frozenset[str] = frozenset({
-    "alexnet", "convnext_tiny", "efficientnet_b5", "efficientnet_v2_l", "regnet_x_16gf",
-    "regnet_x_8gf", "regnet_y_16gf", "regnet_y_400mf", "regnet_y_800mf", "resnet152", "resnet18",
-    "resnet50", "resnext101_32x8d", "swin_b", "vgg11_bn", "vit_b_16", "wide_resnet50_2"})
-LOSES_FREEZE: frozenset[str] = frozenset({
-    "alexnet", "convnext_base", "convnext_small", "convnext_tiny", "densenet161", "efficientnet_b0",
-    "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b5",
-    "efficientnet_lite0", "googlenet", "inception_v3", "regnet_y_16gf", "squeezenet1_0",
-    "squeezenet1_1", "swin_b", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
-    "vgg19", "vgg19_bn", "vit_b_32"})
-# Backbones the table measured: the levers are applied to these only; any other (a new
-# source, a local architecture, one the table run did not reach) runs plainly until measured.
-MEASURED: frozenset[str] = frozenset({
-    "alexnet", "convnext_base", "convnext_large", "convnext_small", "convnext_tiny", "densenet121",
-    "densenet161", "densenet169", "densenet201", "efficientnet_b0", "efficientnet_b1",
-    "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6",
-    "efficientnet_b7", "efficientnet_lite0", "efficientnet_v2_l", "efficientnet_v2_m",
-    "efficientnet_v2_s", "googlenet", "inception_v3", "maxvit_t", "mnasnet0_5", "mnasnet0_75",
-    "mnasnet1_0", "mnasnet1_3", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
-    "regnet_x_16gf", "regnet_x_1_6gf", "regnet_x_32gf", "regnet_x_3_2gf", "regnet_x_400mf",
-    "regnet_x_800mf", "regnet_x_8gf", "regnet_y_128gf", "regnet_y_16gf", "regnet_y_1_6gf",
-    "regnet_y_32gf", "regnet_y_3_2gf", "regnet_y_400mf", "regnet_y_800mf", "regnet_y_8gf",
-    "resnet101", "resnet152", "resnet18", "resnet34", "resnet50", "resnext101_32x8d",
-    "resnext101_64x4d", "resnext50_32x4d", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
-    "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "squeezenet1_0", "squeezenet1_1", "swin_b",
-    "swin_s", "swin_t", "swin_v2_b", "swin_v2_s", "swin_v2_t", "vgg11", "vgg11_bn", "vgg13",
-    "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "vit_b_16", "vit_b_32", "vit_l_16",
-    "vit_l_32", "wide_resnet101_2", "wide_resnet50_2"})
-
 
 @dataclass(frozen=True)
 class Levers:
@@ -122,14 +90,27 @@ def check_compute(compute: str) -> None:
         raise UnknownNameError("--compute mode", compute, COMPUTE_MODES)
 
 
+def cpu_kind() -> str:
+    """This CPU's kind as the lever tables key it: the vector instruction set torch dispatches
+    its CPU kernels on ("AVX512", "AVX2", "DEFAULT", "NEON", ...)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_table() -> LeverTable | None:
+    """The measured lever table of this CPU's kind, or None (no table: the CPU runs plainly)."""
+    return TABLES.get(cpu_kind())
+
+
 def choose(backbone: str, device: torch.device, *, compute: str = "auto", precision: str = "float32",
            images: int = 0, pixels: int = 224 * 224) -> Levers:
     """The rule: which levers a new feature set gets (``pixels``: input pixels per image)."""
     check_compute(compute)
-    if compute == "plain" or device.type != "cpu" or backbone not in MEASURED:
+    table = cpu_table() if compute != "plain" and device.type == "cpu" else None
+    if table is None or backbone not in table.measured:
         return PLAIN
-    freeze = (precision == "float32" and images * pixels >= FREEZE_MIN_WORK and backbone not in LOSES_FREEZE)
-    return Levers(channels_last=backbone not in LOSES_CHANNELS_LAST, freeze=freeze)
+    freeze = precision == "float32" and images * pixels >= FREEZE_MIN_WORK and backbone not in table.loses_freeze
+    loses_cl = table.loses_channels_last_frozen if freeze else table.loses_channels_last
+    return Levers(channels_last=backbone not in loses_cl, freeze=freeze)
 
 
 def keeps_freed_memory(device: torch.device, compute: str) -> bool:
@@ -157,7 +138,8 @@ def settle(fs: FeatureSet, wanted: Levers, compute: str) -> Levers:
     have = recorded(fs)
     if have is None:  # written before any row (a run that fails first leaves only this file, which ls skips)
         atomic_write_text(Path(fs.dir) / RECORD, json.dumps(
-            {"version": RECORD_VERSION, "levers": wanted.names, "torch": torch.__version__}, indent=2))
+            {"version": RECORD_VERSION, "levers": wanted.names, "torch": torch.__version__, "cpu_kind": cpu_kind()},
+            indent=2))
         return wanted
     if compute == "plain" and have != PLAIN:
         raise FeatcacheError(
