@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -575,7 +576,13 @@ def cache_export(ref, fmt, output, cache_dir, as_json):
         click.echo(result.summary())
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as the CLI prints it: its message, without the source line Python adds."""
+    return f"warning ({category.__name__}): {message}\n"
+
+
 def main():
+    warnings.formatwarning = _warning_line
     cli(prog_name="featcache")
 
 

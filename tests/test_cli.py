@@ -139,3 +139,16 @@ def test_bad_csv_is_one_clean_line(tmp_path):
     r = CliRunner().invoke(cli, ["extract", "--data", str(tmp_path / "bad.csv"), *FAST, "--workers", "0",
                                  "--cache", str(tmp_path / "c")])
     _one_clean_error(r, 1, f"CSV file '{tmp_path / 'bad.csv'}' is not UTF-8: byte 0xe9")
+
+
+def test_the_command_prints_a_warning_as_one_line(monkeypatch):
+    import sys
+    import warnings
+
+    from featcache.cli import main
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    monkeypatch.setattr(sys, "argv", ["featcache", "--help"])
+    with pytest.raises(SystemExit):
+        main()
+    assert warnings.formatwarning("slow here", RuntimeWarning, "engine.py", 3) == "warning (RuntimeWarning): slow here\n"

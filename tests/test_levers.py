@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +220,20 @@ def test_cli_offers_compute_and_rejects_unknown_modes(image_folder, cache_dir):
                                           ("fpu amx_bf16 amx_tile", True), ("", False)])
 def test_bf16_support_is_read_from_the_cpu_flags(flags, native):
     assert devices.cpu_bf16_native(f"processor\t: 0\nflags\t\t: {flags}\n") is native
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_on_a_cpu_that_emulates_it_warns_before_the_forward(tmp_path, monkeypatch, native):
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: native)
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    make_image(folder / "0.png", seed=0)
+    kw = dict(KW, precision="bfloat16", cache_dir=tmp_path / "cache")
+    if native:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            featcache.extract(str(tmp_path / "imgs"), **kw)
+    else:
+        with pytest.warns(RuntimeWarning, match="bfloat16: this CPU has neither AVX512-BF16 nor AMX.*float32"):
+            featcache.extract(str(tmp_path / "imgs"), **kw)
+

@@ -330,6 +330,7 @@ class _Job:
     def settle_levers(self, fs: FeatureSet, ident: FeatureIdentity, images: int) -> levers.Levers:
         """The inference levers of this set's rows: its record, or the rule's choice for a new set."""
         pixels = int(ident.preprocess["crop"]) ** 2
+        levers.warn_if_emulated(self.device, ident.precision)
         wanted = levers.choose(ident.backbone, self.device, compute=self.run.compute, precision=ident.precision,
                                images=images, pixels=pixels)
         return levers.settle(fs, wanted, self.run.compute)
