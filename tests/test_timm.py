@@ -302,6 +302,7 @@ def test_keys_of_timm_features_name_folders_and_views(image_folder, cache_dir):
         assert load_features(ref, cache_dir=cache_dir).path == doc["view"]
 
 
+@pytest.mark.filterwarnings("ignore:--precision bfloat16:RuntimeWarning")  # tests/test_levers.py tests it
 def test_autocast_precision_with_a_timm_backbone(image_folder, cache_dir):
     import featcache
 
