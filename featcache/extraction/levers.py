@@ -116,7 +116,7 @@ def choose(backbone: str, device: torch.device, *, compute: str = "auto", precis
 def warn_if_emulated(device: torch.device, precision: str) -> None:
     """Warn before a forward in bfloat16 on a CPU that emulates it (no AVX512-BF16, no AMX):
     resnet18 at 224 px ran 0.9 img/s against 21.5 in float32 on the 2-core AVX2 EPYC."""
-    if device.type == "cpu" and precision == "bfloat16" and not devices.cpu_bf16_native():
+    if device.type == "cpu" and precision == "bfloat16" and not devices.native_bf16(device):
         warnings.warn("--precision bfloat16: this CPU has neither AVX512-BF16 nor AMX, so torch emulates bfloat16, "
                       "about 20x slower than float32; pass --precision float32 (a different feature key) unless "
                       "these rows must match bfloat16 rows computed on another machine", RuntimeWarning, stacklevel=2)
