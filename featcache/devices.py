@@ -1,11 +1,11 @@
 """Where tensors run: ``--device`` and ``--precision`` resolved for this machine (imports torch)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
 
+from featcache import environment
 from featcache.errors import FeatcacheError, UnknownNameError
 
 DEVICE_EXAMPLES = ["auto", "cpu", "cuda", "cuda:0", "mps"]
@@ -44,15 +44,7 @@ _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 def cpu_bf16_native(cpuinfo: str | None = None) -> bool:
     """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[-1].split())
+    flags = set(environment.cpuinfo_field("flags", cpuinfo).split())
     return any(f in flags for f in _BF16_FLAGS)
 
 

@@ -1,6 +1,7 @@
 """Where featcache keeps its store by default, and the library versions an artifact records."""
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -25,6 +26,35 @@ def installed_version(dist: str) -> str | None:
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity where the system tells it)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@functools.lru_cache(maxsize=1)
+def cpuinfo() -> str:
+    """The text of ``/proc/cpuinfo`` ('' where the system has none: macOS, Windows)."""
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def cpuinfo_field(name: str, info: str | None = None) -> str:
+    """The value of the first ``name`` line of ``/proc/cpuinfo`` (or of ``info``), '' when absent."""
+    for line in (cpuinfo() if info is None else info).splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == name:
+            return value.strip()
+    return ""
+
+
+def x86_non_intel(info: str | None = None) -> bool:
+    """True on an x86 CPU whose vendor is not Intel (AMD, Hygon, ...), read from ``/proc/cpuinfo``.
+
+    Torch's x86 wheels multiply float32 matrices with Intel's MKL, which runs them slower there
+    than numpy's OpenBLAS does (see :func:`featcache.train.heads._torch_train.numpy_gemm`)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+        return False
+    vendor = cpuinfo_field("vendor_id", info)
+    return vendor not in ("", "GenuineIntel")
 
 
 def default_cache_dir() -> Path:

@@ -12,6 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 
+import featcache.train.heads._torch_train as torch_train
 import featcache.train.heads.base as heads_base
 import featcache.train.heads.blocks as blocks_mod
 import featcache.train.heads.sklearn_heads as sklearn_heads
@@ -119,6 +120,24 @@ def test_large_passes_use_torch_products_on_the_same_objective(data, monkeypatch
     ref_value, ref_grad = small(theta)
     assert value == pytest.approx(ref_value, rel=1e-6)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-6 * np.abs(ref_grad).max())
+
+
+@pytest.mark.parametrize("machine,vendor,numpy_gemm", [
+    ("x86_64", "AuthenticAMD", True), ("x86_64", "HygonGenuine", True), ("x86_64", "GenuineIntel", False),
+    ("x86_64", None, False), ("aarch64", None, False)])
+def test_numpy_multiplies_for_torch_on_x86_cpus_not_made_by_intel(monkeypatch, machine, vendor, numpy_gemm):
+    """The rule of :func:`numpy_gemm`: the CPU's vendor from /proc/cpuinfo, never a timing."""
+    import platform
+
+    from featcache import environment
+
+    info = f"processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: fpu avx2\n" if vendor else "processor\t: 0\n"
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    assert environment.cpuinfo_field("vendor_id", info) == (vendor or "")
+    assert environment.x86_non_intel(info) is numpy_gemm
+    monkeypatch.setattr(environment, "cpuinfo", lambda: info)
+    assert torch_train.numpy_gemm(type("Device", (), {"type": "cpu"})()) is numpy_gemm
+    assert torch_train.numpy_gemm(type("Device", (), {"type": "cuda"})()) is False
 
 
 @pytest.mark.parametrize("k", [1, 5])
@@ -262,18 +281,26 @@ def test_lazy_training_matrix_with_nan_is_refused(data, tmp_path):
 
 
 # ----------------------------------------------------------------- neighbours
-@pytest.mark.parametrize("search", ["numpy", "torch", "torch-float32"])
+@pytest.mark.parametrize("search", ["numpy", "torch", "torch-float32", "torch-float32-openblas"])
 @pytest.mark.parametrize("margin", [32, 0])
 def test_top_k_cosine_is_exact_and_independent_of_chunks(data, monkeypatch, search, margin):
     import featcache.train.heads.neighbors as neighbors_mod
 
     monkeypatch.setattr(neighbors_mod, "TORCH_MIN_WORK", 10**30 if search == "numpy" else 0)
     monkeypatch.setattr(neighbors_mod, "_native_bf16", lambda device: search == "torch")
+    monkeypatch.setattr(torch_train, "x86_non_intel", lambda: search.endswith("openblas"))
     monkeypatch.setattr(neighbors_mod, "RERANK_MARGIN", margin)  # 0: rows must widen their search
+    torch_products = []
+    if search != "numpy":
+        import torch
+
+        real = torch.Tensor.__matmul__
+        monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: torch_products.append(1) or real(a, b))
     X_train, X_test, _, _ = data
     train = X_train / np.linalg.norm(X_train, axis=1, keepdims=True)
     queries = X_test / np.linalg.norm(X_test, axis=1, keepdims=True)
     idx, sims = top_k_cosine(queries, train, 7)
+    assert bool(torch_products) is (search in ("torch", "torch-float32"))  # openblas: numpy's product
     brute = queries.astype(np.float64) @ train.T.astype(np.float64)
     np.testing.assert_array_equal(idx, np.argsort(-brute, axis=1, kind="stable")[:, :7])
     np.testing.assert_allclose(sims, np.take_along_axis(brute, idx, axis=1), rtol=1e-12)

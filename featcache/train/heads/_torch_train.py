@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from featcache.environment import x86_non_intel
 from featcache.train.heads.base import HeadInputError, block_rows
 from featcache.train.heads.blocks import FeatureBlocks, RunningMoments, column_stats
 
@@ -141,6 +142,21 @@ def products_device(device: Any, work: int, torch_from: int):
     if str(device) in ("auto", "cpu") and work < torch_from:
         return None
     return head_device(device)
+
+
+def numpy_gemm(device) -> bool:
+    """Whether kNN's float32 similarity products on torch ``device`` are better made by numpy
+    (OpenBLAS) than by torch (MKL): on the CPU of an x86 machine not made by Intel.
+
+    MKL takes slower code paths there. On a 2-core AMD EPYC (AVX2, 2 threads), 2,048 x 1,280 by
+    51,000: 54-58 billion multiply-adds a second with torch, 70-73 with numpy; kNN's predict of
+    10,000 rows against 51,000 (benchmarks/README.md): 16.9 -> 14.3 s, medians of 3 fresh
+    processes. The linear heads' passes keep torch's products: numpy's gradient alone is 2x
+    faster there (40 against 84 ms), but interleaved with oneDNN's scores every pass, each
+    library's idle threads slow the other's, and whole fits gained nothing. A rule of the
+    machine, never a timing.
+    """
+    return device.type == "cpu" and x86_non_intel()
 
 
 @contextlib.contextmanager

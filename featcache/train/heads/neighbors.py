@@ -18,7 +18,7 @@ import contextlib
 
 import numpy as np
 
-from featcache.train.heads._torch_train import device_free_bytes, products_device
+from featcache.train.heads._torch_train import device_free_bytes, numpy_gemm, products_device
 from featcache.train.heads.blocks import FeatureBlocks, chunk_rows
 
 
@@ -83,7 +83,8 @@ class CosineSearch:
     The search is one matrix product per chunk of queries: numpy float32, or for searches of
     ``TORCH_MIN_WORK`` multiply-adds and more (``n_queries`` rows in all) torch with its top-k, in
     bfloat16 where the device multiplies it natively (AMX / AVX-512 BF16 CPUs, recent GPUs), else
-    float32. Its best candidates are re-scored exactly
+    float32 (numpy's product on x86 CPUs not made by Intel, where torch's MKL is slower:
+    :func:`~featcache.train.heads._torch_train.numpy_gemm`). Its best candidates are re-scored exactly
     in float64: every row whose approximate similarity is within twice :func:`search_error` of
     the approximate k-th best, which provably holds the exact k best (a row whose band reaches
     past its candidates takes more). So the answer equals an exact search, does not depend on
@@ -170,7 +171,9 @@ def _native_bf16(device) -> bool:
 
 def _torch_candidates(train: np.ndarray, device, bfloat16: bool):
     """Candidate search by a bfloat16 (``bfloat16``, where the device has it natively: AMX cores
-    run it 3-5x faster than numpy's float32) or float32 product and torch's top-k on ``device``."""
+    run it 3-5x faster than numpy's float32) or float32 product and torch's top-k on ``device``.
+    A float32 product on a CPU where numpy's BLAS beats torch's MKL (:func:`numpy_gemm`: 1.3x on
+    an AMD EPYC) is numpy's, on the same transposed copy."""
     import torch  # only for searches large enough to pay for the import (TORCH_MIN_WORK), or a GPU
 
     dtype = torch.bfloat16 if bfloat16 else torch.float32
@@ -181,10 +184,15 @@ def _torch_candidates(train: np.ndarray, device, bfloat16: bool):
     for a in range(0, len(train), _TRANSPOSE_ROWS):  # in blocks that stay in cache: 1.7x faster than one copy
         train_t[:, a : a + _TRANSPOSE_ROWS].copy_(source[a : a + _TRANSPOSE_ROWS].to(dtype).t())
     train_t = train_t.to(device)
+    numpy_t = train_t.numpy() if not bfloat16 and numpy_gemm(device) else None
 
     def search(q: np.ndarray):
-        with float32_accumulation(torch, device):
-            sims = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).to(device, dtype) @ train_t
+        q32 = np.ascontiguousarray(q, dtype=np.float32)
+        if numpy_t is not None:
+            sims = torch.from_numpy(q32 @ numpy_t)
+        else:
+            with float32_accumulation(torch, device):
+                sims = torch.from_numpy(q32).to(device, dtype) @ train_t
 
         def top(rows: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
             s = sims if len(rows) == len(sims) else sims[torch.from_numpy(rows).to(device)]
