@@ -177,3 +177,10 @@ def test_gpu_check_script_is_valid_and_its_steps_exist(monkeypatch):
 
     a = extract_throughput.parse(["--full", "--sizes", "4000", "--repeats", "2", "--decode", "device"])
     assert (a.backbone, a.sizes, a.repeats, a.decode, a.batch_size) == ("resnet50", [4000], 2, "device", 128)
+
+
+def test_knn_gemm(tmp_path):
+    res = run_script("knn_gemm", tmp_path)
+    s = res["summary"]
+    assert s["same_labels"] is True and s["predict_s_torch"] > 0 and s["predict_s_numpy"] > 0
+    assert s["rule_picks"] in ("torch", "numpy") and {r["mode"] for r in res["runs"]} == {"torch", "numpy"}
