@@ -150,8 +150,8 @@ def numpy_gemm(device) -> bool:
 
     MKL takes slower code paths there. On a 2-core AMD EPYC (AVX2, 2 threads), 2,048 x 1,280 by
     51,000: 54-58 billion multiply-adds a second with torch, 70-73 with numpy; kNN's predict of
-    10,000 rows against 51,000 (benchmarks/README.md): 16.9 -> 14.3 s, medians of 3 fresh
-    processes. The linear heads' passes keep torch's products: numpy's gradient alone is 2x
+    10,000 rows against 51,000: 16.90 -> 13.92 s, medians of 3 fresh processes
+    (benchmarks/knn_gemm.py). The linear heads' passes keep torch's products: numpy's gradient alone is 2x
     faster there (40 against 84 ms), but interleaved with oneDNN's scores every pass, each
     library's idle threads slow the other's, and whole fits gained nothing. A rule of the
     machine, never a timing.
