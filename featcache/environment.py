@@ -57,6 +57,19 @@ def x86_non_intel(info: str | None = None) -> bool:
     return vendor not in ("", "GenuineIntel")
 
 
+#: Device files without which no CUDA (or ROCm) GPU is usable on Linux: NVIDIA's driver, WSL2's
+#: GPU bridge, AMD's compute driver.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+
+def gpu_possible() -> bool:
+    """False when this machine surely has no GPU torch could use (Linux without any of
+    :data:`GPU_DEVICE_FILES`), known without importing torch; True where it may have one."""
+    if platform.system() != "Linux":
+        return True
+    return any(Path(f).exists() for f in GPU_DEVICE_FILES)
+
+
 def default_cache_dir() -> Path:
     """``$FEATCACHE_CACHE``, else ``./cache``."""
     return Path(os.environ.get("FEATCACHE_CACHE", "cache"))

@@ -71,6 +71,7 @@ def test_blockwise_solver_matches_scikit_learn(name, n_classes, products, data):
             warnings.simplefilter("ignore", ConvergenceWarning)
             mp.setattr(sklearn_heads, "SKLEARN_MAX_MACS", limit)
             mp.setattr(solvers, "TORCH_MIN_MACS", 0 if products == "torch" else 10**15)
+            mp.setattr(torch_train, "x86_non_intel", lambda: False)  # torch's products on any CPU
             heads[solver] = make_head(name, C=0.1).fit(X_train[keep], y_train[keep])
     ref, ours = heads["sklearn"], heads["blockwise"]
     assert ours.coef_.shape == ref.coef_.shape and ours.intercept_.shape == ref.intercept_.shape
@@ -97,7 +98,11 @@ def blockwise(monkeypatch):
     monkeypatch.setattr(sklearn_heads, "SKLEARN_MAX_MACS", 0)
 
 
-def test_large_passes_use_torch_products_on_the_same_objective(data, monkeypatch):
+@pytest.mark.parametrize("intel", [True, False], ids=["intel", "amd"])
+def test_large_passes_use_torch_products_on_the_same_objective(data, monkeypatch, intel):
+    """From TORCH_MIN_MACS on, torch's products, except on the CPU of an x86 machine not made
+    by Intel: there numpy's at any size (as fast, and no torch to import)."""
+    monkeypatch.setattr(torch_train, "x86_non_intel", lambda: not intel)
     X_train, _, y_train, _ = data
     X_train = X_train.copy()
     X_train.flags.writeable = False  # read-only input is fine: torch only reads it
@@ -111,6 +116,9 @@ def test_large_passes_use_torch_products_on_the_same_objective(data, monkeypatch
     assert isinstance(small.products, solvers.NumpyProducts)
     monkeypatch.setattr(solvers, "TORCH_MIN_MACS", X_train.size * 5)  # exactly this size: torch
     large = objective()
+    if not intel:
+        assert isinstance(large.products, solvers.NumpyProducts)
+        return
     assert isinstance(large.products, solvers.TorchProducts)
     assert large.blocks.rows >= len(X_train)  # one tall block instead of 4,096-row ones
     theta = np.random.default_rng(0).normal(size=X_train.shape[1] * 5 + 5) * 0.1
@@ -768,6 +776,43 @@ def test_device_rule_of_the_blockwise_heads():
     if not torch.cuda.is_available():  # a GPU named on a machine without one: said so, whatever the size
         with pytest.raises(FeatcacheError, match="CUDA is not available"):
             products_device("cuda", 10, 100)
+
+
+def test_device_rule_where_torch_does_not_pay_on_the_cpu(monkeypatch):
+    """``cpu=False`` (x86 CPUs not made by Intel, for the linear heads): numpy on the CPU at any
+    size, and on a machine that surely has no GPU torch is not even asked."""
+    import torch
+
+
+    assert torch_train.products_device("cpu", 100, 100, cpu=False) is None
+    big = torch_train.products_device("auto", 100, 100, cpu=False)
+    assert big is None if not torch.cuda.is_available() else big.type == "cuda"
+
+    def no_torch(device):
+        raise AssertionError("torch asked for the device")
+
+    monkeypatch.setattr(torch_train, "gpu_possible", lambda: False)
+    monkeypatch.setattr(torch_train, "head_device", no_torch)
+    assert torch_train.products_device("auto", 100, 100, cpu=False) is None
+    assert torch_train.products_device("auto", 10, 100) is None  # small: as before
+    with pytest.raises(AssertionError, match="torch asked"):  # cpu=True: torch resolves "auto"
+        torch_train.products_device("auto", 100, 100)
+
+
+@pytest.mark.parametrize("system,present,possible", [("Linux", [], False), ("Linux", ["nvidiactl"], True),
+                                                     ("Linux", ["dxg"], True), ("Linux", ["kfd"], True),
+                                                     ("Darwin", [], True), ("Windows", [], True)])
+def test_a_gpu_is_ruled_out_without_torch_only_where_the_device_files_say_so(
+        monkeypatch, tmp_path, system, present, possible):
+    import platform
+
+    from featcache import environment
+
+    for name in present:
+        (tmp_path / name).touch()
+    monkeypatch.setattr(environment, "GPU_DEVICE_FILES", tuple(str(tmp_path / n) for n in ("nvidiactl", "dxg", "kfd")))
+    monkeypatch.setattr(platform, "system", lambda: system)
+    assert environment.gpu_possible() is possible
 
 
 @pytest.mark.parametrize("name", ["logreg", "svm", "knn"])

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from featcache.environment import x86_non_intel
+from featcache.environment import gpu_possible, x86_non_intel
 from featcache.train.heads.base import HeadInputError, block_rows
 from featcache.train.heads.blocks import FeatureBlocks, RunningMoments, column_stats
 
@@ -131,32 +131,42 @@ def device_free_bytes(device) -> int | None:
     return int(torch_module().cuda.mem_get_info(device)[0])
 
 
-def products_device(device: Any, work: int, torch_from: int):
+def products_device(device: Any, work: int, torch_from: int, *, cpu: bool = True):
     """Where a head's matrix products run: None (numpy, on the CPU) or a torch device.
 
     ``"auto"`` and ``"cpu"`` use torch from ``torch_from`` multiply-adds of ``work`` on (below,
     importing torch costs more than it saves), ``"auto"`` on CUDA when there is one; a GPU
-    named explicitly (``"cuda"``, ``"cuda:1"``) is used whatever the size.
+    named explicitly (``"cuda"``, ``"cuda:1"``) is used whatever the size. ``cpu=False``: torch
+    is not worth it on the CPU at any size, so ``"cpu"``, and ``"auto"`` on a machine without a
+    GPU (:func:`~featcache.environment.gpu_possible`: torch is not even imported), give None.
     """
     check_device_name(device)
-    if str(device) in ("auto", "cpu") and work < torch_from:
+    if str(device) in ("auto", "cpu") and (work < torch_from or (str(device) == "cpu" and not cpu)):
         return None
-    return head_device(device)
+    if str(device) == "auto" and not cpu and not gpu_possible():
+        return None
+    resolved = head_device(device)
+    return None if resolved.type == "cpu" and not cpu else resolved
 
 
 def numpy_gemm(device) -> bool:
-    """Whether kNN's float32 similarity products on torch ``device`` are better made by numpy
-    (OpenBLAS) than by torch (MKL): on the CPU of an x86 machine not made by Intel.
+    """Whether a head's large float32 matrix products on torch ``device`` are better made by
+    numpy (OpenBLAS) than by torch (MKL): on the CPU of an x86 machine not made by Intel.
 
     MKL takes slower code paths there. On a 2-core AMD EPYC (AVX2, 2 threads), 2,048 x 1,280 by
     51,000: 54-58 billion multiply-adds a second with torch, 70-73 with numpy; kNN's predict of
     10,000 rows against 51,000: 16.90 -> 13.92 s, medians of 3 fresh processes
-    (benchmarks/knn_gemm.py). The linear heads' passes keep torch's products: numpy's gradient alone is 2x
-    faster there (40 against 84 ms), but interleaved with oneDNN's scores every pass, each
-    library's idle threads slow the other's, and whole fits gained nothing. A rule of the
-    machine, never a timing.
+    (benchmarks/knn_gemm.py). The linear heads' passes there take the same time either way
+    (~105-115 ms over 51,000 x 1,280 by 10), so they stay with numpy and do not import torch
+    (:data:`featcache.train.heads.solvers.TORCH_MIN_MACS`). A rule of the machine, never a timing.
     """
     return device.type == "cpu" and x86_non_intel()
+
+
+def torch_cpu_products() -> bool:
+    """Whether the linear heads' passes may use torch on the CPU: not where :func:`numpy_gemm`
+    holds (x86 CPUs not made by Intel), where they are as fast with numpy and skip the import."""
+    return not x86_non_intel()
 
 
 @contextlib.contextmanager

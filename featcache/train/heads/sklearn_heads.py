@@ -76,7 +76,8 @@ def _compatible(head, warm_start, y_enc: np.ndarray) -> bool:
 _DEVICE_DOC = """
     ``device`` ('auto', 'cpu', 'cuda', 'cuda:N'): where the blockwise solver's float32 products
     run. 'auto' and 'cpu' make them with numpy below ``solvers.TORCH_MIN_MACS`` multiply-adds a
-    pass and with torch from there on, 'auto' on CUDA when there is one (the matrix is copied
+    pass and with torch from there on (on the CPU of an x86 machine not made by Intel, numpy at
+    any size), 'auto' on CUDA when there is one (the matrix is copied
     to the GPU once; each pass moves only the parameters, scores and gradient). A GPU named
     explicitly must exist and is used for every blockwise fit. Small in-memory matrices go to
     scikit-learn on the CPU whatever the device.

@@ -37,7 +37,7 @@ from scipy.special import expit, log_expit
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import ThreadpoolController
 
-from featcache.train.heads._torch_train import products_device, shared_tensor
+from featcache.train.heads._torch_train import products_device, shared_tensor, torch_cpu_products
 from featcache.train.heads.base import fold_standardization
 from featcache.train.heads.blocks import FeatureBlocks
 from featcache.train.heads.lockstep import run_lockstep
@@ -90,9 +90,12 @@ def squared_hinge_loss(Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 #: Passes of at least this many multiply-adds (rows x features x score columns) make their two
-#: products with torch (oneDNN, MKL) instead of numpy (OpenBLAS): on 2 cores, 51,000 x 1,280 x 10
-#: takes 34 ms a pass (42 ms with MKL's scores) instead of 70 ms. Below it, a fit is too short to
-#: pay for importing torch (2.5 s) when nothing else has.
+#: products with torch (oneDNN, MKL) instead of numpy (OpenBLAS): on 2 Xeon cores, 51,000 x 1,280
+#: x 10 takes 34 ms a pass (42 ms with MKL's scores) instead of 70 ms. Below it, a fit is too
+#: short to pay for importing torch (2.5 s) when nothing else has. On the CPU of an x86 machine
+#: not made by Intel (:func:`~featcache.train.heads._torch_train.numpy_gemm`) the CPU's passes
+#: stay numpy's at any size: on a 2-core AMD EPYC the pass takes the same time either way, and
+#: a fit in a fresh process saves the import (svm, 51,000 rows: 8.0 against 10.9 s).
 TORCH_MIN_MACS = 256 * 2**20
 #: Rows per torch product over an in-memory matrix: at most this many scores (rows x columns).
 TORCH_BLOCK_SCORES = 2**22
@@ -188,7 +191,7 @@ class LinearObjective:
         self.k = 1 if n_classes == 2 else n_classes
         self.d = blocks.n_features
         self.products = NumpyProducts()
-        torch_device = products_device(device, blocks.n * self.d * self.k, TORCH_MIN_MACS)
+        torch_device = products_device(device, blocks.n * self.d * self.k, TORCH_MIN_MACS, cpu=torch_cpu_products())
         if torch_device is not None:
             self.products = TorchProducts(torch_device)
             if not blocks.lazy:  # torch runs large products fastest: fewer, taller blocks
