@@ -141,12 +141,13 @@ def products_device(device: Any, work: int, torch_from: int, *, cpu: bool = True
     GPU (:func:`~featcache.environment.gpu_possible`: torch is not even imported), give None.
     """
     check_device_name(device)
-    if str(device) in ("auto", "cpu") and (work < torch_from or (str(device) == "cpu" and not cpu)):
+    name = str(device)
+    if name in ("auto", "cpu") and work < torch_from:
         return None
-    if str(device) == "auto" and not cpu and not gpu_possible():
+    if not cpu and (name == "cpu" or (name == "auto" and not gpu_possible())):  # known without torch
         return None
     resolved = head_device(device)
-    return None if resolved.type == "cpu" and not cpu else resolved
+    return None if not cpu and resolved.type == "cpu" else resolved
 
 
 def numpy_gemm(device) -> bool:
