@@ -4,13 +4,14 @@
 For each backbone (``featcache backbones``; random init, ``--weights none``: the speed
 and the rounding behaviour do not depend on the weights' values), in a fresh process:
 the FeatureExtractor (penultimate layer, avg pool) at 64 px (or the backbone's own size
-where it cannot take 64 px), one batch of 16 seeded random images, four variants built
+where it cannot take 64 px), one batch of 16 seeded random images, five variants built
 side by side:
 
 * ``plain``      eager NCHW float32 (``--compute plain``)
 * ``cl``         channels_last model and input
 * ``freeze``     torch.jit.trace + freeze + optimize_for_inference, NCHW
 * ``cl_freeze``  the same on the channels_last model
+* ``onnxruntime`` the extractor exported to ONNX and run by ONNX Runtime
 
 The forward of each variant is timed round-robin (``--repeats`` rounds, median), set-up
 time (trace, freeze, first call) is recorded, and every variant's features are compared
@@ -23,6 +24,8 @@ that ran and stayed within 1e-5 at both batch sizes: unfrozen, channels_last is 
 ``cl_freeze`` is at least as fast as that unfrozen choice, and frozen, the model takes
 channels_last where ``cl_freeze`` is the faster of the two. A run that freezes so gets the
 best of the four variants, one too small to freeze the better of the two unfrozen ones.
+ONNX Runtime wins where its variant is at least as fast as that best of four: a run with
+enough work then uses it instead (``WINS_ONNXRUNTIME``).
 
 The script writes ``results/<--name>.json`` with this CPU's kind (the instruction set torch
 dispatches on: ``AVX512``, ``AVX2``, ...) and prints the sets ``MEASURED``,
@@ -45,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
 
-VARIANTS = ("plain", "cl", "freeze", "cl_freeze")
+VARIANTS = ("plain", "cl", "freeze", "cl_freeze", "onnxruntime")
 ROWS, OTHER_ROWS, TOLERANCE = 16, 24, 1e-5
 
 
@@ -78,11 +81,11 @@ def _variants(model, x):
 
     out = {"plain": (model, x, None, None)}
     for name, lev in (("cl", Levers(channels_last=True)), ("freeze", Levers(freeze=True)),
-                      ("cl_freeze", Levers(channels_last=True, freeze=True))):
+                      ("cl_freeze", Levers(channels_last=True, freeze=True)), ("onnxruntime", Levers(onnxruntime=True))):
         xin = x.contiguous(memory_format=torch.channels_last) if lev.channels_last else x
         try:
             mod, setup = prepare_timed(copy.deepcopy(model), lev, xin[:TRACE_ROWS])  # as extract does
-            out[name] = (mod, xin, setup if lev.freeze else None, None)
+            out[name] = (mod, xin, setup if lev.freeze or lev.onnxruntime else None, None)
         except Exception as e:  # noqa: BLE001 - recorded in the table
             out[name] = (None, xin, None, f"{type(e).__name__}: {str(e)[:300]}")
     return out
@@ -147,8 +150,10 @@ def decide(res: dict) -> dict:
     frozen = "cl_freeze" if ips("cl_freeze") > ips("freeze") else "freeze"
     fr = ips(frozen) > 0 and ips(frozen) >= ips(unfrozen)
     best = frozen if fr else unfrozen
+    ort = ips("onnxruntime") > 0 and ips("onnxruntime") >= ips(best)
+    best = "onnxruntime" if ort else best
     return {"measured": True, "channels_last": cl, "freeze": fr, "channels_last_frozen": fr and frozen == "cl_freeze",
-            "best": best, "best_vs_plain": ips(best) / ips("plain"),
+            "onnxruntime": ort, "best": best, "best_vs_plain": ips(best) / ips("plain"),
             "cl_vs_plain": ips("cl") / ips("plain") if ips("cl") else None}
 
 
@@ -229,7 +234,8 @@ def sets(rows: list[dict]) -> dict:
             "LOSES_CHANNELS_LAST": sorted(r["backbone"] for r in measured if not r["decision"]["channels_last"]),
             "LOSES_FREEZE": sorted(r["backbone"] for r in measured if not r["decision"]["freeze"]),
             "LOSES_CHANNELS_LAST_FROZEN": sorted(r["backbone"] for r in measured
-                                                 if r["decision"]["freeze"] and not r["decision"]["channels_last_frozen"])}
+                                                 if r["decision"]["freeze"] and not r["decision"]["channels_last_frozen"]),
+            "WINS_ONNXRUNTIME": sorted(r["backbone"] for r in measured if r["decision"].get("onnxruntime"))}
 
 
 def table_options(p: argparse.ArgumentParser, *, name: str, timeout_s: float) -> None:
@@ -292,7 +298,8 @@ def print_report(res: dict) -> None:
         "rel": max([(r["variants"].get(k) or {}).get("max_rel_diff") or 0 for k in VARIANTS]),
         "best": r["decision"].get("best", "-"), "x": r["decision"].get("best_vs_plain")} for r in res["rows"]],
         [("backbone", "backbone"), ("size", "px"), ("plain_ips", "plain img/s", 1), ("cl_ips", "cl", 1),
-         ("freeze_ips", "freeze", 1), ("cl_freeze_ips", "cl+freeze", 1), ("setup", "freeze set-up s", 1),
+         ("freeze_ips", "freeze", 1), ("cl_freeze_ips", "cl+freeze", 1), ("onnxruntime_ips", "onnxruntime", 1),
+         ("setup", "freeze set-up s", 1),
          ("rel", "max rel diff", 7), ("best", "chosen"), ("x", "chosen / plain", 2)]))
     print(f"the {res.get('cpu_kind')} table of featcache/extraction/lever_tables.py:")
     for k, v in res["sets"].items():

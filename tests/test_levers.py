@@ -28,9 +28,9 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 KW = dict(backbone="resnet18", weights="none", image_size=32, workers=0, batch_size=16)
 
 
-def table(measured=("resnet18",), loses_cl=(), loses_freeze=(), loses_cl_frozen=()) -> LeverTable:
+def table(measured=("resnet18",), loses_cl=(), loses_freeze=(), loses_cl_frozen=(), wins_ort=()) -> LeverTable:
     return LeverTable("test", frozenset(measured), frozenset(loses_cl), frozenset(loses_freeze),
-                      frozenset(loses_cl_frozen))
+                      frozenset(loses_cl_frozen), frozenset(wins_ort))
 
 
 @pytest.fixture
@@ -73,6 +73,43 @@ def test_a_frozen_run_takes_the_frozen_layout_and_an_unfrozen_one_the_unfrozen(m
     assert levers.choose("resnet18", CPU, images=1) == PLAIN
 
 
+def test_onnxruntime_where_the_table_says_it_wins_with_enough_work_in_float32(monkeypatch):
+    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort=["resnet18"]))
+    ort = Levers(onnxruntime=True)
+    assert levers.choose("resnet18", CPU, images=10_000) == ort
+    assert levers.choose("resnet18", CPU, images=1) == Levers(channels_last=True)  # too little work to export
+    assert levers.choose("resnet18", CPU, images=10_000, precision="bfloat16") == Levers(channels_last=True)
+    assert levers.choose("resnet18", CPU, compute="plain", images=10_000) == PLAIN
+    assert ort.describe() == "onnxruntime" and Levers.from_names(["onnxruntime"]) == ort
+    monkeypatch.setattr(levers.onnx_forward, "available", lambda: False)  # not installed: the torch levers
+    assert levers.choose("resnet18", CPU, images=10_000) == Levers(channels_last=True, freeze=True)
+
+
+def test_a_set_recorded_with_onnxruntime_where_it_is_missing_says_what_to_do(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    model = FeatureExtractor(torchvision.models.resnet18(weights=None)).eval()
+    with pytest.raises(FeatcacheError, match="onnxruntime, which is not installed.*pip install onnx onnxruntime"):
+        levers.prepare(model, Levers(onnxruntime=True), torch.zeros(2, 3, 32, 32))
+
+
+def test_an_extractor_onnx_cannot_export_fails_with_advice():
+    class Unexportable(torch.nn.Module):
+        def forward(self, x):
+            return torch.linalg.eigvals(x[:, 0]).real  # no ONNX operator for it
+
+    with pytest.raises(FeatcacheError, match="exporting Unexportable to ONNX Runtime failed.*--compute plain"):
+        levers.prepare(Unexportable(), Levers(onnxruntime=True), torch.zeros(2, 3, 8, 8))
+
+
 @pytest.mark.parametrize("kind", ["AVX512", "AVX2"])
 def test_each_cpu_kind_uses_its_own_table_and_an_unmeasured_kind_runs_plainly(monkeypatch, kind):
     monkeypatch.setattr(levers, "TABLES", {"AVX512": table(loses_cl=["resnet18"]), "AVX2": table()})
@@ -102,6 +139,12 @@ def test_committed_table_matches_the_rule(kind):
     assert set(doc["sets"]["LOSES_CHANNELS_LAST"]) == set(t.loses_channels_last)
     assert set(doc["sets"]["LOSES_FREEZE"]) == set(t.loses_freeze)
     assert set(doc["sets"]["LOSES_CHANNELS_LAST_FROZEN"]) == set(t.loses_channels_last_frozen)
+    if t.onnxruntime_source:  # measured by a later run, with the onnxruntime variant
+        ort = json.loads((RESULTS / t.onnxruntime_source).read_text())
+        assert ort["cpu_kind"] == kind and set(ort["sets"]["WINS_ONNXRUNTIME"]) == set(t.wins_onnxruntime)
+        assert t.wins_onnxruntime <= t.measured
+    else:
+        assert not t.wins_onnxruntime
     for row in doc["rows"]:  # every lever kept was within 1e-5 and not slower than without it
         d = row["decision"]
         if d["measured"]:
@@ -143,7 +186,7 @@ def test_a_damaged_record_is_an_error_that_says_what_to_do(feature_set):
 
 
 @pytest.mark.parametrize("lev", [Levers(channels_last=True), Levers(freeze=True),
-                                 Levers(channels_last=True, freeze=True)])
+                                 Levers(channels_last=True, freeze=True), Levers(onnxruntime=True)])
 def test_each_lever_is_exact_to_rounding_and_keeps_rows_independent_of_batch_mates(lev):
     torch.manual_seed(0)
     model = FeatureExtractor(torchvision.models.resnet18(weights=None)).eval()
@@ -155,6 +198,22 @@ def test_each_lever_is_exact_to_rounding_and_keeps_rows_independent_of_batch_mat
         padded = fast(levers.to_input(torch.cat([x[8:], x[-1:].expand(8, 3, 32, 32)]), lev))[:16]
     assert float((whole - ref).abs().max() / ref.abs().max()) <= 1e-5
     assert torch.equal(whole[8:], padded)  # a row's bits do not depend on the rows batched with it
+
+
+def test_onnxruntime_rows_do_not_depend_on_the_thread_count():
+    """torchrun ranks split the cores, so each rank's session has fewer threads than one process's."""
+    torch.manual_seed(0)
+    model = FeatureExtractor(torchvision.models.mobilenet_v3_small(weights=None)).eval()
+    x = torch.randn(16, 3, 32, 32)
+    threads = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out.append(levers.prepare(copy.deepcopy(model), Levers(onnxruntime=True), x[:levers.TRACE_ROWS])(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out[0], out[1])
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "shufflenet_v2_x0_5", "densenet121"])
@@ -191,6 +250,26 @@ def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_pa
     assert grown.extracted == 1 and grown.levers == "channels_last+freeze"  # ...the record does
     monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)
     fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)  # uninterrupted, same levers
+    np.testing.assert_array_equal(featcache.load_features(grown.view).features,
+                                  featcache.load_features(fresh.view).features)
+
+
+def test_extract_with_onnxruntime_records_it_and_a_grown_run_gives_an_uninterrupted_runs_rows(
+        image_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort=["resnet18"]))
+    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)
+    cache = tmp_path / "cache"
+    first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
+    assert first.levers == "onnxruntime" and "levers onnxruntime set up in" in first.summary()
+    plain = featcache.extract(str(image_folder), cache_dir=tmp_path / "plain", compute="plain", **KW)
+    a, b = featcache.load_features(first.view).features, featcache.load_features(plain.view).features
+    assert plain.feature_key == first.feature_key and np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 10**12)  # the rule would not export for one new image...
+    make_image(image_folder / "dog" / "new.png", seed=997)
+    grown = featcache.extract(str(image_folder), cache_dir=cache, **KW)
+    assert grown.extracted == 1 and grown.levers == "onnxruntime"  # ...the record does
+    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)
+    fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)
     np.testing.assert_array_equal(featcache.load_features(grown.view).features,
                                   featcache.load_features(fresh.view).features)
 

@@ -25,6 +25,10 @@ class LeverTable:
     freeze); ``loses_freeze``: the faster frozen graph (NCHW or channels_last) is slower than
     the unfrozen choice; ``loses_channels_last_frozen``: frozen, NCHW is the faster. A run that
     freezes so gets the fastest of the four variants measured.
+
+    ``wins_onnxruntime``: the backbones where ONNX Runtime ran faster than the best of those
+    four and within 1e-5 of plain eager, measured by a later run of the same script with the
+    ``onnxruntime`` variant added (``onnxruntime_source``); empty where it was not measured.
     """
 
     source: str
@@ -32,6 +36,8 @@ class LeverTable:
     loses_channels_last: frozenset[str]
     loses_freeze: frozenset[str]
     loses_channels_last_frozen: frozenset[str]
+    wins_onnxruntime: frozenset[str] = frozenset()
+    onnxruntime_source: str | None = None
 
 
 #: The backbones a table run covers: every torchvision classification backbone but vit_h_14, and

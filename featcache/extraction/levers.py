@@ -1,6 +1,6 @@
 """Inference levers: a faster CPU forward pass, chosen by a fixed rule and recorded with the feature set.
 
-Two levers, both exact up to float rounding (features within ~1e-6 relative of the
+Three levers, all exact up to float rounding (features within ~1e-6 relative of the
 plain eager forward; measured for every torchvision backbone in the tables of
 :mod:`featcache.extraction.lever_tables`, one per kind of CPU):
 
@@ -10,7 +10,11 @@ plain eager forward; measured for every torchvision backbone in the tables of
   weights become constants, batch norm folds into convolutions, oneDNN fuses
   convolution + activation. It costs seconds of set-up (tracing, folding, the first
   call's weight packing), so it is only used when the run has enough work to repay it
-  (:data:`FREEZE_MIN_WORK` images x input pixels).
+  (:data:`FREEZE_MIN_WORK` images x input pixels);
+* ``onnxruntime`` - the extractor exported to ONNX and run by ONNX Runtime
+  (:mod:`featcache.extraction.onnx_forward`), in place of the other two where the table
+  measured it faster than the best of them; its export costs seconds too, so it follows
+  the same rule of enough work.
 
 The choice is a deterministic rule over the backbone, the device and its kind of CPU (the
 measured table of :mod:`featcache.extraction.lever_tables`), the compute precision and the
@@ -33,12 +37,14 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from featcache import allocator, devices
 from featcache.atomic import atomic_write_text
 from featcache.errors import FeatcacheError, UnknownNameError
+from featcache.extraction import onnx_forward
 from featcache.extraction.lever_tables import TABLES, LeverTable
 from featcache.specs import COMPUTE_MODES
 from featcache.store.featureset import FeatureSet
@@ -64,6 +70,7 @@ class Levers:
 
     channels_last: bool = False
     freeze: bool = False
+    onnxruntime: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -108,7 +115,10 @@ def choose(backbone: str, device: torch.device, *, compute: str = "auto", precis
     table = cpu_table() if compute != "plain" and device.type == "cpu" else None
     if table is None or backbone not in table.measured:
         return PLAIN
-    freeze = precision == "float32" and images * pixels >= FREEZE_MIN_WORK and backbone not in table.loses_freeze
+    graph = precision == "float32" and images * pixels >= FREEZE_MIN_WORK  # enough work to repay an export
+    if graph and backbone in table.wins_onnxruntime and onnx_forward.available():
+        return Levers(onnxruntime=True)
+    freeze = graph and backbone not in table.loses_freeze
     loses_cl = table.loses_channels_last_frozen if freeze else table.loses_channels_last
     return Levers(channels_last=backbone not in loses_cl, freeze=freeze)
 
@@ -158,10 +168,14 @@ def settle(fs: FeatureSet, wanted: Levers, compute: str) -> Levers:
     return have
 
 
-def prepare(extractor: torch.nn.Module, levers: Levers, example: torch.Tensor) -> torch.nn.Module:
+def prepare(extractor: torch.nn.Module, levers: Levers, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Apply ``levers`` to an extractor on the CPU; ``example``: a batch of the input's shape
-    (:data:`TRACE_ROWS` rows: the traced graph runs batches of any size)."""
+    (:data:`TRACE_ROWS` rows: the traced graph runs batches of any size). Returns a module, or
+    with ``onnxruntime`` an :class:`~featcache.extraction.onnx_forward.OnnxForward`: both take a
+    batch and return its features."""
     extractor = extractor.eval()
+    if levers.onnxruntime:
+        return onnx_forward.export(extractor, example)
     if levers.channels_last:
         extractor = extractor.to(memory_format=torch.channels_last)
         example = example.contiguous(memory_format=torch.channels_last)
