@@ -64,8 +64,10 @@ def _extractor(name: str, size: int):
     from featcache.extraction.identity import resolve_identity
 
     try:
+        if not size:
+            raise FeatcacheError("--size 0: the backbone's own size")
         ident, entry, choice = resolve_identity(name, weights="none", image_size=size)
-    except FeatcacheError:  # fixed-size networks (ViT, ...): their own size
+    except FeatcacheError:  # fixed-size networks (ViT, ...) and --size 0: their own size
         ident, entry, choice = resolve_identity(name, weights="none")
     torch.manual_seed(0)
     return FeatureExtractor(entry.build(choice)).eval(), int(ident.preprocess["crop"])
@@ -183,7 +185,7 @@ def measure_backbones(a, script: str, child_args: list[str], finish, line) -> li
     ``error``); ``finish(row)`` adds what the parent decides, the row is appended to the partial
     file and printed as ``line(row)``. Returns every measured row, in backbone order. With
     ``a.publish``: the partial file's rows, nothing measured. (This script and heap_reuse.py.)"""
-    partial = Path(a.partial)
+    partial = Path(a.partial or Path(os.environ.get("TMPDIR", "/tmp")) / f"featcache-{a.name}.jsonl")
     if a.publish:
         return [json.loads(x) for x in partial.read_text().splitlines()]
     done = {}
@@ -243,8 +245,8 @@ def table_options(p: argparse.ArgumentParser, *, name: str, timeout_s: float) ->
     script's and heap_reuse.py's): limit, selection, resumable partial results, output."""
     p.add_argument("--timeout-s", type=float, default=timeout_s, help="per-backbone limit; beyond it: not measured")
     p.add_argument("--only", default=None, help="comma list of backbones (default: all registered)")
-    p.add_argument("--partial", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"featcache-{name}.jsonl"),
-                   help="one JSON line per measured backbone: an interrupted run resumes from it")
+    p.add_argument("--partial", default=None, help="one JSON line per measured backbone: an interrupted run "
+                   "resumes from it (default: featcache-<--name>.jsonl in $TMPDIR or /tmp)")
     p.add_argument("--quick", action="store_true", help="smoke test: mobilenet_v3_small at 32 px, 1 round")
     p.add_argument("--publish", action="store_true", help="write the table from --partial without measuring")
     p.add_argument("--out", default=str(_bench.RESULTS_DIR))
@@ -254,7 +256,8 @@ def table_options(p: argparse.ArgumentParser, *, name: str, timeout_s: float) ->
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, default=64, help="input size in px (default 64)")
+    p.add_argument("--size", type=int, default=64, help="input size in px (default 64; 0: each backbone's own "
+                   "size, e.g. 224)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds over the four variants (median)")
     p.add_argument("--budget-s", type=float, default=60.0, help="stop adding rounds after this many seconds")
     p.add_argument("--threads", type=int, default=None, help="torch threads of each child (default: torch's "

@@ -241,8 +241,8 @@ run_options = _spec_options(RunSpec, [
     click.option("--flush-rows", type=click.IntRange(min=1), default=8192, show_default=True,
                  help="Rows between row flushes (whichever of the two comes first)."),
     click.option("--compute", type=click.Choice(choices(RunSpec, "compute")), default="auto", show_default=True,
-                 help="auto = CPU inference levers (channels_last; a frozen oneDNN graph when the run is large "
-                      "enough), chosen by rule and recorded with the feature set, and the forward's freed memory "
+                 help="auto = CPU inference levers (channels_last; when the run is large enough, a frozen "
+                      "oneDNN graph or the model run by ONNX Runtime), chosen by rule and recorded with the feature set, and the forward's freed memory "
                       "kept for the next batch; plain = the plain eager forward. "
                       "Not part of the feature key (they change float rounding only)."),
     cache_option,
