@@ -78,6 +78,9 @@ def test_onnxruntime_where_the_table_says_it_wins_with_enough_work_in_float32(mo
     ort = Levers(onnxruntime=True)
     assert levers.choose("resnet18", CPU, images=10_000) == ort
     assert levers.choose("resnet18", CPU, images=1) == Levers(channels_last=True)  # too little work to export
+    at = levers.ONNX_MIN_WORK // (224 * 224)
+    assert levers.choose("resnet18", CPU, images=at) == ort
+    assert levers.choose("resnet18", CPU, images=at - 1) == Levers(channels_last=True, freeze=True)
     assert levers.choose("resnet18", CPU, images=10_000, precision="bfloat16") == Levers(channels_last=True)
     assert levers.choose("resnet18", CPU, compute="plain", images=10_000) == PLAIN
     assert ort.describe() == "onnxruntime" and Levers.from_names(["onnxruntime"]) == ort
@@ -257,18 +260,18 @@ def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_pa
 def test_extract_with_onnxruntime_records_it_and_a_grown_run_gives_an_uninterrupted_runs_rows(
         image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort=["resnet18"]))
-    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)
+    monkeypatch.setattr(levers, "ONNX_MIN_WORK", 1)
     cache = tmp_path / "cache"
     first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
     assert first.levers == "onnxruntime" and "levers onnxruntime set up in" in first.summary()
     plain = featcache.extract(str(image_folder), cache_dir=tmp_path / "plain", compute="plain", **KW)
     a, b = featcache.load_features(first.view).features, featcache.load_features(plain.view).features
     assert plain.feature_key == first.feature_key and np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
-    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 10**12)  # the rule would not export for one new image...
+    monkeypatch.setattr(levers, "ONNX_MIN_WORK", 10**12)  # the rule would not export for one new image...
     make_image(image_folder / "dog" / "new.png", seed=997)
     grown = featcache.extract(str(image_folder), cache_dir=cache, **KW)
     assert grown.extracted == 1 and grown.levers == "onnxruntime"  # ...the record does
-    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)
+    monkeypatch.setattr(levers, "ONNX_MIN_WORK", 1)
     fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)
     np.testing.assert_array_equal(featcache.load_features(grown.view).features,
                                   featcache.load_features(fresh.view).features)

@@ -13,8 +13,8 @@ plain eager forward; measured for every torchvision backbone in the tables of
   (:data:`FREEZE_MIN_WORK` images x input pixels);
 * ``onnxruntime`` - the extractor exported to ONNX and run by ONNX Runtime
   (:mod:`featcache.extraction.onnx_forward`), in place of the other two where the table
-  measured it faster than the best of them; its export costs seconds too, so it follows
-  the same rule of enough work.
+  measured it faster than the best of them; its export costs more seconds than freezing
+  (1.5-9 s), so it needs more work (:data:`ONNX_MIN_WORK`).
 
 The choice is a deterministic rule over the backbone, the device and its kind of CPU (the
 measured table of :mod:`featcache.extraction.lever_tables`), the compute precision and the
@@ -57,6 +57,12 @@ RECORD_VERSION = 1
 # per 224-px image (eager channels_last 15.7 -> frozen 29.6 img/s), so it repays itself after
 # ~30-60 images at 224 px; deeper networks cost more to freeze and save more per image.
 FREEZE_MIN_WORK = 64 * 224 * 224
+# ONNX Runtime only when images x input pixels reach this: 256 images at 224 px. Its set-up
+# (importing onnx, the export, the session) took 1.1-6.3 s on the 2-core EPYC for most backbones
+# and 7.5-9 s for the VGGs and maxvit_t, against 1.3-3.3 s to freeze; resnet18 gains
+# ~9 ms an image at 224 px over its best torch variant, so it repays the difference after a few
+# hundred images. Below this the torch levers run.
+ONNX_MIN_WORK = 256 * 224 * 224
 # Rows of the example batch the graph is traced and warmed up with: the frozen graph is not
 # specialised to the batch size (every measured backbone gives the same bits for a 32-row
 # batch whether traced with 2 or 16 rows; tests/test_levers.py), and each of those two
@@ -115,10 +121,10 @@ def choose(backbone: str, device: torch.device, *, compute: str = "auto", precis
     table = cpu_table() if compute != "plain" and device.type == "cpu" else None
     if table is None or backbone not in table.measured:
         return PLAIN
-    graph = precision == "float32" and images * pixels >= FREEZE_MIN_WORK  # enough work to repay an export
-    if graph and backbone in table.wins_onnxruntime and onnx_forward.available():
+    float32, work = precision == "float32", images * pixels
+    if float32 and work >= ONNX_MIN_WORK and backbone in table.wins_onnxruntime and onnx_forward.available():
         return Levers(onnxruntime=True)
-    freeze = graph and backbone not in table.loses_freeze
+    freeze = float32 and work >= FREEZE_MIN_WORK and backbone not in table.loses_freeze
     loses_cl = table.loses_channels_last_frozen if freeze else table.loses_channels_last
     return Levers(channels_last=backbone not in loses_cl, freeze=freeze)
 
