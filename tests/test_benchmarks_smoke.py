@@ -114,9 +114,12 @@ def test_extract_throughput_cpu_section(tmp_path):
 def test_lever_table(tmp_path):
     res = run_script("lever_table", tmp_path, "--partial", str(tmp_path / "partial.jsonl"), "--name", "lever_table")
     (row,) = res["rows"]
-    assert row["backbone"] == "mobilenet_v3_small" and set(row["variants"]) == {"plain", "cl", "freeze", "cl_freeze"}
+    assert row["backbone"] == "mobilenet_v3_small"
+    assert set(row["variants"]) == {"plain", "cl", "freeze", "cl_freeze", "onnxruntime"}
+    assert row["variants"]["onnxruntime"]["max_rel_diff"] <= 1e-5
     assert row["decision"]["measured"] and row["decision"]["best_vs_plain"] >= 1.0
     assert res["sets"]["MEASURED"] == ["mobilenet_v3_small"]
+    assert set(res["sets"]["WINS_ONNXRUNTIME"]) <= {"mobilenet_v3_small"}
 
 
 def test_heap_reuse(tmp_path):
