@@ -83,7 +83,8 @@ def _variants(model, x):
 
     out = {"plain": (model, x, None, None)}
     for name, lev in (("cl", Levers(channels_last=True)), ("freeze", Levers(freeze=True)),
-                      ("cl_freeze", Levers(channels_last=True, freeze=True)), ("onnxruntime", Levers(onnxruntime=True))):
+                      ("cl_freeze", Levers(channels_last=True, freeze=True)),
+                      ("onnxruntime", Levers(onnxruntime=True))):
         xin = x.contiguous(memory_format=torch.channels_last) if lev.channels_last else x
         try:
             mod, setup = prepare_timed(copy.deepcopy(model), lev, xin[:TRACE_ROWS])  # as extract does

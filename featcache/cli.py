@@ -242,8 +242,9 @@ run_options = _spec_options(RunSpec, [
                  help="Rows between row flushes (whichever of the two comes first)."),
     click.option("--compute", type=click.Choice(choices(RunSpec, "compute")), default="auto", show_default=True,
                  help="auto = CPU inference levers (channels_last; when the run is large enough, a frozen "
-                      "oneDNN graph or the model run by ONNX Runtime), chosen by rule and recorded with the feature set, and the forward's freed memory "
-                      "kept for the next batch; plain = the plain eager forward. "
+                      "oneDNN graph or the model run by ONNX Runtime), chosen by rule and recorded with the "
+                      "feature set, and the forward's freed memory kept for the next batch; plain = the plain "
+                      "eager forward. "
                       "Not part of the feature key (they change float rounding only)."),
     cache_option,
     click.option("--quiet", "-q", "progress", is_flag=True, flag_value=False, default=True,

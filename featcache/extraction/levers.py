@@ -14,7 +14,7 @@ plain eager forward; measured for every torchvision backbone in the tables of
 * ``onnxruntime`` - the extractor exported to ONNX and run by ONNX Runtime
   (:mod:`featcache.extraction.onnx_forward`), in place of the other two where the table
   measured it faster than the best of them; its export costs more seconds than freezing
-  (1.5-9 s), so it needs more work (:data:`ONNX_MIN_WORK`).
+  (1.1-9 s), so it needs more work (:data:`ONNX_MIN_WORK`).
 
 The choice is a deterministic rule over the backbone, the device and its kind of CPU (the
 measured table of :mod:`featcache.extraction.lever_tables`), the compute precision and the
@@ -161,6 +161,8 @@ def recorded(fs: FeatureSet) -> Levers | None:
 def settle(fs: FeatureSet, wanted: Levers, compute: str) -> Levers:
     """The levers this run uses: the set's record, or ``wanted`` (then recorded) for a new set."""
     have = recorded(fs)
+    if compute == "plain" and have not in (None, PLAIN) and not fs.shards():
+        have = None  # recorded by a run that failed before its first row (e.g. an export): nothing to match
     if have is None:  # written before any row (a run that fails first leaves only this file, which ls skips)
         atomic_write_text(Path(fs.dir) / RECORD, json.dumps(
             {"version": RECORD_VERSION, "levers": wanted.names, "torch": torch.__version__, "cpu_kind": cpu_kind()},
@@ -174,7 +176,8 @@ def settle(fs: FeatureSet, wanted: Levers, compute: str) -> Levers:
     return have
 
 
-def prepare(extractor: torch.nn.Module, levers: Levers, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def prepare(extractor: torch.nn.Module, levers: Levers,
+            example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Apply ``levers`` to an extractor on the CPU; ``example``: a batch of the input's shape
     (:data:`TRACE_ROWS` rows: the traced graph runs batches of any size). Returns a module, or
     with ``onnxruntime`` an :class:`~featcache.extraction.onnx_forward.OnnxForward`: both take a
