@@ -63,12 +63,13 @@ def _extractor(name: str, size: int):
     from featcache.extraction.layers import FeatureExtractor
     from featcache.extraction.identity import resolve_identity
 
-    try:
-        if not size:
-            raise FeatcacheError("--size 0: the backbone's own size")
-        ident, entry, choice = resolve_identity(name, weights="none", image_size=size)
-    except FeatcacheError:  # fixed-size networks (ViT, ...) and --size 0: their own size
-        ident, entry, choice = resolve_identity(name, weights="none")
+    def identity(**size):
+        return resolve_identity(name, weights="none", **size)
+
+    try:  # --size 0: the backbone's own size
+        ident, entry, choice = identity(image_size=size) if size else identity()
+    except FeatcacheError:  # fixed-size networks (ViT, ...): their own size
+        ident, entry, choice = identity()
     torch.manual_seed(0)
     return FeatureExtractor(entry.build(choice)).eval(), int(ident.preprocess["crop"])
 
@@ -259,7 +260,7 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=64, help="input size in px (default 64; 0: each backbone's own "
                    "size, e.g. 224)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds over the four variants (median)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds over the five variants (median)")
     p.add_argument("--budget-s", type=float, default=60.0, help="stop adding rounds after this many seconds")
     p.add_argument("--threads", type=int, default=None, help="torch threads of each child (default: torch's "
                    "own, one per core; 1 keeps a shared machine's scheduling out of the comparison)")

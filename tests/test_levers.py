@@ -236,47 +236,46 @@ def test_a_graph_traced_on_a_small_batch_runs_full_batches_bit_for_bit(name):
     assert float((small - ref).abs().max() / ref.abs().max()) <= 1e-5
 
 
-def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_path, monkeypatch, both_levers_pay):
-    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)  # freeze even these 12 tiny images
+def extract_with_levers_then_grow(image_folder, tmp_path, monkeypatch, threshold: str, expected: str, seed: int):
+    """With the rule's work ``threshold`` at 1, extract into ``tmp_path/cache``: the levers are
+    ``expected``, set up in the summary, and the rows are within 1e-5 of a plain run's, with the
+    same key. Then, with the threshold out of reach, one new image still takes the recorded
+    levers, and the grown set's rows equal an uninterrupted run's. Returns the first result."""
+    monkeypatch.setattr(levers, threshold, 1)  # the levers even for these 12 tiny images
     cache = tmp_path / "cache"
     first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
-    assert first.levers == "channels_last+freeze" and first.timings["levers_s"] > 0
-    assert "levers channels_last+freeze set up in" in first.summary()
-    record = json.loads((cache / "features" / first.feature_key / levers.RECORD).read_text())
-    assert record["levers"] == ["channels_last", "freeze"] and record["cpu_kind"] == levers.cpu_kind()
+    assert first.levers == expected and first.timings["levers_s"] > 0
+    assert f"levers {expected} set up in" in first.summary()
     plain = featcache.extract(str(image_folder), cache_dir=tmp_path / "plain", compute="plain", **KW)
     assert plain.feature_key == first.feature_key and plain.levers == "plain"  # rounding only: same key
     a, b = featcache.load_features(first.view).features, featcache.load_features(plain.view).features
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
-    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 10**12)  # the rule would not freeze one new image...
-    make_image(image_folder / "dog" / "new.png", seed=999)
+    monkeypatch.setattr(levers, threshold, 10**12)  # the rule would not choose them for one new image...
+    make_image(image_folder / "dog" / "new.png", seed=seed)
     grown = featcache.extract(str(image_folder), cache_dir=cache, **KW)
-    assert grown.extracted == 1 and grown.levers == "channels_last+freeze"  # ...the record does
-    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)
+    assert grown.extracted == 1 and grown.levers == expected  # ...the record does
+    monkeypatch.setattr(levers, threshold, 1)
     fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)  # uninterrupted, same levers
     np.testing.assert_array_equal(featcache.load_features(grown.view).features,
                                   featcache.load_features(fresh.view).features)
+    return first
+
+
+def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_path, monkeypatch, both_levers_pay):
+    first = extract_with_levers_then_grow(image_folder, tmp_path, monkeypatch, "FREEZE_MIN_WORK",
+                                          "channels_last+freeze", seed=999)
+    record = json.loads((tmp_path / "cache" / "features" / first.feature_key / levers.RECORD).read_text())
+    assert record["levers"] == ["channels_last", "freeze"] and record["cpu_kind"] == levers.cpu_kind()
 
 
 def test_extract_with_onnxruntime_records_it_and_a_grown_run_gives_an_uninterrupted_runs_rows(
         image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort=["resnet18"]))
-    monkeypatch.setattr(levers, "ONNX_MIN_WORK", 1)
-    cache = tmp_path / "cache"
-    first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
-    assert first.levers == "onnxruntime" and "levers onnxruntime set up in" in first.summary()
-    plain = featcache.extract(str(image_folder), cache_dir=tmp_path / "plain", compute="plain", **KW)
-    a, b = featcache.load_features(first.view).features, featcache.load_features(plain.view).features
-    assert plain.feature_key == first.feature_key and np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
-    monkeypatch.setattr(levers, "ONNX_MIN_WORK", 10**12)  # the rule would not export for one new image...
-    make_image(image_folder / "dog" / "new.png", seed=997)
-    grown = featcache.extract(str(image_folder), cache_dir=cache, **KW)
-    assert grown.extracted == 1 and grown.levers == "onnxruntime"  # ...the record does
-    monkeypatch.setattr(levers, "ONNX_MIN_WORK", 1)
-    fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)
-    np.testing.assert_array_equal(featcache.load_features(grown.view).features,
-                                  featcache.load_features(fresh.view).features)
+    first = extract_with_levers_then_grow(image_folder, tmp_path, monkeypatch, "ONNX_MIN_WORK", "onnxruntime",
+                                          seed=997)
+    record = json.loads((tmp_path / "cache" / "features" / first.feature_key / levers.RECORD).read_text())
+    assert record["levers"] == ["onnxruntime"]
 
 
 def test_compute_plain_into_a_set_computed_with_levers_is_refused(image_folder, cache_dir, both_levers_pay):

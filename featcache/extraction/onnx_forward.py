@@ -45,9 +45,6 @@ class OnnxForward:
         images = np.ascontiguousarray(x.detach().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run([OUTPUT], {INPUT: images})[0])
 
-    def eval(self) -> "OnnxForward":
-        return self
-
 
 def export(extractor: torch.nn.Module, example: torch.Tensor) -> OnnxForward:
     """``extractor`` (in eval mode, on the CPU) exported with ``example``'s shape but any batch
