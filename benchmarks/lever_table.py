@@ -24,8 +24,10 @@ that ran and stayed within 1e-5 at both batch sizes: unfrozen, channels_last is 
 ``cl_freeze`` is at least as fast as that unfrozen choice, and frozen, the model takes
 channels_last where ``cl_freeze`` is the faster of the two. A run that freezes so gets the
 best of the four variants, one too small to freeze the better of the two unfrozen ones.
-ONNX Runtime wins where its variant is at least as fast as that best of four: a run with
-enough work then uses it instead (``WINS_ONNXRUNTIME``).
+ONNX Runtime wins where its variant is at least as fast as that best of four; a run then uses
+it instead once it has the work to repay its larger set-up: ``WINS_ONNXRUNTIME`` maps each such
+backbone to that break-even, in images at 224 px (its extra set-up over the best torch
+variant, divided by the seconds it saves an image, from the same row).
 
 The script writes ``results/<--name>.json`` with this CPU's kind (the instruction set torch
 dispatches on: ``AVX512``, ``AVX2``, ...) and prints the sets ``MEASURED``,
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -50,6 +53,7 @@ import _bench  # noqa: E402
 
 VARIANTS = ("plain", "cl", "freeze", "cl_freeze", "onnxruntime")
 ROWS, OTHER_ROWS, TOLERANCE = 16, 24, 1e-5
+FREEZE_MIN_IMAGES = 64  # featcache.extraction.levers.FREEZE_MIN_WORK in 224-px images
 
 
 # --------------------------------------------------------------------------- child
@@ -155,10 +159,25 @@ def decide(res: dict) -> dict:
     fr = ips(frozen) > 0 and ips(frozen) >= ips(unfrozen)
     best = frozen if fr else unfrozen
     ort = ips("onnxruntime") > 0 and ips("onnxruntime") >= ips(best)
-    best = "onnxruntime" if ort else best
+    torch_best, best = best, "onnxruntime" if ort else best
     return {"measured": True, "channels_last": cl, "freeze": fr, "channels_last_frozen": fr and frozen == "cl_freeze",
             "onnxruntime": ort, "best": best, "best_vs_plain": ips(best) / ips("plain"),
-            "cl_vs_plain": ips("cl") / ips("plain") if ips("cl") else None}
+            "cl_vs_plain": ips("cl") / ips("plain") if ips("cl") else None,
+            "onnxruntime_min_images": onnx_break_even(v, res["size"], torch_best, ips) if ort else None}
+
+
+def onnx_break_even(v: dict, size: int, torch_best: str, ips) -> int:
+    """The fewest images at 224 px for which ONNX Runtime's extra set-up over ``torch_best`` (the
+    best of the four torch variants) is repaid by its faster forward, on this row's numbers:
+    extra set-up seconds / seconds saved per image, scaled from ``size`` by input pixels, rounded
+    up to a multiple of 16, and at least ``FREEZE_MIN_IMAGES`` (below it no run freezes, so the
+    torch alternative has no set-up to compare with)."""
+    extra = (v["onnxruntime"].get("setup_s") or 0.0) - (v[torch_best].get("setup_s") or 0.0)
+    saved = 1.0 / ips(torch_best) - 1.0 / ips("onnxruntime")
+    if extra <= 0:
+        return FREEZE_MIN_IMAGES
+    images = extra / saved * (size / 224) ** 2 if saved > 0 else 1e9
+    return max(FREEZE_MIN_IMAGES, 16 * math.ceil(min(images, 1e9) / 16))
 
 
 # --------------------------------------------------------------------------- parent
@@ -239,7 +258,8 @@ def sets(rows: list[dict]) -> dict:
             "LOSES_FREEZE": sorted(r["backbone"] for r in measured if not r["decision"]["freeze"]),
             "LOSES_CHANNELS_LAST_FROZEN": sorted(r["backbone"] for r in measured
                                                  if r["decision"]["freeze"] and not r["decision"]["channels_last_frozen"]),
-            "WINS_ONNXRUNTIME": sorted(r["backbone"] for r in measured if r["decision"].get("onnxruntime"))}
+            "WINS_ONNXRUNTIME": {r["backbone"]: r["decision"]["onnxruntime_min_images"]
+                                 for r in sorted(measured, key=lambda r: r["backbone"]) if r["decision"].get("onnxruntime")}}
 
 
 def table_options(p: argparse.ArgumentParser, *, name: str, timeout_s: float) -> None:
@@ -300,15 +320,16 @@ def print_report(res: dict) -> None:
     print(_bench.table([{"backbone": r["backbone"], "size": r.get("size"), **{
         f"{k}_ips": (r["variants"].get(k) or {}).get("img_per_s") for k in VARIANTS},
         "setup": (r["variants"].get("cl_freeze") or {}).get("setup_s"),
+        "ort_min": r["decision"].get("onnxruntime_min_images"),
         "rel": max([(r["variants"].get(k) or {}).get("max_rel_diff") or 0 for k in VARIANTS]),
         "best": r["decision"].get("best", "-"), "x": r["decision"].get("best_vs_plain")} for r in res["rows"]],
         [("backbone", "backbone"), ("size", "px"), ("plain_ips", "plain img/s", 1), ("cl_ips", "cl", 1),
          ("freeze_ips", "freeze", 1), ("cl_freeze_ips", "cl+freeze", 1), ("onnxruntime_ips", "onnxruntime", 1),
-         ("setup", "freeze set-up s", 1),
+         ("setup", "freeze set-up s", 1), ("ort_min", "onnxruntime from images"),
          ("rel", "max rel diff", 7), ("best", "chosen"), ("x", "chosen / plain", 2)]))
     print(f"the {res.get('cpu_kind')} table of featcache/extraction/lever_tables.py:")
     for k, v in res["sets"].items():
-        print(f"{k} = frozenset({v!r})")
+        print(f"{k} = {v!r}" if isinstance(v, dict) else f"{k} = frozenset({v!r})")
 
 
 def plot(res: dict, path: Path) -> None:

@@ -28,9 +28,10 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 KW = dict(backbone="resnet18", weights="none", image_size=32, workers=0, batch_size=16)
 
 
-def table(measured=("resnet18",), loses_cl=(), loses_freeze=(), loses_cl_frozen=(), wins_ort=()) -> LeverTable:
+def table(measured=("resnet18",), loses_cl=(), loses_freeze=(), loses_cl_frozen=(), wins_ort=None) -> LeverTable:
+    """``wins_ort``: backbone -> the fewest 224-px images ONNX Runtime needs to pay."""
     return LeverTable("test", frozenset(measured), frozenset(loses_cl), frozenset(loses_freeze),
-                      frozenset(loses_cl_frozen), frozenset(wins_ort))
+                      frozenset(loses_cl_frozen), dict(wins_ort or {}))
 
 
 @pytest.fixture
@@ -74,13 +75,14 @@ def test_a_frozen_run_takes_the_frozen_layout_and_an_unfrozen_one_the_unfrozen(m
 
 
 def test_onnxruntime_where_the_table_says_it_wins_with_enough_work_in_float32(monkeypatch):
-    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort=["resnet18"]))
+    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort={"resnet18": 300}))
     ort = Levers(onnxruntime=True)
     assert levers.choose("resnet18", CPU, images=10_000) == ort
     assert levers.choose("resnet18", CPU, images=1) == Levers(channels_last=True)  # too little work to export
-    at = levers.ONNX_MIN_WORK // (224 * 224)
-    assert levers.choose("resnet18", CPU, images=at) == ort
-    assert levers.choose("resnet18", CPU, images=at - 1) == Levers(channels_last=True, freeze=True)
+    assert levers.choose("resnet18", CPU, images=300) == ort  # the table's break-even, at 224 px
+    assert levers.choose("resnet18", CPU, images=299) == Levers(channels_last=True, freeze=True)
+    assert levers.choose("resnet18", CPU, images=300 * 4, pixels=112 * 112) == ort  # counted in pixels
+    assert levers.choose("resnet18", CPU, images=300 * 4 - 1, pixels=112 * 112) == Levers(channels_last=True, freeze=True)
     assert levers.choose("resnet18", CPU, images=10_000, precision="bfloat16") == Levers(channels_last=True)
     assert levers.choose("resnet18", CPU, compute="plain", images=10_000) == PLAIN
     assert ort.describe() == "onnxruntime" and Levers.from_names(["onnxruntime"]) == ort
@@ -144,8 +146,9 @@ def test_committed_table_matches_the_rule(kind):
     assert set(doc["sets"]["LOSES_CHANNELS_LAST_FROZEN"]) == set(t.loses_channels_last_frozen)
     if t.onnxruntime_source:  # measured by a later run, with the onnxruntime variant
         ort = json.loads((RESULTS / t.onnxruntime_source).read_text())
-        assert ort["cpu_kind"] == kind and set(ort["sets"]["WINS_ONNXRUNTIME"]) == set(t.wins_onnxruntime)
-        assert t.wins_onnxruntime <= t.measured
+        assert ort["cpu_kind"] == kind and ort["sets"]["WINS_ONNXRUNTIME"] == dict(t.wins_onnxruntime)
+        assert set(t.wins_onnxruntime) <= t.measured
+        assert min(t.wins_onnxruntime.values()) * levers.PX_224 >= levers.FREEZE_MIN_WORK
     else:
         assert not t.wins_onnxruntime
     for row in doc["rows"]:  # every lever kept was within 1e-5 and not slower than without it
@@ -236,12 +239,13 @@ def test_a_graph_traced_on_a_small_batch_runs_full_batches_bit_for_bit(name):
     assert float((small - ref).abs().max() / ref.abs().max()) <= 1e-5
 
 
-def extract_with_levers_then_grow(image_folder, tmp_path, monkeypatch, threshold: str, expected: str, seed: int):
-    """With the rule's work ``threshold`` at 1, extract into ``tmp_path/cache``: the levers are
-    ``expected``, set up in the summary, and the rows are within 1e-5 of a plain run's, with the
-    same key. Then, with the threshold out of reach, one new image still takes the recorded
-    levers, and the grown set's rows equal an uninterrupted run's. Returns the first result."""
-    monkeypatch.setattr(levers, threshold, 1)  # the levers even for these 12 tiny images
+def extract_with_levers_then_grow(image_folder, tmp_path, reach, expected: str, seed: int):
+    """With the rule's work threshold within reach (``reach(True)``), extract into
+    ``tmp_path/cache``: the levers are ``expected``, set up in the summary, and the rows are
+    within 1e-5 of a plain run's, with the same key. Then, with the threshold out of reach
+    (``reach(False)``), one new image still takes the recorded levers, and the grown set's rows
+    equal an uninterrupted run's. Returns the first result."""
+    reach(True)  # the levers even for these 12 tiny images
     cache = tmp_path / "cache"
     first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
     assert first.levers == expected and first.timings["levers_s"] > 0
@@ -251,11 +255,11 @@ def extract_with_levers_then_grow(image_folder, tmp_path, monkeypatch, threshold
     a, b = featcache.load_features(first.view).features, featcache.load_features(plain.view).features
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
-    monkeypatch.setattr(levers, threshold, 10**12)  # the rule would not choose them for one new image...
+    reach(False)  # the rule would not choose them for one new image...
     make_image(image_folder / "dog" / "new.png", seed=seed)
     grown = featcache.extract(str(image_folder), cache_dir=cache, **KW)
     assert grown.extracted == 1 and grown.levers == expected  # ...the record does
-    monkeypatch.setattr(levers, threshold, 1)
+    reach(True)
     fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)  # uninterrupted, same levers
     np.testing.assert_array_equal(featcache.load_features(grown.view).features,
                                   featcache.load_features(fresh.view).features)
@@ -263,17 +267,20 @@ def extract_with_levers_then_grow(image_folder, tmp_path, monkeypatch, threshold
 
 
 def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_path, monkeypatch, both_levers_pay):
-    first = extract_with_levers_then_grow(image_folder, tmp_path, monkeypatch, "FREEZE_MIN_WORK",
-                                          "channels_last+freeze", seed=999)
+    def reach(on: bool):
+        monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1 if on else 10**12)
+
+    first = extract_with_levers_then_grow(image_folder, tmp_path, reach, "channels_last+freeze", seed=999)
     record = json.loads((tmp_path / "cache" / "features" / first.feature_key / levers.RECORD).read_text())
     assert record["levers"] == ["channels_last", "freeze"] and record["cpu_kind"] == levers.cpu_kind()
 
 
 def test_extract_with_onnxruntime_records_it_and_a_grown_run_gives_an_uninterrupted_runs_rows(
         image_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort=["resnet18"]))
-    first = extract_with_levers_then_grow(image_folder, tmp_path, monkeypatch, "ONNX_MIN_WORK", "onnxruntime",
-                                          seed=997)
+    def reach(on: bool):
+        monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort={"resnet18": 0 if on else 10**9}))
+
+    first = extract_with_levers_then_grow(image_folder, tmp_path, reach, "onnxruntime", seed=997)
     record = json.loads((tmp_path / "cache" / "features" / first.feature_key / levers.RECORD).read_text())
     assert record["levers"] == ["onnxruntime"]
 
@@ -320,3 +327,39 @@ def test_bfloat16_on_a_cpu_that_emulates_it_warns_before_the_forward(tmp_path, m
         with pytest.warns(RuntimeWarning, match="bfloat16: this CPU has neither AVX512-BF16 nor AMX.*float32"):
             featcache.extract(str(tmp_path / "imgs"), **kw)
 
+
+
+def lever_table_script():
+    import importlib.util
+    import sys
+
+    path = RESULTS.parent / "lever_table.py"
+    sys.path.insert(0, str(path.parent))  # its helper module _bench
+    try:
+        spec = importlib.util.spec_from_file_location("lever_table", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def test_the_table_run_gives_onnxruntime_its_break_even_from_the_same_row():
+    """Extra set-up over the best torch variant / seconds saved an image, at 224 px, in 16s."""
+    lt = lever_table_script()
+    assert lt.FREEZE_MIN_IMAGES * levers.PX_224 == levers.FREEZE_MIN_WORK
+
+    def row(size, ort_ips, ort_setup):
+        def v(ips, setup):
+            return {"error": None, "img_per_s": ips, "setup_s": setup, "max_rel_diff": 0.0, "max_rel_diff_other_batch": 0.0}
+        return {"size": size, "variants": {"plain": v(10.0, None), "cl": v(8.0, None), "freeze": v(20.0, 1.0),
+                                           "cl_freeze": v(16.0, 1.5), "onnxruntime": v(ort_ips, ort_setup)}}
+
+    d = lt.decide(row(224, 25.0, 5.0))  # 4 s more set-up, 10 ms saved an image: 400 images
+    assert d["best"] == "onnxruntime" and d["onnxruntime_min_images"] == 400
+    assert lt.decide(row(112, 25.0, 5.0))["onnxruntime_min_images"] == 112  # 400 at 112 px is 100 at 224: 112
+    assert lt.decide(row(224, 25.0, 0.5))["onnxruntime_min_images"] == lt.FREEZE_MIN_IMAGES  # cheaper to set up
+    assert lt.decide(row(224, 20.0, 9.0))["onnxruntime_min_images"] == 10**9  # a tie never repays it
+    slower = lt.decide(row(224, 19.0, 0.5))
+    assert slower["best"] == "freeze" and not slower["onnxruntime"] and slower["onnxruntime_min_images"] is None
+    assert lt.sets([{"backbone": "b", "decision": d}])["WINS_ONNXRUNTIME"] == {"b": 400}

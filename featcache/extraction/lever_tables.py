@@ -13,7 +13,8 @@ covers (ARM, POWER, an x86 CPU without AVX2) runs plainly until its table is mea
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,10 @@ class LeverTable:
     freezes so gets the fastest of the four variants measured.
 
     ``wins_onnxruntime``: the backbones where ONNX Runtime ran faster than the best of those
-    four and within 1e-5 of plain eager, measured by a later run of the same script with the
-    ``onnxruntime`` variant added (``onnxruntime_source``); empty where it was not measured.
+    four and within 1e-5 of plain eager, each with the fewest images (at 224 px) whose saved
+    time repays its larger set-up (its export against the best torch variant's set-up, on the
+    same row's numbers), measured by a later run of the same script with the ``onnxruntime``
+    variant added (``onnxruntime_source``); empty where it was not measured.
     """
 
     source: str
@@ -36,7 +39,7 @@ class LeverTable:
     loses_channels_last: frozenset[str]
     loses_freeze: frozenset[str]
     loses_channels_last_frozen: frozenset[str]
-    wins_onnxruntime: frozenset[str] = frozenset()
+    wins_onnxruntime: Mapping[str, int] = field(default_factory=dict)
     onnxruntime_source: str | None = None
 
 
@@ -101,16 +104,19 @@ AVX2 = LeverTable(
         "swin_t", "swin_v2_t", "vit_b_16", "wide_resnet101_2", "wide_resnet50_2"}),
     # each backbone at its own size (224 px for most): ONNX Runtime beat the best of the four torch
     # variants on every backbone it measured but vit_b_32, whose attention does not export
-    wins_onnxruntime=frozenset({
-        "alexnet", "convnext_tiny", "densenet121", "densenet161", "densenet169", "densenet201",
-        "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
-        "efficientnet_lite0", "googlenet", "inception_v3", "maxvit_t", "mnasnet0_5", "mnasnet0_75",
-        "mnasnet1_0", "mnasnet1_3", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small",
-        "regnet_x_1_6gf", "regnet_x_3_2gf", "regnet_x_400mf", "regnet_x_800mf", "regnet_x_8gf",
-        "regnet_y_1_6gf", "regnet_y_3_2gf", "regnet_y_400mf", "regnet_y_800mf", "resnet101",
-        "resnet152", "resnet18", "resnet34", "resnet50", "resnext50_32x4d", "shufflenet_v2_x0_5",
-        "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "squeezenet1_0",
-        "squeezenet1_1", "swin_t", "swin_v2_t", "vgg11", "vgg11_bn", "vgg16", "wide_resnet50_2"}),
+    wins_onnxruntime={
+        "alexnet": 1360, "convnext_tiny": 144, "densenet121": 112, "densenet161": 96,
+        "densenet169": 144, "densenet201": 224, "efficientnet_b0": 192, "efficientnet_b1": 128,
+        "efficientnet_b2": 112, "efficientnet_b3": 96, "efficientnet_lite0": 64, "googlenet": 208,
+        "inception_v3": 192, "maxvit_t": 1392, "mnasnet0_5": 1152, "mnasnet0_75": 28112,
+        "mnasnet1_0": 416, "mnasnet1_3": 288, "mobilenet_v2": 176, "mobilenet_v3_large": 192,
+        "mobilenet_v3_small": 1008, "regnet_x_1_6gf": 288, "regnet_x_3_2gf": 112,
+        "regnet_x_400mf": 1648, "regnet_x_800mf": 128, "regnet_x_8gf": 64, "regnet_y_1_6gf": 64,
+        "regnet_y_3_2gf": 80, "regnet_y_400mf": 64, "regnet_y_800mf": 128, "resnet101": 128,
+        "resnet152": 112, "resnet18": 192, "resnet34": 1120, "resnet50": 64, "resnext50_32x4d": 96,
+        "shufflenet_v2_x0_5": 4720, "shufflenet_v2_x1_0": 3760, "shufflenet_v2_x1_5": 1424,
+        "shufflenet_v2_x2_0": 7792, "squeezenet1_0": 128, "squeezenet1_1": 176, "swin_t": 304,
+        "swin_v2_t": 736, "vgg11": 336, "vgg11_bn": 160, "vgg16": 304, "wide_resnet50_2": 96},
     onnxruntime_source="levers_avx2_onnxruntime.json",
 )
 

@@ -14,7 +14,7 @@ plain eager forward; measured for every torchvision backbone in the tables of
 * ``onnxruntime`` - the extractor exported to ONNX and run by ONNX Runtime
   (:mod:`featcache.extraction.onnx_forward`), in place of the other two where the table
   measured it faster than the best of them; its export costs more seconds than freezing
-  (1.1-9 s), so it needs more work (:data:`ONNX_MIN_WORK`).
+  (1.1-9 s), so it needs more work: the table gives each backbone its break-even.
 
 The choice is a deterministic rule over the backbone, the device and its kind of CPU (the
 measured table of :mod:`featcache.extraction.lever_tables`), the compute precision and the
@@ -52,17 +52,20 @@ from featcache.store.featureset import FeatureSet
 RECORD = "compute.json"
 RECORD_VERSION = 1
 
+#: Input pixels of one image at 224 px, the unit the rule's thresholds are counted in.
+PX_224 = 224 * 224
 # Freeze only when images x input pixels reach this: 64 images at 224 px, 784 at 64 px.
 # Freezing resnet18 took 1.4 s on an idle 2-core Xeon (2-8 s on a loaded one) and saved ~45 ms
 # per 224-px image (eager channels_last 15.7 -> frozen 29.6 img/s), so it repays itself after
 # ~30-60 images at 224 px; deeper networks cost more to freeze and save more per image.
-FREEZE_MIN_WORK = 64 * 224 * 224
-# ONNX Runtime only when images x input pixels reach this: 256 images at 224 px. Its set-up
-# (importing onnx, the export, the session) took 1.1-6.3 s on the 2-core EPYC for most backbones
-# and 7.5-9 s for the VGGs and maxvit_t, against 1.3-3.3 s to freeze; resnet18 gains
-# ~9 ms an image at 224 px over its best torch variant, so it repays the difference after a few
-# hundred images. Below this the torch levers run.
-ONNX_MIN_WORK = 256 * 224 * 224
+FREEZE_MIN_WORK = 64 * PX_224
+# ONNX Runtime only when images x input pixels reach the table's break-even for the backbone
+# (``LeverTable.wins_onnxruntime``, in images at 224 px, never below FREEZE_MIN_WORK): its
+# set-up (importing onnx, the export, the session) took 1.1-6.3 s on the 2-core EPYC for most
+# backbones and 7.5-9 s for the VGGs and maxvit_t, against 0.6-3.6 s for the best torch
+# variant, and what it saves an image ranges from 1 % to 3x, so the break-even ranges from 64
+# images (resnet50, efficientnet_lite0) to thousands (the shufflenets, mnasnet0_75). Below it
+# the torch levers run.
 # Rows of the example batch the graph is traced and warmed up with: the frozen graph is not
 # specialised to the batch size (every measured backbone gives the same bits for a 32-row
 # batch whether traced with 2 or 16 rows; tests/test_levers.py), and each of those two
@@ -115,14 +118,15 @@ def cpu_table() -> LeverTable | None:
 
 
 def choose(backbone: str, device: torch.device, *, compute: str = "auto", precision: str = "float32",
-           images: int = 0, pixels: int = 224 * 224) -> Levers:
+           images: int = 0, pixels: int = PX_224) -> Levers:
     """The rule: which levers a new feature set gets (``pixels``: input pixels per image)."""
     check_compute(compute)
     table = cpu_table() if compute != "plain" and device.type == "cpu" else None
     if table is None or backbone not in table.measured:
         return PLAIN
     float32, work = precision == "float32", images * pixels
-    if float32 and work >= ONNX_MIN_WORK and backbone in table.wins_onnxruntime and onnx_forward.available():
+    onnx_from = table.wins_onnxruntime.get(backbone)
+    if float32 and onnx_from is not None and work >= onnx_from * PX_224 and onnx_forward.available():
         return Levers(onnxruntime=True)
     freeze = float32 and work >= FREEZE_MIN_WORK and backbone not in table.loses_freeze
     loses_cl = table.loses_channels_last_frozen if freeze else table.loses_channels_last
