@@ -363,3 +363,21 @@ def test_the_table_run_gives_onnxruntime_its_break_even_from_the_same_row():
     slower = lt.decide(row(224, 19.0, 0.5))
     assert slower["best"] == "freeze" and not slower["onnxruntime"] and slower["onnxruntime_min_images"] is None
     assert lt.sets([{"backbone": "b", "decision": d}])["WINS_ONNXRUNTIME"] == {"b": 400}
+
+
+def test_a_vit_exports_to_onnxruntime_with_attention_as_plain_operators():
+    """nn.MultiheadAttention's inference fast path is one fused operator without an ONNX form:
+    the export runs without it (and leaves it as it was); the rows match eager's."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+    model = FeatureExtractor(vit).eval()
+    x = torch.randn(12, 3, 32, 32)
+    with torch.inference_mode():
+        ref = model(x)
+        fast = levers.prepare(model, Levers(onnxruntime=True), x[:levers.TRACE_ROWS])
+        whole, alone = fast(x), fast(x[5:6])
+    assert torch.backends.mha.get_fastpath_enabled()
+    assert float((whole - ref).abs().max() / ref.abs().max()) <= 1e-5
+    assert torch.equal(whole[5:6], alone)
