@@ -328,8 +328,8 @@ def test_bfloat16_on_a_cpu_that_emulates_it_warns_before_the_forward(tmp_path, m
             featcache.extract(str(tmp_path / "imgs"), **kw)
 
 
-
 def lever_table_script():
+    """benchmarks/lever_table.py as a module (its decision rule, without running it)."""
     import importlib.util
     import sys
 

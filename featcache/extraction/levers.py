@@ -14,7 +14,7 @@ plain eager forward; measured for every torchvision backbone in the tables of
 * ``onnxruntime`` - the extractor exported to ONNX and run by ONNX Runtime
   (:mod:`featcache.extraction.onnx_forward`), in place of the other two where the table
   measured it faster than the best of them; its export costs more seconds than freezing
-  (1.1-9 s), so it needs more work: the table gives each backbone its break-even.
+  (1.1-32 s), so it needs more work: the table gives each backbone its break-even.
 
 The choice is a deterministic rule over the backbone, the device and its kind of CPU (the
 measured table of :mod:`featcache.extraction.lever_tables`), the compute precision and the
@@ -61,11 +61,11 @@ PX_224 = 224 * 224
 FREEZE_MIN_WORK = 64 * PX_224
 # ONNX Runtime only when images x input pixels reach the table's break-even for the backbone
 # (``LeverTable.wins_onnxruntime``, in images at 224 px, never below FREEZE_MIN_WORK): its
-# set-up (importing onnx, the export, the session) took 1.1-6.3 s on the 2-core EPYC for most
-# backbones and 7.5-9 s for the VGGs and maxvit_t, against 0.6-3.6 s for the best torch
-# variant, and what it saves an image ranges from 1 % to 3x, so the break-even ranges from 64
-# images (resnet50, efficientnet_lite0) to thousands (the shufflenets, mnasnet0_75). Below it
-# the torch levers run.
+# set-up (importing onnx, the export, the session) took 1.1-11 s on the 2-core EPYC for most
+# backbones and 13-32 s for the larger Swins and vit_l_32, against 0-17 s for the best
+# torch variant, and what it saves an image ranges from 0 % to 3x, so the break-even ranges
+# from 64 images (resnet50, efficientnet_lite0) to thousands (the shufflenets, mnasnet0_75,
+# vgg13). Below it the torch levers run.
 # Rows of the example batch the graph is traced and warmed up with: the frozen graph is not
 # specialised to the batch size (every measured backbone gives the same bits for a 32-row
 # batch whether traced with 2 or 16 rows; tests/test_levers.py), and each of those two
