@@ -102,9 +102,9 @@ AVX2 = LeverTable(
         "regnet_x_800mf", "regnet_x_8gf", "regnet_y_1_6gf", "regnet_y_400mf", "regnet_y_800mf", "resnet18",
         "resnet50", "resnext101_32x8d", "resnext101_64x4d", "shufflenet_v2_x1_0", "shufflenet_v2_x2_0",
         "swin_t", "swin_v2_t", "vit_b_16", "wide_resnet101_2", "wide_resnet50_2"}),
-    # each backbone at its own size (224 px for most), 71 of the 79: ONNX Runtime beat the best of
-    # the four torch variants on all but vit_b_16 and vit_b_32; value: the fewest 224-px images
-    # that repay its set-up
+    # each backbone at its own size (224 px for most), 74 of the 79: ONNX Runtime beat the best of
+    # the four torch variants on all but vit_b_16, vit_b_32 and convnext_large; value: the fewest
+    # 224-px images that repay its set-up
     wins_onnxruntime={
         "alexnet": 1360, "convnext_base": 160, "convnext_small": 880, "convnext_tiny": 144,
         "densenet121": 112, "densenet161": 96, "densenet169": 144, "densenet201": 224,
@@ -113,11 +113,11 @@ AVX2 = LeverTable(
         "efficientnet_lite0": 64, "efficientnet_v2_s": 176, "googlenet": 208, "inception_v3": 192,
         "maxvit_t": 1392, "mnasnet0_5": 1152, "mnasnet0_75": 28112, "mnasnet1_0": 416,
         "mnasnet1_3": 288, "mobilenet_v2": 176, "mobilenet_v3_large": 192,
-        "mobilenet_v3_small": 1008, "regnet_x_16gf": 80, "regnet_x_1_6gf": 288,
+        "mobilenet_v3_small": 1008, "regnet_x_16gf": 80, "regnet_x_1_6gf": 288, "regnet_x_32gf": 64,
         "regnet_x_3_2gf": 112, "regnet_x_400mf": 1648, "regnet_x_800mf": 128, "regnet_x_8gf": 64,
-        "regnet_y_16gf": 64, "regnet_y_1_6gf": 64, "regnet_y_3_2gf": 80, "regnet_y_400mf": 64,
-        "regnet_y_800mf": 128, "regnet_y_8gf": 64, "resnet101": 128, "resnet152": 112,
-        "resnet18": 192, "resnet34": 1120, "resnet50": 64, "resnext101_32x8d": 112,
+        "regnet_y_16gf": 64, "regnet_y_1_6gf": 64, "regnet_y_32gf": 96, "regnet_y_3_2gf": 80,
+        "regnet_y_400mf": 64, "regnet_y_800mf": 128, "regnet_y_8gf": 64, "resnet101": 128,
+        "resnet152": 112, "resnet18": 192, "resnet34": 1120, "resnet50": 64, "resnext101_32x8d": 112,
         "resnext101_64x4d": 96, "resnext50_32x4d": 96, "shufflenet_v2_x0_5": 4720,
         "shufflenet_v2_x1_0": 3760, "shufflenet_v2_x1_5": 1424, "shufflenet_v2_x2_0": 7792,
         "squeezenet1_0": 128, "squeezenet1_1": 176, "swin_b": 256, "swin_s": 1232, "swin_t": 304,
