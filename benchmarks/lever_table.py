@@ -54,6 +54,7 @@ import _bench  # noqa: E402
 VARIANTS = ("plain", "cl", "freeze", "cl_freeze", "onnxruntime")
 ROWS, OTHER_ROWS, TOLERANCE = 16, 24, 1e-5
 FREEZE_MIN_IMAGES = 64  # featcache.extraction.levers.FREEZE_MIN_WORK in 224-px images
+NEVER_REPAID = 10**9  # the break-even, in images, of a set-up no faster forward repays
 
 
 # --------------------------------------------------------------------------- child
@@ -176,8 +177,10 @@ def onnx_break_even(v: dict, size: int, torch_best: str, ips) -> int:
     saved = 1.0 / ips(torch_best) - 1.0 / ips("onnxruntime")
     if extra <= 0:
         return FREEZE_MIN_IMAGES
-    images = extra / saved * (size / 224) ** 2 if saved > 0 else 1e9
-    return max(FREEZE_MIN_IMAGES, 16 * math.ceil(min(images, 1e9) / 16))
+    if saved <= 0:  # a tie: the set-up is never repaid
+        return NEVER_REPAID
+    images = extra / saved * (size / 224) ** 2
+    return max(FREEZE_MIN_IMAGES, 16 * math.ceil(min(images, NEVER_REPAID) / 16))
 
 
 # --------------------------------------------------------------------------- parent

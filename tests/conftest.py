@@ -1,12 +1,31 @@
 """Shared fixtures: tiny generated image folders and a temporary store. No network."""
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+
+
+def load_script(path: Path):
+    """A script of the repository (benchmarks/, scripts/) as a module, without running its main:
+    registered in ``sys.modules`` while it executes (dataclasses look their module up there),
+    with its own folder on ``sys.path`` (for helper modules beside it, e.g. benchmarks/_bench)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.modules.pop(spec.name, None)
+        sys.path.remove(str(path.parent))
+    return mod
 
 
 def make_image(path: Path, seed: int, size=(40, 32), mode="RGB", fmt=None) -> Path:

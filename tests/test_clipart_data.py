@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
 import subprocess
 import sys
@@ -10,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPART = ROOT / "featcache" / "data" / "clipart"
@@ -37,17 +38,6 @@ def _sources() -> list[dict]:
         reader = csv.DictReader(f)
         assert reader.fieldnames == COLUMNS
         return list(reader)
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_clipart", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return mod
 
 
 def test_eight_classes_of_forty_pngs():
@@ -98,7 +88,7 @@ def test_provenance_exists():
 
 
 def test_sanitise_stem():
-    mod = _load_script()
+    mod = load_script(SCRIPT)
     assert mod.sanitise_stem("Héllo Wörld!!_01", 50) == "hello_world_01"
     assert mod.sanitise_stem("a.b.c", 50) == "a_b_c"
     assert mod.sanitise_stem("___", 50) == "image"

@@ -21,7 +21,7 @@ from featcache.extraction.levers import PLAIN, Levers
 from featcache.store.featureset import FeatureStore
 from featcache.extraction.identity import resolve_identity
 
-from conftest import make_image
+from conftest import load_script, make_image
 
 CPU = torch.device("cpu")
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -328,25 +328,9 @@ def test_bfloat16_on_a_cpu_that_emulates_it_warns_before_the_forward(tmp_path, m
             featcache.extract(str(tmp_path / "imgs"), **kw)
 
 
-def lever_table_script():
-    """benchmarks/lever_table.py as a module (its decision rule, without running it)."""
-    import importlib.util
-    import sys
-
-    path = RESULTS.parent / "lever_table.py"
-    sys.path.insert(0, str(path.parent))  # its helper module _bench
-    try:
-        spec = importlib.util.spec_from_file_location("lever_table", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
-
-
 def test_the_table_run_gives_onnxruntime_its_break_even_from_the_same_row():
     """Extra set-up over the best torch variant / seconds saved an image, at 224 px, in 16s."""
-    lt = lever_table_script()
+    lt = load_script(RESULTS.parent / "lever_table.py")
     assert lt.FREEZE_MIN_IMAGES * levers.PX_224 == levers.FREEZE_MIN_WORK
 
     def row(size, ort_ips, ort_setup):
