@@ -232,7 +232,8 @@ run_options = _spec_options(RunSpec, [
     click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
                  help="Images per forward pass."),
     click.option("--workers", type=click.IntRange(min=0), default=None,
-                 help="DataLoader decode workers; 0 decodes in the main process [default: cores - 1, at most 8]."),
+                 help="DataLoader decode workers; 0 decodes in the main process "
+                 "[default: cores - 1, at most 8; every core on 1-2 cores]."),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
     click.option("--on-error", type=click.Choice(choices(RunSpec, "on_error")), default="fail", show_default=True,
                  help="What to do with an image that cannot be decoded."),

@@ -79,7 +79,7 @@ class RunSpec:
 
     cache_dir: str | os.PathLike | None = None
     batch_size: int = 64
-    workers: int | None = option(None, example="4")  # None: cores - 1, at most 8
+    workers: int | None = option(None, example="4")  # None: cores - 1, at most 8 (every core on 1-2 cores)
     device: str = option("auto", example='"auto", "cpu" or "cuda"')
     on_error: str = option("fail", choices=ON_ERROR)
     flush_every: float = 60.0  # seconds between row flushes

@@ -192,3 +192,46 @@ def test_a_run_that_fails_before_computing_leaves_no_feature_set(image_folder, c
     r = featcache.extract(str(image_folder), backbone="resnet18", weights="none", image_size=32,
                           cache_dir=cache_dir, workers=0)
     assert [s.key for s in FeatureStore(cache_dir).sets()] == [r.feature_key]
+
+
+@pytest.mark.parametrize("rows,batch,parts", [(70, 32, 2), (64, 64, 2), (5, 32, 3), (1, 32, 2), (100, 7, 8), (9, 4, 1)])
+def test_batch_chunks_cut_each_batch_among_the_workers(rows, batch, parts):
+    from featcache.extraction.images import batch_chunks
+
+    batches = batch_chunks(rows, batch, parts)
+    joined = [[i for chunk in chunks for i in chunk] for chunks in batches]
+    assert joined == [list(range(s, min(s + batch, rows))) for s in range(0, rows, batch)]
+    for chunks in batches:
+        sizes = [len(c) for c in chunks]
+        assert len(chunks) == min(parts, sum(sizes)) and min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+
+
+def test_merged_chunks_equal_the_batch_collated_whole():
+    from featcache.extraction.images import RawJpeg, collate, merge_chunks
+
+    items = [(0, torch.full((3, 2, 2), 0.0), None, 0.5), (1, None, "OSError: truncated", 0.25),
+             (2, RawJpeg(b"\xff\xd8jpeg"), None, 0.25), (3, torch.full((3, 2, 2), 3.0), None, 0.5),
+             (4, None, "OSError: empty", 0.25)]
+    whole = collate(items)
+    for cut in ([2], [1, 3], [4]):
+        bounds = [0, *cut, len(items)]
+        merged = merge_chunks([collate(items[a:b]) for a, b in zip(bounds, bounds[1:])])
+        assert merged.positions.tolist() == whole.positions.tolist() == [0, 3]
+        assert torch.equal(merged.images, whole.images)
+        assert merged.bad == whole.bad and merged.seconds == whole.seconds
+        assert [p for p, _ in merged.jpegs] == [p for p, _ in whole.jpegs] == [2]
+    only_bad = merge_chunks([collate(items[1:2]), collate(items[4:5])])
+    assert only_bad.images is None and only_bad.positions.tolist() == [] and len(only_bad.bad) == 2
+
+
+def test_workers_decode_a_batch_in_chunks_with_bad_files_skipped(image_folder, tmp_path):
+    """A batch of 12 decoded in 3 chunks by 3 workers, one file in it unreadable: the rows
+    (bad one skipped) equal a run decoding in the main process."""
+    (image_folder / "dog" / "empty.png").write_bytes(b"")
+    kw = dict(backbone="resnet18", weights="none", image_size=32, batch_size=12, on_error="skip")
+    a = featcache.extract(str(image_folder), cache_dir=tmp_path / "a", workers=0, **kw)
+    b = featcache.extract(str(image_folder), cache_dir=tmp_path / "b", workers=3, **kw)
+    assert a.rows == b.rows == 12 and [s["id"] for s in b.skipped] == ["dog/empty.png"]
+    fa, fb = featcache.load_features(a.view), featcache.load_features(b.view)
+    assert list(fa.ids) == list(fb.ids)
+    np.testing.assert_array_equal(fa.features, fb.features)

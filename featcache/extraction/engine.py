@@ -30,7 +30,7 @@ from featcache.extraction.backbones.registry import Preprocess
 from featcache.extraction.decoders import decode_mode
 from featcache.extraction.device_decode import decode_jpegs
 from featcache.extraction.identity import ResolvedIdentity, resolve_identity, with_extra
-from featcache.extraction.images import ImageRows, collate
+from featcache.extraction.images import Batch, ImageRows, batch_chunks, collate, merge_chunks
 from featcache.extraction.layers import FeatureExtractor
 from featcache.extraction.manifest import Manifest
 from featcache.extraction.planning import check_run, plan_rows, rows_to_keep, write_dataset_view
@@ -144,27 +144,33 @@ class Decoding:
     """The batches of rows ``positions``, decoded by ``workers`` processes that start at once.
 
     Started before the model is built and its levers prepared, so that the workers' first
-    batches are decoded during that set-up (0.5 s for resnet18 on 2 cores). ``close()`` stops
-    the workers; call it however the run ends.
+    batches are decoded during that set-up (0.5 s for resnet18 on 2 cores). Each batch is
+    decoded in ``workers`` chunks, one per worker (:func:`batch_chunks`), and merged here into
+    the rows of the same batch. ``close()`` stops the workers; call it however the run ends.
     """
 
     def __init__(self, reader, positions: list[int], transform, *, device: torch.device, batch_size: int,
                  workers: int, decode: str = "workers", resize: int | None = None):
+        batches = batch_chunks(len(positions), batch_size, max(1, workers))
         loader = torch.utils.data.DataLoader(
-            ImageRows(reader, positions, transform, decode=decode, resize=resize), batch_size=batch_size,
-            shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
-            prefetch_factor=4 if workers > 0 else None,
+            ImageRows(reader, positions, transform, decode=decode, resize=resize),
+            batch_sampler=[chunk for chunks in batches for chunk in chunks], num_workers=workers,
+            collate_fn=collate, pin_memory=device.type == "cuda",
+            prefetch_factor=4 * workers if workers > 0 else None,  # 4 batches a worker ahead, in chunks
         )
-        self._batches = iter(loader)
+        self._chunks = iter(loader)
+        self._counts = iter([len(chunks) for chunks in batches])
+        self._device = device
 
     def __iter__(self):
         return self
 
-    def __next__(self):
-        return next(self._batches)
+    def __next__(self) -> Batch:
+        count = next(self._counts)
+        return merge_chunks([next(self._chunks) for _ in range(count)], self._device)
 
     def close(self) -> None:
-        self._batches = None  # the loader's iterator shuts its workers down when released
+        self._chunks = None  # the loader's iterator shuts its workers down when released
 
 
 def run_backbone(extractor: torch.nn.Module, batches, positions: list[int], digests: list[str],

@@ -22,7 +22,7 @@ from featcache.extraction.imagefiles import (  # re-exported: the decoding of fi
 )
 
 __all__ = ["IMAGE_EXTENSIONS", "JPEG_MAGIC", "Batch", "FileReader", "ImageRows", "ImageTooLarge", "RawJpeg",
-           "check_pixels", "collate", "decode_image", "jpeg_bytes", "to_rgb"]
+           "batch_chunks", "check_pixels", "collate", "decode_image", "jpeg_bytes", "merge_chunks", "to_rgb"]
 
 
 class RawJpeg:
@@ -86,3 +86,33 @@ def collate(items) -> Batch:
     else:
         positions, images = torch.empty(0, dtype=torch.int64), None
     return Batch(positions, images, bad, seconds, jpegs)
+
+
+def batch_chunks(rows: int, batch_size: int, parts: int) -> list[list[list[int]]]:
+    """Indexes ``0..rows-1`` in batches of ``batch_size``, each cut into up to ``parts`` near-equal chunks.
+
+    Every worker decodes a chunk of each batch, so a batch is ready after 1/parts of its
+    decoding time instead of all of it, and the last batch's decoding is shared too (on 64
+    photos of 12 MP in batches of 32, one batch per worker left the forward waiting for
+    whole batches, with nothing to overlap at the end)."""
+    out = []
+    for start in range(0, rows, batch_size):
+        size = min(batch_size, rows - start)
+        k = min(parts, size)
+        bounds = [start + size * j // k for j in range(k + 1)]
+        out.append([list(range(a, b)) for a, b in zip(bounds, bounds[1:])])
+    return out
+
+
+def merge_chunks(chunks: list[Batch], device: torch.device | None = None) -> Batch:
+    """The chunks of one batch, in order -> that batch, as :func:`collate` gives it from its items.
+
+    The images are joined on ``device`` (CUDA: each pinned chunk is copied there on its own,
+    then joined there)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    parts = [c.images.to(device, non_blocking=True) if device is not None else c.images
+             for c in chunks if c.images is not None]
+    return Batch(torch.cat([c.positions for c in chunks]), torch.cat(parts) if parts else None,
+                 [b for c in chunks for b in c.bad], sum(c.seconds for c in chunks),
+                 [j for c in chunks for j in c.jpegs])
