@@ -144,9 +144,9 @@ class Decoding:
     """The batches of rows ``positions``, decoded by ``workers`` processes that start at once.
 
     Started before the model is built and its levers prepared, so that the workers' first
-    batches are decoded during that set-up (0.5 s for resnet18 on 2 cores). Each batch is
-    decoded in ``workers`` chunks, one per worker (:func:`batch_chunks`), and merged here into
-    the rows of the same batch. ``close()`` stops the workers; call it however the run ends.
+    batches are decoded during that set-up (0.5 s for resnet18 on 2 cores). The first and the
+    last batches are decoded in chunks, one per worker (:func:`batch_chunks`), and joined here
+    into the rows of the same batch. ``close()`` stops the workers; call it however the run ends.
     """
 
     def __init__(self, reader, positions: list[int], transform, *, device: torch.device, batch_size: int,
@@ -156,7 +156,7 @@ class Decoding:
             ImageRows(reader, positions, transform, decode=decode, resize=resize),
             batch_sampler=[chunk for chunks in batches for chunk in chunks], num_workers=workers,
             collate_fn=collate, pin_memory=device.type == "cuda",
-            prefetch_factor=4 * workers if workers > 0 else None,  # 4 batches a worker ahead, in chunks
+            prefetch_factor=4 if workers > 0 else None,
         )
         self._chunks = iter(loader)
         self._counts = iter([len(chunks) for chunks in batches])

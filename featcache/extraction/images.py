@@ -89,16 +89,19 @@ def collate(items) -> Batch:
 
 
 def batch_chunks(rows: int, batch_size: int, parts: int) -> list[list[list[int]]]:
-    """Indexes ``0..rows-1`` in batches of ``batch_size``, each cut into up to ``parts`` near-equal chunks.
+    """Indexes ``0..rows-1`` in batches of ``batch_size``; the first batch and the last ``parts``
+    are each cut into up to ``parts`` near-equal chunks, one per worker.
 
-    Every worker decodes a chunk of each batch, so a batch is ready after 1/parts of its
-    decoding time instead of all of it, and the last batch's decoding is shared too (on 64
-    photos of 12 MP in batches of 32, one batch per worker left the forward waiting for
-    whole batches, with nothing to overlap at the end)."""
+    Every worker then decodes a share of the batches a run waits on: the first (ready after
+    1/parts of its decoding time) and the last ones, where whole batches left the other
+    workers idle (64 photos of 12 MP at the default batch size of 64: one batch, decoded by
+    one worker). The batches between stay whole: there the decoding runs ahead of the forward,
+    and joining chunks would only cost a copy."""
+    starts = range(0, rows, batch_size)
     out = []
-    for start in range(0, rows, batch_size):
+    for i, start in enumerate(starts):
         size = min(batch_size, rows - start)
-        k = min(parts, size)
+        k = min(parts, size) if i == 0 or i >= len(starts) - parts else 1
         bounds = [start + size * j // k for j in range(k + 1)]
         out.append([list(range(a, b)) for a, b in zip(bounds, bounds[1:])])
     return out
