@@ -194,7 +194,8 @@ def test_a_run_that_fails_before_computing_leaves_no_feature_set(image_folder, c
     assert [s.key for s in FeatureStore(cache_dir).sets()] == [r.feature_key]
 
 
-@pytest.mark.parametrize("rows,batch,parts", [(70, 32, 2), (64, 64, 2), (5, 32, 3), (1, 32, 2), (100, 7, 8), (9, 4, 1), (400, 32, 2)])
+@pytest.mark.parametrize("rows,batch,parts", [(70, 32, 2), (64, 64, 2), (5, 32, 3), (1, 32, 2), (100, 7, 8),
+                                             (9, 4, 1), (400, 32, 2)])
 def test_batch_chunks_share_the_first_and_last_batches_among_the_workers(rows, batch, parts):
     from featcache.extraction.images import batch_chunks
 

@@ -88,9 +88,9 @@ def collate(items) -> Batch:
     return Batch(positions, images, bad, seconds, jpegs)
 
 
-def batch_chunks(rows: int, batch_size: int, parts: int) -> list[list[list[int]]]:
+def batch_chunks(rows: int, batch_size: int, parts: int) -> list[list[range]]:
     """Indexes ``0..rows-1`` in batches of ``batch_size``; the first batch and the last ``parts``
-    are each cut into up to ``parts`` near-equal chunks, one per worker.
+    are each cut into up to ``parts`` near-equal chunks (ranges), one per worker.
 
     Every worker then decodes a share of the batches a run waits on: the first (ready after
     1/parts of its decoding time) and the last ones, where whole batches left the other
@@ -103,7 +103,7 @@ def batch_chunks(rows: int, batch_size: int, parts: int) -> list[list[list[int]]
         size = min(batch_size, rows - start)
         k = min(parts, size) if i == 0 or i >= len(starts) - parts else 1
         bounds = [start + size * j // k for j in range(k + 1)]
-        out.append([list(range(a, b)) for a, b in zip(bounds, bounds[1:])])
+        out.append([range(a, b) for a, b in zip(bounds, bounds[1:])])
     return out
 
 
