@@ -207,6 +207,8 @@ def test_batch_chunks_share_the_first_and_last_batches_among_the_workers(rows, b
         shared = i == 0 or i >= len(batches) - parts
         assert len(chunks) == (min(parts, sum(sizes)) if shared else 1)
         assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    if (rows, batch, parts) == (400, 32, 2):  # 13 batches: the first and the last two cut in two
+        assert [len(chunks) for chunks in batches] == [2] + [1] * 10 + [2, 2]
 
 
 def test_merged_chunks_equal_the_batch_collated_whole():

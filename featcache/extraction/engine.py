@@ -30,7 +30,7 @@ from featcache.extraction.backbones.registry import Preprocess
 from featcache.extraction.decoders import decode_mode
 from featcache.extraction.device_decode import decode_jpegs
 from featcache.extraction.identity import ResolvedIdentity, resolve_identity, with_extra
-from featcache.extraction.images import Batch, ImageRows, batch_chunks, collate, merge_chunks
+from featcache.extraction.images import Batch, ImageRows, batch_chunks, collate, join_rows, merge_chunks
 from featcache.extraction.layers import FeatureExtractor
 from featcache.extraction.manifest import Manifest
 from featcache.extraction.planning import check_run, plan_rows, rows_to_keep, write_dataset_view
@@ -135,9 +135,7 @@ def pad_batch(images: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def _merge(pos, images, bad, jpeg_pos, jpeg_images, jpeg_bad, device: torch.device):
     """Worker-decoded rows + device-decoded JPEG rows -> one batch on the device."""
-    parts = [t.to(device, non_blocking=True) for t in (images, jpeg_images) if t is not None]
-    merged = torch.cat(parts) if len(parts) > 1 else (parts[0] if parts else None)
-    return torch.cat([pos, jpeg_pos]), merged, [*bad, *jpeg_bad]
+    return torch.cat([pos, jpeg_pos]), join_rows((images, jpeg_images), device), [*bad, *jpeg_bad]
 
 
 class Decoding:

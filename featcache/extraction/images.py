@@ -22,7 +22,8 @@ from featcache.extraction.imagefiles import (  # re-exported: the decoding of fi
 )
 
 __all__ = ["IMAGE_EXTENSIONS", "JPEG_MAGIC", "Batch", "FileReader", "ImageRows", "ImageTooLarge", "RawJpeg",
-           "batch_chunks", "check_pixels", "collate", "decode_image", "jpeg_bytes", "merge_chunks", "to_rgb"]
+           "batch_chunks", "check_pixels", "collate", "decode_image", "jpeg_bytes", "join_rows", "merge_chunks",
+           "to_rgb"]
 
 
 class RawJpeg:
@@ -114,8 +115,13 @@ def merge_chunks(chunks: list[Batch], device: torch.device | None = None) -> Bat
     then joined there)."""
     if len(chunks) == 1:
         return chunks[0]
-    parts = [c.images.to(device, non_blocking=True) if device is not None else c.images
-             for c in chunks if c.images is not None]
-    return Batch(torch.cat([c.positions for c in chunks]), torch.cat(parts) if parts else None,
+    return Batch(torch.cat([c.positions for c in chunks]), join_rows([c.images for c in chunks], device),
                  [b for c in chunks for b in c.bad], sum(c.seconds for c in chunks),
                  [j for c in chunks for j in c.jpegs])
+
+
+def join_rows(blocks, device: torch.device | None = None) -> torch.Tensor | None:
+    """Blocks of image rows (``None``: a block without any) -> one tensor on ``device`` (each
+    block copied there on its own, then joined there), or ``None`` when no block has rows."""
+    parts = [b if device is None else b.to(device, non_blocking=True) for b in blocks if b is not None]
+    return torch.cat(parts) if len(parts) > 1 else (parts[0] if parts else None)
