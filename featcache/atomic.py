@@ -23,8 +23,12 @@ def tmp_path_for(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, before_replace: Callable[[], None] | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, before_replace: Callable[[], None] | None = None,
+                fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path to write; when the block succeeds it is fsynced and renamed to ``path``.
+
+    ``fsync=False`` skips the fsync, for files whose reader checks them (named by a digest of
+    their bytes): a crash may leave such a file damaged, never wrongly trusted.
 
     When the block (or the rename) fails, the temporary file is removed and the
     error propagates; ``path`` is untouched.
@@ -34,8 +38,9 @@ def atomic_path(path: str | os.PathLike, *, before_replace: Callable[[], None] |
     tmp = tmp_path_for(path)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)

@@ -532,7 +532,8 @@ def cache_gc(prune_rows, repair, cache_dir, as_json):
         return
     click.echo(f"removed {len(rep.removed_temporary)} temporary files ({_size(rep.freed_bytes)}), merged "
                f"{rep.merged_shards} shards, pruned {rep.pruned_rows} rows, moved aside {len(rep.quarantined)} "
-               "damaged files")
+               "damaged files" + (f", removed {len(rep.removed_damaged)} damaged kept files (made again when "
+                                  "needed)" if rep.removed_damaged else ""))
     if rep.busy:
         click.echo(f"left {len(rep.busy)} feature set(s) alone while an extraction adds rows to them "
                    f"({', '.join(rep.busy)}): run `featcache cache gc` again when it has finished")

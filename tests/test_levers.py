@@ -263,14 +263,14 @@ def extract_with_levers_then_grow(image_folder, tmp_path, reach, expected: str, 
     fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)  # uninterrupted, same levers
     np.testing.assert_array_equal(featcache.load_features(grown.view).features,
                                   featcache.load_features(fresh.view).features)
-    return first
+    return first, grown
 
 
 def test_extract_records_levers_and_a_grown_run_reuses_them(image_folder, tmp_path, monkeypatch, both_levers_pay):
     def reach(on: bool):
         monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1 if on else 10**12)
 
-    first = extract_with_levers_then_grow(image_folder, tmp_path, reach, "channels_last+freeze", seed=999)
+    first, _ = extract_with_levers_then_grow(image_folder, tmp_path, reach, "channels_last+freeze", seed=999)
     record = json.loads((tmp_path / "cache" / "features" / first.feature_key / levers.RECORD).read_text())
     assert record["levers"] == ["channels_last", "freeze"] and record["cpu_kind"] == levers.cpu_kind()
 
@@ -280,9 +280,72 @@ def test_extract_with_onnxruntime_records_it_and_a_grown_run_gives_an_uninterrup
     def reach(on: bool):
         monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort={"resnet18": 0 if on else 10**9}))
 
-    first = extract_with_levers_then_grow(image_folder, tmp_path, reach, "onnxruntime", seed=997)
-    record = json.loads((tmp_path / "cache" / "features" / first.feature_key / levers.RECORD).read_text())
-    assert record["levers"] == ["onnxruntime"]
+    first, grown = extract_with_levers_then_grow(image_folder, tmp_path, reach, "onnxruntime", seed=997)
+    folder = tmp_path / "cache" / "features" / first.feature_key
+    assert json.loads((folder / levers.RECORD).read_text())["levers"] == ["onnxruntime"]
+    # the first run kept its graph; the grown run started it without building or exporting the model
+    assert len(list(folder.glob("onnxruntime-*.onnx"))) == 1
+    assert first.timings["export_s"] > 0 and first.timings["build_s"] > 0
+    assert grown.timings["export_s"] == 0.0 and grown.timings["build_s"] == 0.0 and grown.timings["levers_s"] > 0
+    assert "from the graph kept by an earlier run" in grown.summary()
+    assert "kept by" not in first.summary()
+
+
+def test_a_damaged_kept_graph_is_passed_over_exported_again_and_repaired(image_folder, tmp_path, monkeypatch):
+    from featcache.store.maintenance import gc, verify
+
+    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort={"resnet18": 0}))
+    cache = tmp_path / "cache"
+    first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
+    (graph,) = (cache / "features" / first.feature_key).glob("onnxruntime-*.onnx")
+    good = graph.read_bytes()
+    graph.write_bytes(good[:-64] + bytes(64))  # damaged in place: its name no longer matches its bytes
+    rep = verify(cache)
+    assert [p.path for p in rep.problems] == [str(graph)] and "gc --repair" in rep.problems[0].fix
+
+    make_image(image_folder / "dog" / "new.png", seed=996)
+    with pytest.warns(RuntimeWarning, match=r"onnxruntime-.*\.onnx is damaged.*exporting the model again"):
+        grown = featcache.extract(str(image_folder), cache_dir=cache, **KW)
+    assert grown.extracted == 1 and grown.timings["export_s"] > 0
+    assert graph.read_bytes() == good  # exported again: the same graph, byte for byte, in its place
+    assert verify(cache).ok
+    fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)
+    np.testing.assert_array_equal(featcache.load_features(grown.view).features,
+                                  featcache.load_features(fresh.view).features)
+
+    graph.write_bytes(b"not a graph")
+    report = gc(cache, repair=True)
+    assert report.removed_damaged == [str(graph)] and not graph.exists() and verify(cache).ok
+
+
+def test_a_kept_graph_onnx_runtime_cannot_run_is_one_error_naming_the_file(image_folder, tmp_path, monkeypatch):
+    from featcache.store import artifacts
+
+    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort={"resnet18": 0}))
+    cache = tmp_path / "cache"
+    first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
+    folder = cache / "features" / first.feature_key
+    (graph,) = folder.glob("onnxruntime-*.onnx")
+    graph.unlink()
+    artifacts.save(folder, artifacts.ONNX_GRAPH, b"intact bytes, but no ONNX graph")  # as a newer format would be
+    make_image(image_folder / "dog" / "new.png", seed=995)
+    with pytest.raises(FeatcacheError, match=r"could not run the exported graph.*delete the \*\.onnx file in .*"
+                                             + first.feature_key):
+        featcache.extract(str(image_folder), cache_dir=cache, **KW)
+
+
+def test_a_graph_that_cannot_be_kept_only_costs_a_warning(image_folder, tmp_path, monkeypatch):
+    from featcache.store import artifacts
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort={"resnet18": 0}))
+    monkeypatch.setattr(artifacts, "save", full_disk)
+    with pytest.warns(RuntimeWarning, match="could not keep the exported graph.*No space left"):
+        r = featcache.extract(str(image_folder), cache_dir=tmp_path / "cache", **KW)
+    assert r.levers == "onnxruntime" and r.rows == 12
+    assert not list((tmp_path / "cache" / "features" / r.feature_key).glob("*.onnx"))
 
 
 def test_compute_plain_into_a_set_computed_with_levers_is_refused(image_folder, cache_dir, both_levers_pay):

@@ -365,14 +365,15 @@ class _Job:
         """Build the model, prepare its levers, forward ``batches`` into a writer (see compute_rows)."""
         ident, run = resolved.identity, self.run
         crop = int(ident.preprocess["crop"])
-        t0 = time.perf_counter()
-        extractor = FeatureExtractor(resolved.entry.build(resolved.weights), layer=ident.layer,
-                                     pool=ident.pool).to(self.device)
-        if self.device.type == "cuda":
-            extractor = extractor.to(memory_format=torch.channels_last)
-        timings["build_s"] = time.perf_counter() - t0
-        extractor, timings["levers_s"] = levers.prepare_timed(
-            extractor, chosen, torch.zeros(min(run.batch_size, levers.TRACE_ROWS), 3, crop, crop))
+
+        def build() -> torch.nn.Module:
+            extractor = FeatureExtractor(resolved.entry.build(resolved.weights), layer=ident.layer,
+                                         pool=ident.pool).to(self.device)
+            return extractor.to(memory_format=torch.channels_last) if self.device.type == "cuda" else extractor
+
+        extractor, setup = levers.prepare_for_set(
+            build, chosen, torch.zeros(min(run.batch_size, levers.TRACE_ROWS), 3, crop, crop), fs.dir)
+        timings.update(setup)
         writer = _Writer(fs, run.flush_rows, run.flush_every)
         writer.start()
         t0 = time.perf_counter()

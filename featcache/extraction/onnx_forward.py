@@ -4,8 +4,10 @@ ONNX Runtime's CPU kernels (MLAS) run the convolutions of many backbones much fa
 torch's eager or frozen oneDNN graphs on the same cores: on a 2-core AVX2 AMD EPYC at 224 px,
 batch 32, resnet18 ran 37-41 img/s against 25-28 frozen and 18 eager, efficientnet_b0 65
 against 16-17 (benchmarks/README.md, "ONNX Runtime"). The export traces the extractor once
-(``torch.onnx.export``'s TorchScript exporter, with a free batch dimension) and the session
-keeps the graph in memory: nothing is written to disk.
+(``torch.onnx.export``'s TorchScript exporter, with a free batch dimension). A feature set
+keeps its graph in its folder (:func:`keep`, :mod:`featcache.store.artifacts`): every later run
+into the set starts its session from that file without building or exporting the model, so
+all of the set's rows come from one graph, bit for bit.
 
 A row's features do not depend on the rows batched with it, on the batch size or on the
 session's thread count (tests/test_levers.py), and stay within ~1e-6 relative of the eager
@@ -17,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import os
 import warnings
 
 import numpy as np
 import torch
 
 from featcache.errors import FeatcacheError
+from featcache.store import artifacts
 
 #: The ONNX opset of the export: one that both the exporter of torch 2.14 and ONNX Runtime 1.2x cover.
 OPSET = 17
@@ -61,29 +65,63 @@ def attention_as_operators():
         torch.backends.mha.set_fastpath_enabled(enabled)
 
 
-def export(extractor: torch.nn.Module, example: torch.Tensor) -> OnnxForward:
-    """``extractor`` (in eval mode, on the CPU) exported with ``example``'s shape but any batch
-    size, as an ONNX Runtime session with torch's thread count; warmed up on ``example``."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise FeatcacheError("the feature set's levers name onnxruntime, which is not installed here; install "
-                             "featcache's dependencies (pip install onnx onnxruntime), or extract into a fresh "
-                             "--cache") from None
+def export_graph(extractor: torch.nn.Module, example: torch.Tensor) -> bytes:
+    """``extractor`` (in eval mode, on the CPU) exported as an ONNX graph with ``example``'s shape
+    but any batch size."""
     buf = io.BytesIO()
     try:
         with torch.no_grad(), warnings.catch_warnings(), attention_as_operators():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             torch.onnx.export(extractor, (example,), buf, dynamo=False, opset_version=OPSET, input_names=[INPUT],
                               output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    except Exception as e:  # noqa: BLE001 - any export failure gets the same advice
+        raise FeatcacheError(f"exporting {type(extractor).__name__} to ONNX Runtime failed ({type(e).__name__}: "
+                             f"{str(e)[:300]}); pass --compute plain, and report the backbone") from None
+    return buf.getvalue()
+
+
+def start(graph: bytes, example: torch.Tensor, *, advice: str = "pass --compute plain, and report the backbone"
+          ) -> OnnxForward:
+    """An ONNX Runtime session over ``graph`` with torch's thread count, warmed up on ``example``."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise FeatcacheError("the feature set's levers name onnxruntime, which is not installed here; install "
+                             "featcache's dependencies (pip install onnx onnxruntime), or extract into a fresh "
+                             "--cache") from None
+    try:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
-        forward = OnnxForward(onnxruntime.InferenceSession(buf.getvalue(), options,
-                                                           providers=["CPUExecutionProvider"]))
+        forward = OnnxForward(onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"]))
         forward(example)  # warm-up: the session plans its memory on the first run
-    except Exception as e:  # noqa: BLE001 - any export or session failure gets the same advice
-        raise FeatcacheError(f"exporting {type(extractor).__name__} to ONNX Runtime failed ({type(e).__name__}: "
-                             f"{str(e)[:300]}); pass --compute plain, and report the backbone") from None
+    except Exception as e:  # noqa: BLE001 - any session failure gets the same advice
+        raise FeatcacheError(f"ONNX Runtime could not run the exported graph ({type(e).__name__}: "
+                             f"{str(e)[:300]}); {advice}") from None
     return forward
+
+
+def export(extractor: torch.nn.Module, example: torch.Tensor) -> OnnxForward:
+    """``extractor`` exported (:func:`export_graph`) and started (:func:`start`)."""
+    return start(export_graph(extractor, example), example)
+
+
+def kept(folder: str | os.PathLike) -> bytes | None:
+    """The graph an earlier run kept in a feature set's ``folder`` (:func:`keep`), or None. A
+    damaged one is passed over with a warning: the run exports the model again and replaces it."""
+    graph, damaged = artifacts.load(folder, artifacts.ONNX_GRAPH)
+    for path in damaged:
+        warnings.warn(f"the exported graph {path} is damaged (its bytes do not match the digest in its name); "
+                      "exporting the model again", RuntimeWarning, stacklevel=2)
+    return graph
+
+
+def keep(folder: str | os.PathLike, graph: bytes) -> None:
+    """Keep ``graph`` in a feature set's ``folder`` for the later runs into the set
+    (:mod:`featcache.store.artifacts`). Failing to write it only costs the next run an export."""
+    try:
+        artifacts.save(folder, artifacts.ONNX_GRAPH, graph)
+    except OSError as e:
+        warnings.warn(f"could not keep the exported graph in {folder} ({e}); the next run into this feature set "
+                      "exports the model again", RuntimeWarning, stacklevel=2)

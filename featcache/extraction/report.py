@@ -62,8 +62,9 @@ class ExtractResult:
         return s + self._augmented_summary()
 
     def _levers(self) -> str:
-        setup = self.timings.get("levers_s")
-        return (f"levers {self.levers}" + (f" set up in {setup:.1f} s" if setup else "")
+        setup, export = self.timings.get("levers_s"), self.timings.get("export_s")
+        kept = " from the graph kept by an earlier run" if export == 0.0 else ""  # None: no export lever
+        return (f"levers {self.levers}" + (f" set up in {setup:.1f} s{kept}" if setup else "")
                 + (", freed memory reused" if self.heap_reuse else ""))
 
     def _device_decode(self) -> str:

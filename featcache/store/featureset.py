@@ -5,6 +5,8 @@ Layout under the store root (default ``cache/``)::
     digests.sqlite                      stat cache of file content digests
     results.jsonl                       results log of stage two
     features/<key>/identity.json        the FeatureIdentity (see keys.py)
+    features/<key>/compute.json         the inference levers of its rows (extraction/levers.py)
+    features/<key>/onnxruntime-<digest>.onnx   the exported graph of that lever (artifacts.py)
     features/<key>/rows/<name>.h5       row shards: ``digests`` (N,) and ``features`` (N, D)
     features/<key>/rows/.tmp-*.h5       a shard being written (never read)
     features/<key>/views/<data>-<fingerprint>.h5   one contiguous file per dataset

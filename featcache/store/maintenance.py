@@ -3,11 +3,13 @@
 verify checks every file: identity.json readable and of this format, each row
 shard opens with the expected datasets and the identity's dim and dtype, no
 NaN/inf, row digests unique, each view complete and equal to the rows it was
-built from, and the resolution index (``resolutions.sqlite``, see
-featcache.store.resolutions) readable and consistent with weights files and identities. gc removes temporary files left by dead writers, merges shards
+built from, the files a set keeps beside its rows (an exported graph,
+featcache.store.artifacts) matching their digests, and the resolution index
+(``resolutions.sqlite``, see featcache.store.resolutions) readable and consistent with
+weights files and identities. gc removes temporary files left by dead writers, merges shards
 (dropping duplicate rows), optionally drops rows no view references
-(``prune_rows``), and with ``repair`` moves damaged files away so that the next
-extraction recomputes what they held.
+(``prune_rows``), and with ``repair`` moves damaged files away (damaged kept files, which are
+derived, are removed) so that the next extraction recomputes what they held.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from featcache.atomic import hostname
 from featcache.errors import StoreError
+from featcache.store import artifacts
 from featcache.store.views import check_view
 from featcache.store.featureset import FeatureSet, FeatureStore
 from featcache.store.resolutions import check_index
@@ -98,7 +101,17 @@ def verify(cache_dir=None, *, check_values: bool = True) -> VerifyReport:
         rep.rows += _verify_rows(fs, rep, check_values)
         for v in fs.views():
             _verify_view(fs, v, rep, check_values)
+        if check_values:
+            _verify_kept_files(fs, rep)
     return rep
+
+
+def _verify_kept_files(fs: FeatureSet, rep: VerifyReport) -> None:
+    """The files a set keeps beside its rows (:mod:`featcache.store.artifacts`) match their digests."""
+    for kind in artifacts.KINDS:
+        for p in artifacts.damaged(fs.dir, kind):
+            rep.problems.append(Problem(str(p), "damaged kept file: its bytes do not match the digest in its name",
+                                        "`featcache cache gc --repair` removes it; the next extract makes it again"))
 
 
 def _verify_rows(fs: FeatureSet, rep: VerifyReport, check_values: bool) -> int:
@@ -159,6 +172,7 @@ class GcReport:
     merged_shards: int = 0
     pruned_rows: int = 0
     quarantined: list[str] = field(default_factory=list)
+    removed_damaged: list[str] = field(default_factory=list)  # damaged kept files (an exported graph)
     freed_bytes: int = 0
     busy: list[str] = field(default_factory=list)  # keys left alone: an extraction holds them
 
@@ -198,6 +212,9 @@ def gc(cache_dir=None, *, prune_rows: bool = False, repair: bool = False) -> GcR
                 dest = p.with_name(f".damaged-{int(time.time())}-{p.name}")
                 os.replace(p, dest)
                 rep.quarantined.append(str(dest))
+            elif p.is_file() and prob.problem.startswith("damaged kept file"):  # derived: made again when needed
+                p.unlink()
+                rep.removed_damaged.append(str(p))
     for fs in store.sets():
         with fs.lock(blocking=False) as got:
             if not got:  # an extraction is adding rows that no view references yet

@@ -1,0 +1,85 @@
+"""Files a feature set keeps beside its rows, derived from its model and named by their digest.
+
+The ``onnxruntime`` lever exports the feature extractor to an ONNX graph; the graph is kept in
+the set's folder (``features/<key>/onnxruntime-<digest>.onnx``) so that every later run into
+the set (a resumed, grown or torchrun job) loads it instead of building and exporting the model
+again, and computes its rows with the very graph the earlier rows came from. The folder is
+keyed by the model's identity, so the file needs no key of its own.
+
+The name carries the SHA-256 digest of the bytes (128 bits, hex): a reader checks it, so a
+damaged file is never used; ``cache verify`` reports one and ``cache gc --repair`` removes
+it, and the next run makes it again. SHA-256 rather than the store's BLAKE2b because the
+CPU's SHA instructions hash it 2.4x faster (100 MB: 0.077 s against 0.185 s on the 2-core
+AMD EPYC), and a graph is hashed on every run that loads it. Files are published
+atomically (:mod:`featcache.atomic`) but not fsynced: a crash can only leave a file whose
+digest fails, which is made again.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+from featcache.atomic import atomic_path
+
+
+class Kind(NamedTuple):
+    """A kind of file: ``<prefix>-<digest><suffix>``."""
+
+    prefix: str
+    suffix: str
+
+
+#: The feature extractor exported by the ``onnxruntime`` lever (featcache.extraction.onnx_forward).
+ONNX_GRAPH = Kind("onnxruntime", ".onnx")
+#: Every kind a feature set may keep (what ``cache verify`` checks).
+KINDS = (ONNX_GRAPH,)
+
+
+def _named(folder: Path, kind: Kind) -> list[Path]:
+    """The published files of ``kind`` in ``folder`` (temporary files start with a dot)."""
+    return sorted(p for p in Path(folder).glob(f"{kind.prefix}-*{kind.suffix}") if not p.name.startswith("."))
+
+
+def _digest(data: bytes) -> str:
+    """SHA-256 of ``data``, the first 128 bits in hex."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _digest_in_name(path: Path) -> str:
+    return path.name[:-len(path.suffix)].rsplit("-", 1)[-1]
+
+
+def save(folder: str | os.PathLike, kind: Kind, data: bytes) -> Path:
+    """Publish ``data`` as ``<folder>/<prefix>-<digest><suffix>``; returns its path. A file of that
+    name is replaced (the same bytes, or a damaged copy of them)."""
+    path = Path(folder) / f"{kind.prefix}-{_digest(data)}{kind.suffix}"
+    with atomic_path(path, fsync=False) as tmp:  # not fsynced: a reader checks the digest anyway
+        tmp.write_bytes(data)
+    return path
+
+
+def _intact(path: Path) -> bytes | None:
+    """The file's bytes when they match the digest in its name, else None (also when unreadable)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if _digest(data) == _digest_in_name(path) else None
+
+
+def load(folder: str | os.PathLike, kind: Kind) -> tuple[bytes | None, list[Path]]:
+    """(the bytes of the first intact file of ``kind``, or None; the damaged files passed over)."""
+    passed = []
+    for path in _named(Path(folder), kind):
+        data = _intact(path)
+        if data is not None:
+            return data, passed
+        passed.append(path)
+    return None, passed
+
+
+def damaged(folder: str | os.PathLike, kind: Kind) -> list[Path]:
+    """The files of ``kind`` whose bytes do not match the digest in their name (or cannot be read)."""
+    return [p for p in _named(Path(folder), kind) if _intact(p) is None]
