@@ -175,6 +175,21 @@ def test_first_run_records_its_levers_and_later_runs_reuse_them(feature_set):
     assert levers.recorded(feature_set) == PLAIN
 
 
+def test_a_gpu_run_into_a_set_recorded_with_cpu_levers_computes_its_own_way(feature_set):
+    cuda = torch.device("cuda")  # only the device's type is read: no GPU needed
+    assert levers.settle(feature_set, PLAIN, "auto", cuda) == PLAIN
+    assert levers.recorded(feature_set) == PLAIN  # a new set started on a GPU is recorded plain
+    (Path(feature_set.dir) / levers.RECORD).unlink()
+    assert levers.settle(feature_set, Levers(onnxruntime=True), "auto") == Levers(onnxruntime=True)
+    w = feature_set.writer(4)
+    w.append(["a" * 32], np.zeros((1, 4), np.float32))
+    w.flush()
+    # the CPU's record does not reach the GPU, nor does it refuse the GPU's --compute plain
+    assert levers.settle(feature_set, PLAIN, "auto", cuda) == PLAIN
+    assert levers.settle(feature_set, PLAIN, "plain", cuda) == PLAIN
+    assert levers.settle(feature_set, PLAIN, "auto") == Levers(onnxruntime=True)  # the CPU's runs keep it
+
+
 def test_a_set_with_rows_but_no_record_stays_plain(feature_set):
     w = feature_set.writer(4)
     w.append(["a" * 32], np.zeros((1, 4), np.float32))

@@ -337,7 +337,7 @@ class _Job:
         levers.warn_if_emulated(self.device, ident.precision)
         wanted = levers.choose(ident.backbone, self.device, compute=self.run.compute, precision=ident.precision,
                                images=images, pixels=pixels)
-        return levers.settle(fs, wanted, self.run.compute)
+        return levers.settle(fs, wanted, self.run.compute, self.device)
 
     def compute_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int], resolved: ResolvedIdentity,
                      timings: dict, chosen: levers.Levers = levers.PLAIN) -> tuple[int, bool, list[dict]]:

@@ -164,8 +164,15 @@ def recorded(fs: FeatureSet) -> Levers | None:
     return PLAIN if fs.shards() else None
 
 
-def settle(fs: FeatureSet, wanted: Levers, compute: str) -> Levers:
-    """The levers this run uses: the set's record, or ``wanted`` (then recorded) for a new set."""
+def settle(fs: FeatureSet, wanted: Levers, compute: str, device: torch.device = torch.device("cpu")) -> Levers:
+    """The levers this run uses: the set's record, or ``wanted`` (then recorded) for a new set.
+
+    The levers are the CPU's: a run on another device (a GPU) computes its rows its own way,
+    which differs from the CPU's by more than rounding anyway, whatever the set's record says.
+    A new set it starts is recorded plain."""
+    if device.type != "cpu":
+        settle(fs, PLAIN, "auto")
+        return PLAIN
     have = recorded(fs)
     if compute == "plain" and have not in (None, PLAIN) and not fs.shards():
         have = None  # recorded by a run that failed before its first row (e.g. an export): nothing to match
