@@ -108,7 +108,7 @@ AVX2 = LeverTable(
     wins_onnxruntime={
         "alexnet": 1360, "convnext_base": 160, "convnext_small": 880, "convnext_tiny": 144,
         "densenet121": 112, "densenet161": 96, "densenet169": 144, "densenet201": 224,
-        "efficientnet_b0": 192, "efficientnet_b1": 128, "efficientnet_b2": 112,
+        "efficientnet_b0": 80, "efficientnet_b1": 128, "efficientnet_b2": 112,
         "efficientnet_b3": 96, "efficientnet_b4": 64, "efficientnet_b5": 64,
         "efficientnet_lite0": 64, "efficientnet_v2_s": 176, "googlenet": 208, "inception_v3": 192,
         "maxvit_t": 1392, "mnasnet0_5": 1152, "mnasnet0_75": 28112, "mnasnet1_0": 416,
@@ -117,7 +117,7 @@ AVX2 = LeverTable(
         "regnet_x_3_2gf": 112, "regnet_x_400mf": 1648, "regnet_x_800mf": 128, "regnet_x_8gf": 64,
         "regnet_y_16gf": 64, "regnet_y_1_6gf": 64, "regnet_y_32gf": 96, "regnet_y_3_2gf": 80,
         "regnet_y_400mf": 64, "regnet_y_800mf": 128, "regnet_y_8gf": 64, "resnet101": 128,
-        "resnet152": 112, "resnet18": 192, "resnet34": 1120, "resnet50": 64, "resnext101_32x8d": 112,
+        "resnet152": 112, "resnet18": 64, "resnet34": 1120, "resnet50": 64, "resnext101_32x8d": 112,
         "resnext101_64x4d": 96, "resnext50_32x4d": 96, "shufflenet_v2_x0_5": 4720,
         "shufflenet_v2_x1_0": 3760, "shufflenet_v2_x1_5": 1424, "shufflenet_v2_x2_0": 7792,
         "squeezenet1_0": 128, "squeezenet1_1": 176, "swin_b": 256, "swin_s": 1232, "swin_t": 304,
