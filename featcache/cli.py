@@ -21,6 +21,7 @@ from click.core import ParameterSource
 from featcache._version import __version__
 from featcache.atomic import atomic_write_text
 from featcache.errors import FeatcacheError, Interrupted
+from featcache.quickexit import exit_process
 from featcache.specs import BackboneSpec, DataSpec, RunSpec, choices
 
 # what to do about an OSError, by errno (the message names the path and the OS's reason)
@@ -586,7 +587,10 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 
 def main():
     warnings.formatwarning = _warning_line
-    cli(prog_name="featcache")
+    try:
+        cli(prog_name="featcache")  # click's standalone mode ends with SystemExit
+    except SystemExit as e:
+        exit_process(e.code)  # without the interpreter's seconds of teardown once torch is loaded
 
 
 if __name__ == "__main__":

@@ -145,10 +145,13 @@ def test_the_command_prints_a_warning_as_one_line(monkeypatch):
     import sys
     import warnings
 
+    from featcache import cli as cli_module
     from featcache.cli import main
 
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
     monkeypatch.setattr(sys, "argv", ["featcache", "--help"])
-    with pytest.raises(SystemExit):
+    monkeypatch.setattr(cli_module, "exit_process", sys.exit)  # not os._exit: this is pytest's process
+    with pytest.raises(SystemExit) as ended:
         main()
+    assert ended.value.code == 0
     assert warnings.formatwarning("slow here", RuntimeWarning, "engine.py", 3) == "warning (RuntimeWarning): slow here\n"
