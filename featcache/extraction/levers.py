@@ -67,7 +67,8 @@ FREEZE_MIN_WORK = 64 * PX_224
 # torch variant, and what it saves an image ranges from 0 % to 3x, so the break-even ranges
 # from 64 images (resnet50, efficientnet_lite0) to thousands (the shufflenets, mnasnet0_75,
 # vgg13). Below it the torch levers run. The table's set-up times include loading ml_dtypes 0.7.0
-# (1.2-1.3 s), which featcache's requirements now exclude: the break-evens are conservative.
+# (1.2-1.3 s), which featcache's requirements now exclude: the break-evens are conservative, but
+# for resnet18's and efficientnet_b0's rows, measured again without it (64 and 80 images).
 # Rows of the example batch the graph is traced and warmed up with: the frozen graph is not
 # specialised to the batch size (every measured backbone gives the same bits for a 32-row
 # batch whether traced with 2 or 16 rows; tests/test_levers.py), and each of those two
