@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from featcache.atomic import atomic_path
+from featcache.store.digests import hash_file
 
 
 class Kind(NamedTuple):
@@ -42,9 +43,12 @@ def _named(folder: Path, kind: Kind) -> list[Path]:
     return sorted(p for p in Path(folder).glob(f"{kind.prefix}-*{kind.suffix}") if not p.name.startswith("."))
 
 
+DIGEST_HEX = 32  # the first 128 bits of the SHA-256
+
+
 def _digest(data: bytes) -> str:
     """SHA-256 of ``data``, the first 128 bits in hex."""
-    return hashlib.sha256(data).hexdigest()[:32]
+    return hashlib.sha256(data).hexdigest()[:DIGEST_HEX]
 
 
 def _digest_in_name(path: Path) -> str:
@@ -80,6 +84,15 @@ def load(folder: str | os.PathLike, kind: Kind) -> tuple[bytes | None, list[Path
     return None, passed
 
 
+def _damaged(path: Path) -> bool:
+    """Whether the file's bytes do not match the digest in its name (or cannot be read), hashed
+    in chunks (:func:`featcache.store.digests.hash_file`) without holding the file in memory."""
+    try:
+        return hash_file(path, "sha256")[:DIGEST_HEX] != _digest_in_name(path)
+    except OSError:
+        return True
+
+
 def damaged(folder: str | os.PathLike, kind: Kind) -> list[Path]:
     """The files of ``kind`` whose bytes do not match the digest in their name (or cannot be read)."""
-    return [p for p in _named(Path(folder), kind) if _intact(p) is None]
+    return [p for p in _named(Path(folder), kind) if _damaged(p)]
