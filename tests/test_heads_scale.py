@@ -148,6 +148,27 @@ def test_numpy_multiplies_for_torch_on_x86_cpus_not_made_by_intel(monkeypatch, m
     assert torch_train.numpy_gemm(type("Device", (), {"type": "cuda"})()) is False
 
 
+def test_numpy_passes_slice_blocks_to_cache_sized_views(data, monkeypatch):
+    """numpy's products take NUMPY_PASS_ROWS rows at a time, views of each block covering all
+    its rows in order; the objective is that of one product over the whole matrix."""
+    X_train, _, y_train, _ = data
+    monkeypatch.setattr(solvers, "NUMPY_PASS_ROWS", 128)
+    blocks = FeatureBlocks(X_train, X_train.shape[1], rows=500)
+    slices = list(solvers.NumpyProducts().operands(blocks))
+    assert [(a, b) for a, b, _ in slices] == [(0, 128), (128, 256), (256, 384), (384, 500), (500, 628),
+                                              (628, 756), (756, 884), (884, 900)]
+    for start, stop, block in slices:
+        assert block.base is X_train and block.shape == (stop - start, X_train.shape[1])
+        np.testing.assert_array_equal(block, X_train[start:stop])
+    mean, scale = column_stats(blocks)
+    theta = np.random.default_rng(0).normal(size=X_train.shape[1] * 5 + 5) * 0.1
+    sliced = solvers.LinearObjective(blocks, y_train, 5, loss="logistic", C=0.5, mean=mean, scale=scale)(theta)
+    monkeypatch.setattr(solvers, "NUMPY_PASS_ROWS", len(X_train))
+    whole = solvers.LinearObjective(blocks, y_train, 5, loss="logistic", C=0.5, mean=mean, scale=scale)(theta)
+    assert sliced[0] == pytest.approx(whole[0], rel=1e-6)
+    np.testing.assert_allclose(sliced[1], whole[1], rtol=1e-4, atol=1e-6 * np.abs(whole[1]).max())
+
+
 @pytest.mark.parametrize("k", [1, 5])
 def test_torch_scores_use_onednn_and_fall_back_to_mkl(data, k):
     torch = pytest.importorskip("torch")
