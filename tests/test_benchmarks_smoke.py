@@ -187,3 +187,15 @@ def test_knn_gemm(tmp_path):
     s = res["summary"]
     assert s["same_labels"] is True and s["predict_s_torch"] > 0 and s["predict_s_numpy"] > 0
     assert s["rule_picks"] in ("torch", "numpy") and {r["mode"] for r in res["runs"]} == {"torch", "numpy"}
+
+
+def test_head_floors(tmp_path):
+    res = run_script("head_floors", tmp_path)
+    rates, rows = res["rates"], {r["goal"]: r for r in res["rows"]}
+    assert rates["peak_gflops"] > 0 and rates["pass_s"] > 0 and rates["read_s"] > 0
+    assert {"logreg fit", "svm fit", "mlp fit", "mlp sweep", "linear fit", "knn predict"} <= set(rows)
+    # the mlp's default sweep trains 9 networks of 256, 512 and 1,024 units: 10.5x the fit's widths
+    assert rows["mlp sweep"]["gmac"] == pytest.approx(10.5 * rows["mlp fit"]["gmac"], rel=0.01)
+    for r in rows.values():
+        assert r["floor_peak_s"] == pytest.approx(2 * r["gmac"] / rates["peak_gflops"])
+        assert r["reachable"] is (r["floor_peak_s"] <= r["allowed_s"])
