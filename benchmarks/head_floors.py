@@ -107,6 +107,11 @@ def mlp_macs(n_rows: int, d: int, k: int, widths: list[int], epochs: int, valida
     return float(epochs) * sum(n_fit * (2 * d * h + 3 * h * k) + n_val * (d * h + h * k) for h in widths)
 
 
+def shape_of(head: dict) -> tuple[int, int]:
+    """(training rows, features) of a scale.py head entry ("efficientnet_lite0 1280-d")."""
+    return int(head["n_train"]), int(head["features"].split()[-1].removesuffix("-d"))
+
+
 def goals_of(scale: dict, k: int) -> list[dict]:
     """One row per goal: its work in multiply-adds and what scale.py measured."""
     from featcache.train.heads.torch_heads import LinearHead, MLPHead
@@ -122,11 +127,11 @@ def goals_of(scale: dict, k: int) -> list[dict]:
     for name in ("logreg", "svm"):
         h = heads.get(name)
         if h and h.get("n_iter"):
-            n, d = h["n_train"], int(h["features"].split()[-1].rstrip("-d"))
+            n, d = shape_of(h)
             add(name, "fit", h["n_iter"] * 2.0 * n * d * k, f"{h['n_iter']} passes of 2 n d k")
     h = heads.get("mlp")
     if h and h.get("n_epochs"):
-        n, d = h["n_train"], int(h["features"].split()[-1].rstrip("-d"))
+        n, d = shape_of(h)
         mlp = MLPHead()
         add("mlp", "fit", mlp_macs(n, d, k, [mlp.hidden_sizes[0]], h["n_epochs"], mlp.validation_fraction),
             f"{h['n_epochs']} epochs, 1 x {mlp.hidden_sizes[0]} units")
@@ -136,13 +141,13 @@ def goals_of(scale: dict, k: int) -> list[dict]:
             f"{len(widths)} networks of {sum(widths):,} units in all, {h['n_epochs']} epochs each")
     h = heads.get("linear")
     if h and h.get("n_epochs"):
-        n, d = h["n_train"], int(h["features"].split()[-1].rstrip("-d"))
+        n, d = shape_of(h)
         frac = LinearHead().validation_fraction
         n_val = round(n * frac)
         add("linear", "fit", h["n_epochs"] * ((n - n_val) * 2.0 * d * k + n_val * d * k), f"{h['n_epochs']} epochs")
     h = heads.get("knn")
     if h:
-        n, d = h["n_train"], int(h["features"].split()[-1].rstrip("-d"))
+        n, d = shape_of(h)
         add("knn", "predict", float(h["n_test"]) * n * d, "n_test x n_train x d")
     return rows
 
@@ -152,8 +157,7 @@ def main(argv=None) -> dict:
     scale = json.loads(Path(a.scale).read_text())
     info = _bench.machine_info()
     extraction = float(scale["cold_extraction_s"])
-    first = scale["heads"][0]
-    n, d = first["n_train"], int(first["features"].split()[-1].rstrip("-d"))
+    n, d = shape_of(scale["heads"][0])
     if a.quick:
         n, d = 4096, 128
     print(f"head_floors: {_bench.relpath(a.scale)} (cold extraction {extraction:.1f} s); "
