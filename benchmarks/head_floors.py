@@ -119,16 +119,16 @@ def goals_of(scale: dict, k: int) -> list[dict]:
     heads = {h["head"]: h for h in scale["heads"]}
     rows = []
 
-    def add(head, what, macs, note):
+    def add(head, what, macs, note, **extra):
         measured = heads[head].get(f"{what}_s")
         rows.append({"goal": f"{head} {what}", "head": head, "kind": what, "gmac": macs / 1e9,
-                     "measured_s": measured, "note": note})
+                     "measured_s": measured, "note": note, **extra})
 
     for name in ("logreg", "svm"):
         h = heads.get(name)
         if h and h.get("n_iter"):
             n, d = shape_of(h)
-            add(name, "fit", h["n_iter"] * 2.0 * n * d * k, f"{h['n_iter']} passes of 2 n d k")
+            add(name, "fit", h["n_iter"] * 2.0 * n * d * k, f"{h['n_iter']} passes of 2 n d k", passes=h["n_iter"])
     h = heads.get("mlp")
     if h and h.get("n_epochs"):
         n, d = shape_of(h)
@@ -168,10 +168,9 @@ def main(argv=None) -> dict:
     for r in rows:
         r["allowed_s"] = GOALS[r["kind"]] * extraction
         r["floor_peak_s"] = 2.0 * r["gmac"] / rates["peak_gflops"]
-        if r["head"] in ("logreg", "svm"):  # the passes at this machine's rate for their shape
-            passes = float(r["note"].split()[0])
-            r["floor_shape_s"] = passes * rates["pass_s"]
-            r["floor_read_s"] = passes * rates["read_s"]
+        if "passes" in r:  # logreg, svm: their passes at this machine's rate for their shape
+            r["floor_shape_s"] = r["passes"] * rates["pass_s"]
+            r["floor_read_s"] = r["passes"] * rates["read_s"]
         r["reachable"] = r["floor_peak_s"] <= r["allowed_s"]
     result = {"benchmark": "head_floors", "command": _bench.command_line(),
               "settings": {"scale": _bench.relpath(a.scale), "classes": a.classes, "square": a.square,

@@ -196,6 +196,8 @@ def test_head_floors(tmp_path):
     assert {"logreg fit", "svm fit", "mlp fit", "mlp sweep", "linear fit", "knn predict"} <= set(rows)
     # the mlp's default sweep trains 9 networks of 256, 512 and 1,024 units: 10.5x the fit's widths
     assert rows["mlp sweep"]["gmac"] == pytest.approx(10.5 * rows["mlp fit"]["gmac"], rel=0.01)
+    for name in ("logreg fit", "svm fit"):  # their passes at the measured pass's rate
+        assert rows[name]["floor_shape_s"] == pytest.approx(rows[name]["passes"] * rates["pass_s"])
     for r in rows.values():
         assert r["floor_peak_s"] == pytest.approx(2 * r["gmac"] / rates["peak_gflops"])
         assert r["reachable"] is (r["floor_peak_s"] <= r["allowed_s"])
