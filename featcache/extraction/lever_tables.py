@@ -106,23 +106,23 @@ AVX2 = LeverTable(
     # the four torch variants on all but vit_b_16, vit_b_32 and convnext_large; value: the fewest
     # 224-px images that repay its set-up
     wins_onnxruntime={
-        "alexnet": 944, "convnext_base": 160, "convnext_small": 288, "convnext_tiny": 144,
+        "alexnet": 944, "convnext_base": 64, "convnext_small": 288, "convnext_tiny": 144,
         "densenet121": 96, "densenet161": 64, "densenet169": 112, "densenet201": 256,
         "efficientnet_b0": 80, "efficientnet_b1": 112, "efficientnet_b2": 96, "efficientnet_b3": 64,
         "efficientnet_b4": 64, "efficientnet_b5": 64, "efficientnet_lite0": 64,
-        "efficientnet_v2_s": 176, "googlenet": 64, "inception_v3": 144, "maxvit_t": 144,
+        "efficientnet_v2_s": 80, "googlenet": 64, "inception_v3": 144, "maxvit_t": 144,
         "mnasnet0_5": 64, "mnasnet0_75": 64, "mnasnet1_0": 64, "mnasnet1_3": 64, "mobilenet_v2": 64,
         "mobilenet_v3_large": 64, "mobilenet_v3_small": 64, "regnet_x_16gf": 64,
         "regnet_x_1_6gf": 64, "regnet_x_32gf": 64, "regnet_x_3_2gf": 64, "regnet_x_400mf": 64,
         "regnet_x_800mf": 64, "regnet_x_8gf": 64, "regnet_y_16gf": 64, "regnet_y_1_6gf": 64,
-        "regnet_y_32gf": 96, "regnet_y_3_2gf": 64, "regnet_y_400mf": 64, "regnet_y_800mf": 64,
+        "regnet_y_32gf": 128, "regnet_y_3_2gf": 64, "regnet_y_400mf": 64, "regnet_y_800mf": 64,
         "regnet_y_8gf": 64, "resnet101": 64, "resnet152": 112, "resnet18": 64, "resnet34": 176,
         "resnet50": 64, "resnext101_32x8d": 176, "resnext101_64x4d": 64, "resnext50_32x4d": 64,
         "shufflenet_v2_x0_5": 1328, "shufflenet_v2_x1_0": 304, "shufflenet_v2_x1_5": 240,
-        "shufflenet_v2_x2_0": 816, "squeezenet1_0": 64, "squeezenet1_1": 64, "swin_b": 256,
+        "shufflenet_v2_x2_0": 816, "squeezenet1_0": 64, "squeezenet1_1": 64, "swin_b": 304,
         "swin_s": 384, "swin_t": 320, "swin_v2_b": 192, "swin_v2_s": 688, "swin_v2_t": 320,
         "vgg11": 304, "vgg11_bn": 176, "vgg13": 176, "vgg13_bn": 144, "vgg16": 256, "vgg16_bn": 256,
-        "vgg19": 304, "vgg19_bn": 160, "vit_l_32": 352, "wide_resnet101_2": 400,
+        "vgg19": 304, "vgg19_bn": 144, "vit_l_32": 352, "wide_resnet101_2": 80,
         "wide_resnet50_2": 144},
     onnxruntime_source="levers_avx2_onnxruntime.json",
 )

@@ -66,11 +66,9 @@ FREEZE_MIN_WORK = 64 * PX_224
 # backbones and 13-32 s for the larger Swins and vit_l_32, against 0-17 s for the best
 # torch variant, and what it saves an image ranges from 0 % to 3x, so the break-even ranges
 # from 64 images (resnet50, efficientnet_lite0, most mobile networks) to ~1,300 (alexnet 944,
-# shufflenet_v2_x0_5 1,328). Below it the torch levers run. The set-up times of 7 rows (the
-# largest: swin_b, swin_v2_b, convnext_base, vgg19_bn, wide_resnet101_2, regnet_y_32gf,
-# efficientnet_v2_s) still include loading ml_dtypes 0.7.0 (1.2-1.3 s), which featcache's
-# requirements now exclude, so their break-evens are conservative; the other rows above 64
-# images were measured again without it (sessions 16 and 17).
+# shufflenet_v2_x0_5 1,328). Below it the torch levers run. Every row was measured with
+# featcache's requirements (``ml_dtypes<0.7``: 0.7.0 took 1.2-1.3 s to load inside each export's
+# set-up; sessions 16-18).
 # Rows of the example batch the graph is traced and warmed up with: the frozen graph is not
 # specialised to the batch size (every measured backbone gives the same bits for a 32-row
 # batch whether traced with 2 or 16 rows; tests/test_levers.py), and each of those two
