@@ -12,6 +12,9 @@ features run once. Then, per repeat, in a rotated order:
 * a warm ``featcache extract`` (a cache hit);
 * ``featcache fit-head --features KEY --head H`` for every head;
 * ``featcache predict`` with the saved logreg head on the cached images;
+* ``featcache predict`` with that head on a folder of new images (a new folder each repeat):
+  the rows are computed into the set the store holds, with the levers its record names (the
+  kept ONNX Runtime graph for efficientnet_lite0), its identity from the resolution index;
 * ``featcache run`` of a pipeline whose rows are all cached (sklearn heads).
 
 Ratios are taken within a repeat (command / its floor) and reported as medians.
@@ -33,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
 
 DATA = "builtin:clipart"
+NEW_IMAGES = 16  # images of the "predict (new images)" folder of each repeat (generated, 96 px JPEG)
 SKLEARN_HEADS = ("logreg", "svm", "knn", "ncm")
 TORCH_HEADS = ("linear", "mlp")
 #: command name -> (floor it is compared with, goal ratio or None)
@@ -113,17 +117,24 @@ def set_up(a, cache: Path, env: dict) -> dict[str, list[str]]:
     cmds["predict (cached)"] = featcache("predict", "--head", str(head), "--data", DATA, "-o",
                                          str(cache / "predictions.csv"), *c)
     run(cmds["predict (cached)"], env)  # the unlabelled view of the same rows, written once
+    pool = _bench.image_pool(NEW_IMAGES * a.repeats, size=96, seed=11)
+    files = _bench.pool_files(pool)
+    for r in range(a.repeats):  # new images for each repeat, so every run computes their rows
+        _bench.link_subset(pool, cache / f"new-{r}", files[r * NEW_IMAGES:(r + 1) * NEW_IMAGES])
+    cmds["predict (new images)"] = featcache("predict", "--head", str(head), "--data", str(cache / "new-{repeat}"),
+                                             "-o", str(cache / "new-predictions.csv"), *c)
     cmds["run (all cached)"] = featcache("run", str(pipeline), "-q", *c)
     return cmds
 
 
 def measure(cmds: dict[str, list[str]], repeats: int, env: dict) -> list[dict]:
-    """One dict of wall seconds per repeat; the order rotates between repeats."""
+    """One dict of wall seconds per repeat; the order rotates between repeats. ``{repeat}`` in a
+    command's arguments is the repeat's number."""
     names = list(cmds)
     out = []
     for r in range(repeats):
         order = names[r % len(names):] + names[:r % len(names)]
-        walls = {n: run(cmds[n], env) for n in order}
+        walls = {n: run([arg.replace("{repeat}", str(r)) for arg in cmds[n]], env) for n in order}
         out.append(walls)
         print(f"repeat {r + 1}/{repeats}: " + ", ".join(f"{n} {walls[n]:.2f} s" for n in names), flush=True)
     return out

@@ -133,8 +133,9 @@ def test_cli_latency(tmp_path):
     res = run_script("cli_latency", tmp_path)
     rows = {r["command"]: r for r in res["rows"]}
     assert {"floor bare", "floor sklearn", "help", "results", "extract (warm)", "fit-head logreg", "fit-head linear",
-            "predict (cached)", "run (all cached)"} == set(rows)
+            "predict (cached)", "predict (new images)", "run (all cached)"} == set(rows)
     assert all(r["wall_s"] > 0 for r in rows.values()) and len(res["runs"]) == 1
+    assert "new-{repeat}" in res["commands"]["predict (new images)"]
     for name in ("help", "results", "extract (warm)", "fit-head logreg", "run (all cached)"):
         assert rows[name]["verdict"] in ("PASS", "MISS") and rows[name]["ratio"] > 0
 

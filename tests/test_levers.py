@@ -306,6 +306,52 @@ def test_extract_with_onnxruntime_records_it_and_a_grown_run_gives_an_uninterrup
     assert "kept by" not in first.summary()
 
 
+GROW_IN_A_CHILD = """
+import json, sys
+import featcache
+r = featcache.extract(sys.argv[1], cache_dir=sys.argv[2], **json.loads(sys.argv[3]))
+print(json.dumps([r.extracted, r.levers, r.timings["build_s"], sorted(m for m in sys.modules if m == "torchvision")]))
+"""
+
+
+def test_a_grown_run_from_a_kept_graph_loads_neither_the_registry_nor_torchvision(image_folder, tmp_path,
+                                                                                  monkeypatch):
+    """The resolution index gives the identity and the kept graph the forward: torchvision (seconds of
+    imports) is not loaded, and the rows equal an uninterrupted run's."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort={"resnet18": 0}))
+    cache = tmp_path / "cache"
+    first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
+    assert first.levers == "onnxruntime"
+    make_image(image_folder / "dog" / "new.png", seed=996)
+    proc = subprocess.run([sys.executable, "-c", GROW_IN_A_CHILD, str(image_folder), str(cache), json.dumps(KW)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    extracted, chosen, build_s, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (extracted, chosen, build_s, loaded) == (1, "onnxruntime", 0.0, [])
+    fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)
+    np.testing.assert_array_equal(featcache.load_features(featcache.extract(str(image_folder), cache_dir=cache,
+                                                                            **KW).view).features,
+                                  featcache.load_features(fresh.view).features)
+
+
+def test_a_remembered_identity_that_resolves_to_another_key_is_refused(tmp_path):
+    from featcache.extraction.identity import RememberedIdentity
+    from featcache.specs import BackboneSpec
+
+    other = resolve_identity("resnet18", weights="none", image_size=48).identity
+    remembered = RememberedIdentity(other, None, BackboneSpec(backbone="resnet18", weights="none", image_size=32),
+                                    "cpu", str(tmp_path / "resolutions.sqlite"))
+    with pytest.raises(FeatcacheError, match=r"resolutions\.sqlite said backbone 'resnet18' gives feature set "
+                                             rf"{other.key}, but it resolves to [\w-]+ now.*delete that file"):
+        remembered.entry
+    same = RememberedIdentity(resolve_identity("resnet18", weights="none", image_size=32).identity, None,
+                              BackboneSpec(backbone="resnet18", weights="none", image_size=32), "cpu")
+    assert same.entry.name == "resnet18" and same.weights.label == "none"
+
+
 def test_a_damaged_kept_graph_is_passed_over_exported_again_and_repaired(image_folder, tmp_path, monkeypatch):
     from featcache.store.maintenance import gc, verify
 

@@ -29,7 +29,7 @@ from featcache.extraction.augment import augmented_manifest, identity_extra
 from featcache.extraction.backbones.registry import Preprocess
 from featcache.extraction.decoders import decode_mode
 from featcache.extraction.device_decode import decode_jpegs
-from featcache.extraction.identity import ResolvedIdentity, resolve_identity, with_extra
+from featcache.extraction.identity import RememberedIdentity, ResolvedIdentity, resolve_identity, with_extra
 from featcache.extraction.images import Batch, ImageRows, batch_chunks, collate, join_rows, merge_chunks
 from featcache.extraction.layers import FeatureExtractor
 from featcache.extraction.manifest import Manifest
@@ -242,8 +242,7 @@ def extract(data: str | DataSpec | Manifest, backbone: BackboneSpec | str | None
     dist = distributed.from_env(dev)
     dev = distributed.rank_device(dev, dist)
     store = FeatureStore(run.cache_dir)
-    # one process remembers its resolutions (torchrun ranks resolve on their own devices)
-    resolved = resolve_remembered(spec, run.device, dev, store.root if dist.world == 1 else None)
+    resolved = resolve_for_run(spec, run.device, dev, store, dist)
     manifest = data if isinstance(data, Manifest) else manifest_of(data, store.root)
     t0 = time.perf_counter()
     manifest.compute_digests(store.digest_cache)
@@ -259,6 +258,22 @@ def extract(data: str | DataSpec | Manifest, backbone: BackboneSpec | str | None
                               time.perf_counter())
         result.with_augmented(aug, spec.augment)
     return result
+
+
+def resolve_for_run(spec: BackboneSpec, device: str, dev: torch.device, store: FeatureStore,
+                    dist: distributed.Dist) -> ResolvedIdentity | RememberedIdentity:
+    """The identity of ``spec`` for this run: the resolution index's answer when the store holds that
+    set (the registry, and torchvision with it, are loaded only if the model is built: a grown set
+    with a kept ONNX Runtime graph never loads them), else resolved in full and remembered. One
+    process remembers its resolutions; torchrun ranks resolve in full on their own devices, and an
+    augmented run resolves in full for its second set."""
+    if dist.world == 1 and not spec.augment:
+        index = ResolutionIndex(store.root)
+        res = index.lookup(spec_request(spec, device))
+        fs = store.open_key(res.key) if res is not None else None
+        if fs is not None:
+            return RememberedIdentity(fs.identity, res.weights_path, spec, dev, str(index.path))
+    return resolve_remembered(spec, device, dev, store.root if dist.world == 1 else None)
 
 
 def resolve_remembered(spec: BackboneSpec, device: str, dev: torch.device | None = None,
@@ -291,7 +306,7 @@ class _Job:
     def workers(self) -> int:
         return default_workers() if self.run.workers is None else self.run.workers
 
-    def extract_set(self, manifest: Manifest, resolved: ResolvedIdentity, t_start: float,
+    def extract_set(self, manifest: Manifest, resolved: ResolvedIdentity | RememberedIdentity, t_start: float,
                     digest_s: float = 0.0) -> ExtractResult:
         """Plan, compute the missing rows (this rank's share), publish the view, merge small shards."""
         timings = new_timings()
@@ -317,7 +332,7 @@ class _Job:
             t0 = time.perf_counter()
             keep, skipped = rows_to_keep(manifest, skipped)
             if dist.is_main:
-                write_dataset_view(fs, view, manifest, keep, skipped, weights_path=resolved.weights.path,
+                write_dataset_view(fs, view, manifest, keep, skipped, weights_path=resolved.weights_path,
                                    world=dist.world)
         dist.barrier()  # every rank has let go of the set: rank 0 may merge its small shards
         if dist.is_main:
@@ -339,7 +354,8 @@ class _Job:
                                images=images, pixels=pixels)
         return levers.settle(fs, wanted, self.run.compute, self.device)
 
-    def compute_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int], resolved: ResolvedIdentity,
+    def compute_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int],
+                     resolved: ResolvedIdentity | RememberedIdentity,
                      timings: dict, chosen: levers.Levers = levers.PLAIN) -> tuple[int, bool, list[dict]]:
         """Build the model and run it over rows ``mine``: (rows written, model built, files skipped).
 
@@ -360,7 +376,8 @@ class _Job:
         """Whether the forward keeps freed memory for the next batch (:func:`levers.keeps_freed_memory`)."""
         return levers.keeps_freed_memory(self.device, self.run.compute)
 
-    def _forward_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int], resolved: ResolvedIdentity,
+    def _forward_rows(self, fs: FeatureSet, manifest: Manifest, mine: list[int],
+                      resolved: ResolvedIdentity | RememberedIdentity,
                       timings: dict, chosen: levers.Levers, batches: Decoding, transform):
         """Build the model, prepare its levers, forward ``batches`` into a writer (see compute_rows)."""
         ident, run = resolved.identity, self.run

@@ -3,11 +3,14 @@
 :func:`resolve_identity` checks a spec and computes its :class:`FeatureIdentity` (and so
 its feature key) without building the model; :func:`spec_from_identity` rebuilds the spec
 that reproduces a stored identity (a saved head's features, for ``predict``).
+:class:`RememberedIdentity` is an identity the resolution index answered, whose registry
+entry and weights are resolved only if the model has to be built.
 """
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from featcache.devices import resolve_device, resolve_precision
@@ -26,6 +29,47 @@ class ResolvedIdentity(NamedTuple):
     identity: FeatureIdentity
     entry: BackboneEntry
     weights: WeightsChoice
+
+    @property
+    def weights_path(self) -> str | None:
+        """The local weights file behind the identity (a file given, or one a package ships), else None."""
+        return self.weights.path
+
+
+@dataclass(frozen=True)
+class RememberedIdentity:
+    """The identity of ``spec`` as the resolution index remembered it: a stored set's identity.
+
+    It needs neither the backbone registry nor torchvision. :attr:`entry` and :attr:`weights`
+    resolve ``spec`` in full when first asked for, which only building the model does (a run
+    whose set keeps an ONNX Runtime graph never asks), and refuse a resolution that gives
+    another key than the index said.
+    """
+
+    identity: FeatureIdentity
+    weights_path: str | None
+    spec: BackboneSpec
+    device: object  # what resolve_identity's ``device`` takes
+    index_file: str = ""  # named in the error, for the advice to delete it
+
+    @functools.cached_property
+    def full(self) -> ResolvedIdentity:
+        full = resolve_identity(self.spec, device=self.device)
+        if full.identity.key != self.identity.key:
+            raise FeatcacheError(
+                f"the resolution index {self.index_file or '(resolutions.sqlite)'} said backbone "
+                f"{self.spec.backbone!r} gives feature set {self.identity.key}, but it resolves to "
+                f"{full.identity.key} now; nothing was written. The index is a cache: delete that file and run "
+                "the same command again")
+        return full
+
+    @property
+    def entry(self) -> BackboneEntry:
+        return self.full.entry
+
+    @property
+    def weights(self) -> WeightsChoice:
+        return self.full.weights
 
 
 def resolve_identity(backbone: BackboneSpec | str, *, device: str = "auto", **options) -> ResolvedIdentity:

@@ -55,7 +55,7 @@ BUILD_PACKAGES = ("torch", "torchvision")
 #: featcache's modules that decide identities and preprocessing (relative to the package; globs)
 IDENTITY_CODE = ("specs.py", "devices.py", "store/keys.py", "extraction/identity.py", "extraction/decoders.py",
                  "extraction/layers.py", "extraction/augment.py", "extraction/weights_names.py",
-                 "extraction/backbones/*.py")
+                 "extraction/preprocess.py", "extraction/backbones/*.py")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _COLUMNS = "key, device, weights_path, weights_size, weights_mtime_ns, weights_ino, weights_digest"
 

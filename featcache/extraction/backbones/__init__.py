@@ -15,10 +15,9 @@ import json
 import os
 from pathlib import Path
 
-from torchvision import __version__ as torchvision_version
-
 from featcache._version import __version__
 from featcache.atomic import atomic_path
+from featcache.environment import installed_version
 from featcache.errors import FeatcacheError, UnknownNameError
 from featcache.extraction.backbones import lite0
 from featcache.extraction.backbones import timm as timm_source
@@ -96,7 +95,7 @@ def _describe_registered(cache_dir: str | os.PathLike | None) -> list[dict]:
     names = registered_names()
     cache_file = None
     if cache_dir is not None:
-        cache_file = Path(cache_dir) / f".backbones-{__version__}-tv{torchvision_version}.json"
+        cache_file = Path(cache_dir) / f".backbones-{__version__}-tv{installed_version('torchvision')}.json"
         if cache_file.is_file():
             try:
                 rows = json.loads(cache_file.read_text())

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from featcache.errors import UnknownNameError, WeightsError
+from featcache.extraction.preprocess import ClassificationPreset
 from featcache.extraction.weights_names import looks_like_path
 from featcache.store.digests import hash_file
 
@@ -85,21 +86,17 @@ class Preprocess:
         return d
 
     def build(self):
-        """The torchvision transform (PIL image -> normalised float tensor)."""
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms._presets import ImageClassification
-
-        transform = ImageClassification(
+        """The transform (PIL image -> normalised float tensor): torchvision's ``ImageClassification``,
+        computed without importing torchvision (:mod:`featcache.extraction.preprocess`)."""
+        return ClassificationPreset(
             crop_size=self.crop,
-            resize_size=self.resize,
+            # "squash": both sides, the aspect ratio is not kept
+            resize_size=[self.resize, self.resize] if self.crop_mode == "squash" else self.resize,
             mean=self.mean,
             std=self.std,
-            interpolation=InterpolationMode(self.interpolation),
+            interpolation=self.interpolation,
             antialias=self.antialias,
         )
-        if self.crop_mode == "squash":
-            transform.resize_size = [self.resize, self.resize]  # both sides: the aspect ratio is not kept
-        return transform
 
 
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

@@ -6,13 +6,13 @@ torchvision model loads as it would there.
 """
 from __future__ import annotations
 
+import functools
 import os
 import urllib.error
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 from featcache.errors import UnknownNameError, WeightsError
@@ -32,9 +32,19 @@ INPUT_TRANSFORM_MODELS = ("googlenet", "inception_v3")  # transform_input=True, 
 AUX_DROPPED_MODELS = {"googlenet": ("aux1", "aux2")}  # aux heads removed after loading (aux_logits not asked for)
 
 
+@functools.cache
+def models():
+    """``torchvision.models``, imported on first use: importing torchvision loads all of it (models, ops,
+    torch._dynamo), seconds that a run computing rows with a kept graph does not need."""
+    import torchvision.models  # torchvision: only where a model or its weights enum is needed
+
+    return torchvision.models
+
+
 def register() -> None:
     """Register every torchvision classification model not registered yet."""
     taken = set(registered_names())
+    tvm = models()
     for name in tvm.list_models(module=tvm):
         if name not in taken:
             register_backbone(TorchvisionModel(name).entry())
@@ -47,7 +57,7 @@ def build_kwargs_for(name: str, w) -> dict:
     kwargs = {"num_classes": len(w.meta["categories"])}
     if name in INPUT_TRANSFORM_MODELS:
         kwargs.update(transform_input=True, aux_logits=True, init_weights=False)
-    module = getattr(tvm.get_model_builder(name), "__module__", "")
+    module = getattr(models().get_model_builder(name), "__module__", "")
     if module.endswith(".vision_transformer"):
         kwargs["image_size"] = int(w.meta["min_size"][0])
     elif module.endswith(".maxvit"):
@@ -88,11 +98,11 @@ class TorchvisionModel:
         )
 
     def build(self, **kwargs) -> nn.Module:
-        return tvm.get_model(self.name, weights=None, **kwargs)
+        return models().get_model(self.name, weights=None, **kwargs)
 
     def enum(self):
         try:
-            return tvm.get_model_weights(self.name)
+            return models().get_model_weights(self.name)
         except (ValueError, KeyError):
             return None
 
