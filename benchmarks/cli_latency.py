@@ -100,7 +100,8 @@ def set_up(a, cache: Path, env: dict) -> dict[str, list[str]]:
     run(extract, env)
     print(f"set-up: extracted {DATA} with {a.backbone} in {time.perf_counter() - t0:.1f} s", flush=True)
     key_cmd = featcache("extract", "--data", DATA, *a.extract_args, "--json", *c)
-    key = json.loads(subprocess.run(key_cmd, capture_output=True, text=True, env=env, check=True).stdout)["feature_key"]
+    out = json.loads(subprocess.run(key_cmd, capture_output=True, text=True, env=env, check=True).stdout)
+    key = f"{out['feature_key']}:{out['data']}"  # KEY:DATA: predict on new images adds views of other data
     head = cache / "latency-logreg.head.npz"
     run(featcache("fit-head", "--features", key, "--head", "logreg", "-o", str(head), *c), env)
     heads = "".join(f'[[heads]]\nname = "{h}"\n' for h in SKLEARN_HEADS if h in a.heads)
