@@ -352,24 +352,72 @@ def test_a_remembered_identity_that_resolves_to_another_key_is_refused(tmp_path)
     assert same.entry.name == "resnet18" and same.weights.label == "none"
 
 
-def test_a_damaged_kept_graph_is_passed_over_exported_again_and_repaired(image_folder, tmp_path, monkeypatch):
-    from featcache.store.maintenance import gc, verify
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "convnext_tiny", "efficientnet_b0"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_frozen_graph_loaded_back_gives_the_bits_of_the_one_frozen_in_memory(name, channels_last):
+    """The first run into a set computes with the module it froze and keeps its bytes; later runs load them."""
+    chosen = Levers(channels_last=channels_last, freeze=True)
+    r = resolve_identity(name, weights="none", image_size=64)
+    model, example = levers.in_layout(FeatureExtractor(r.entry.build(r.weights)).eval(),
+                                      torch.zeros(levers.TRACE_ROWS, 3, 64, 64), chosen)
+    frozen = levers.freeze_module(model, example)
+    graph = levers.frozen_bytes(frozen)
+    first = levers.optimized(frozen, example)
+    later = levers.start_kept(graph, chosen, torch.zeros(levers.TRACE_ROWS, 3, 64, 64), advice="")
+    x = levers.to_input(torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(0)), chosen)
+    with torch.inference_mode():
+        assert torch.equal(first(x), later(x))
 
-    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort={"resnet18": 0}))
+
+@pytest.fixture(params=["onnxruntime", "channels_last+freeze"])
+def kept_lever(request, monkeypatch):
+    """A rule that gives resnet18's 12 tiny images a lever whose graph a set keeps:
+    (the levers, the kept file's glob, its suffix, what a run does without it)."""
+    if request.param == "onnxruntime":
+        monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort={"resnet18": 0}))
+        return request.param, "onnxruntime-*.onnx", ".onnx", "exports the model again"
+    monkeypatch.setattr(levers, "cpu_table", lambda: table())
+    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)
+    return request.param, "frozen-*.pt", ".pt", "freezes the model again"
+
+
+def test_a_grown_run_starts_the_kept_graph_without_building_the_model(image_folder, tmp_path, kept_lever):
+    chosen, pattern, _, _ = kept_lever
     cache = tmp_path / "cache"
     first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
-    (graph,) = (cache / "features" / first.feature_key).glob("onnxruntime-*.onnx")
+    (graph,) = (cache / "features" / first.feature_key).glob(pattern)
+    assert first.levers == chosen and first.timings["export_s"] > 0 and first.timings["build_s"] > 0
+    make_image(image_folder / "dog" / "new.png", seed=994)
+    grown = featcache.extract(str(image_folder), cache_dir=cache, **KW)
+    assert grown.extracted == 1 and grown.levers == chosen
+    assert grown.timings["export_s"] == 0.0 and grown.timings["build_s"] == 0.0
+    assert "from the graph kept by an earlier run" in grown.summary()
+    fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)
+    np.testing.assert_array_equal(featcache.load_features(grown.view).features,
+                                  featcache.load_features(fresh.view).features)
+
+
+def test_a_damaged_kept_graph_is_passed_over_made_again_and_repaired(image_folder, tmp_path, kept_lever):
+    from featcache.store.maintenance import gc, verify
+
+    _, pattern, _, remakes = kept_lever
+    cache = tmp_path / "cache"
+    first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
+    (graph,) = (cache / "features" / first.feature_key).glob(pattern)
     good = graph.read_bytes()
     graph.write_bytes(good[:-64] + bytes(64))  # damaged in place: its name no longer matches its bytes
     rep = verify(cache)
     assert [p.path for p in rep.problems] == [str(graph)] and "gc --repair" in rep.problems[0].fix
 
     make_image(image_folder / "dog" / "new.png", seed=996)
-    with pytest.warns(RuntimeWarning, match=r"onnxruntime-.*\.onnx is damaged.*exporting the model again"):
+    with pytest.warns(RuntimeWarning, match=rf"{pattern.replace('*', '.*')} is damaged.*this run {remakes}"):
         grown = featcache.extract(str(image_folder), cache_dir=cache, **KW)
     assert grown.extracted == 1 and grown.timings["export_s"] > 0
-    assert graph.read_bytes() == good  # exported again: the same graph, byte for byte, in its place
+    (remade,) = graph.parent.glob(pattern)  # made again, in place of the damaged file
+    if pattern.endswith(".onnx"):  # the same bytes (a TorchScript file carries a serialisation id of its own)
+        assert remade == graph and graph.read_bytes() == good
     assert verify(cache).ok
+    graph = remade
     fresh = featcache.extract(str(image_folder), cache_dir=tmp_path / "fresh", **KW)
     np.testing.assert_array_equal(featcache.load_features(grown.view).features,
                                   featcache.load_features(fresh.view).features)
@@ -379,34 +427,36 @@ def test_a_damaged_kept_graph_is_passed_over_exported_again_and_repaired(image_f
     assert report.removed_damaged == [str(graph)] and not graph.exists() and verify(cache).ok
 
 
-def test_a_kept_graph_onnx_runtime_cannot_run_is_one_error_naming_the_file(image_folder, tmp_path, monkeypatch):
+def test_a_kept_graph_that_cannot_run_is_one_error_naming_the_file(image_folder, tmp_path, kept_lever):
     from featcache.store import artifacts
 
-    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort={"resnet18": 0}))
+    chosen, pattern, suffix, remakes = kept_lever
     cache = tmp_path / "cache"
     first = featcache.extract(str(image_folder), cache_dir=cache, **KW)
     folder = cache / "features" / first.feature_key
-    (graph,) = folder.glob("onnxruntime-*.onnx")
+    (graph,) = folder.glob(pattern)
     graph.unlink()
-    artifacts.save(folder, artifacts.ONNX_GRAPH, b"intact bytes, but no ONNX graph")  # as a newer format would be
+    kind = levers.graph_kind(Levers.from_names(chosen.split("+")))
+    artifacts.save(folder, kind, b"intact bytes, but no graph")  # as a newer format would be
     make_image(image_folder / "dog" / "new.png", seed=995)
-    with pytest.raises(FeatcacheError, match=r"could not run the exported graph.*delete the \*\.onnx file in .*"
-                                             + first.feature_key):
+    with pytest.raises(FeatcacheError, match=rf"could not (run|be loaded).*delete the \*\{suffix} file in .*"
+                                             rf"{first.feature_key}: the next run {remakes}"):
         featcache.extract(str(image_folder), cache_dir=cache, **KW)
 
 
-def test_a_graph_that_cannot_be_kept_only_costs_a_warning(image_folder, tmp_path, monkeypatch):
+def test_a_graph_that_cannot_be_kept_only_costs_a_warning(image_folder, tmp_path, monkeypatch, kept_lever):
     from featcache.store import artifacts
+
+    chosen, pattern, _, remakes = kept_lever
 
     def full_disk(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(levers, "cpu_table", lambda: table(wins_ort={"resnet18": 0}))
     monkeypatch.setattr(artifacts, "save", full_disk)
-    with pytest.warns(RuntimeWarning, match="could not keep the exported graph.*No space left"):
+    with pytest.warns(RuntimeWarning, match=rf"could not keep the .* graph.*No space left.*{remakes}"):
         r = featcache.extract(str(image_folder), cache_dir=tmp_path / "cache", **KW)
-    assert r.levers == "onnxruntime" and r.rows == 12
-    assert not list((tmp_path / "cache" / "features" / r.feature_key).glob("*.onnx"))
+    assert r.levers == chosen and r.rows == 12
+    assert not list((tmp_path / "cache" / "features" / r.feature_key).glob(pattern))
 
 
 def test_compute_plain_into_a_set_computed_with_levers_is_refused(image_folder, cache_dir, both_levers_pay):

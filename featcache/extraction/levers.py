@@ -10,7 +10,8 @@ plain eager forward; measured for every torchvision backbone in the tables of
   weights become constants, batch norm folds into convolutions, oneDNN fuses
   convolution + activation. It costs seconds of set-up (tracing, folding, the first
   call's weight packing), so it is only used when the run has enough work to repay it
-  (:data:`FREEZE_MIN_WORK` images x input pixels);
+  (:data:`FREEZE_MIN_WORK` images x input pixels); a feature set keeps the frozen graph, so
+  later runs into it load the graph instead of building the model and freezing it again;
 * ``onnxruntime`` - the extractor exported to ONNX and run by ONNX Runtime
   (:mod:`featcache.extraction.onnx_forward`), in place of the other two where the table
   measured it faster than the best of them; its export costs more seconds than freezing
@@ -32,6 +33,7 @@ CPU runs it natively (AVX512-BF16 or AMX) rather than emulated.
 """
 from __future__ import annotations
 
+import io
 import json
 import time
 import warnings
@@ -198,22 +200,75 @@ def prepare(extractor: torch.nn.Module, levers: Levers,
     batch and return its features."""
     extractor = extractor.eval()
     if levers.onnxruntime:
-        return onnx_forward.export(extractor, example)
+        return onnx_forward.start(onnx_forward.export_graph(extractor, example), example)
+    extractor, example = in_layout(extractor, example, levers)
+    return optimized(freeze_module(extractor, example), example) if levers.freeze else extractor
+
+
+def in_layout(extractor: torch.nn.Module, example: torch.Tensor,
+              levers: Levers) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The extractor and the example in the levers' memory layout."""
     if levers.channels_last:
-        extractor = extractor.to(memory_format=torch.channels_last)
-        example = example.contiguous(memory_format=torch.channels_last)
-    if levers.freeze:
-        try:
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks torch.jit deprecated
-                traced = torch.jit.trace(extractor, example, check_trace=False)
-                extractor = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-        except Exception as e:  # noqa: BLE001 - any tracing failure gets the same advice
-            raise FeatcacheError(f"freezing {type(extractor).__name__} for the CPU failed ({type(e).__name__}: "
-                                 f"{e}); pass --compute plain, and report the backbone") from None
-        with torch.inference_mode():
-            extractor(example)  # warm-up: the frozen graph packs its weights on the first call
-    return extractor
+        return extractor.to(memory_format=torch.channels_last), example.contiguous(memory_format=torch.channels_last)
+    return extractor, example
+
+
+def graph_kind(levers: Levers) -> artifacts.Kind | None:
+    """The kind of graph a feature set computed with ``levers`` keeps, or None (an eager module)."""
+    return artifacts.ONNX_GRAPH if levers.onnxruntime else artifacts.FROZEN_GRAPH if levers.freeze else None
+
+
+def freeze_module(extractor: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """``extractor`` (in eval mode and its layout) traced on ``example`` and frozen: weights as
+    constants, batch norm folded into convolutions."""
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 marks torch.jit deprecated
+            return torch.jit.freeze(torch.jit.trace(extractor, example, check_trace=False))
+    except Exception as e:  # noqa: BLE001 - any tracing failure gets the same advice
+        raise FeatcacheError(f"freezing {type(extractor).__name__} for the CPU failed ({type(e).__name__}: "
+                             f"{e}); pass --compute plain, and report the backbone") from None
+
+
+def frozen_bytes(frozen: torch.jit.ScriptModule) -> bytes:
+    """The TorchScript file of a frozen module, taken before :func:`optimized` (which changes the
+    module in place into oneDNN constants that TorchScript cannot load back)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(frozen, buf)
+    return buf.getvalue()
+
+
+def optimized(frozen: torch.jit.ScriptModule, example: torch.Tensor, *,
+              advice: str = "pass --compute plain, and report the backbone") -> torch.jit.ScriptModule:
+    """A frozen module optimised for inference (oneDNN fusions; in place) and warmed up on ``example``.
+    The module frozen in memory and the same module loaded back from :func:`frozen_bytes` give the
+    same bits (tests/test_levers.py), so a run that starts a kept file computes as the first did."""
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.optimize_for_inference(frozen)
+            module(example)  # warm-up: the frozen graph packs its weights on the first call
+    except Exception as e:  # noqa: BLE001 - any failure gets the same advice
+        raise FeatcacheError(f"the frozen graph could not be optimised and run ({type(e).__name__}: "
+                             f"{str(e)[:300]}); {advice}") from None
+    return module
+
+
+def start_kept(graph: bytes, levers: Levers, example: torch.Tensor, advice: str
+               ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward of the graph a feature set kept (:func:`graph_kind`), warmed up on ``example``."""
+    if levers.onnxruntime:
+        return onnx_forward.start(graph, example, advice=advice)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            frozen = torch.jit.load(io.BytesIO(graph), map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - an unreadable file gets the same advice
+        raise FeatcacheError(f"the kept frozen graph could not be loaded ({type(e).__name__}: {str(e)[:300]}); "
+                             f"{advice}") from None
+    return optimized(frozen, to_input(example, levers), advice=advice)
 
 
 def prepare_timed(extractor: torch.nn.Module, levers: Levers, example: torch.Tensor):
@@ -225,27 +280,35 @@ def prepare_timed(extractor: torch.nn.Module, levers: Levers, example: torch.Ten
 def prepare_for_set(build: Callable[[], torch.nn.Module], levers: Levers, example: torch.Tensor,
                     folder: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
     """The extractor that ``build()`` makes, prepared with ``levers`` for the feature set in
-    ``folder``: (its forward, timings). With ``onnxruntime`` the graph an earlier run kept in the
-    folder is started and the model is not built; a graph exported now is kept there
-    (:func:`featcache.extraction.onnx_forward.keep`). Timings: ``build_s`` (building the model),
-    ``levers_s`` (the whole set-up of the levers) and with ``onnxruntime`` ``export_s`` (the part
-    of it spent exporting: 0.0 when the kept graph was started)."""
+    ``folder``: (its forward, timings). With ``onnxruntime`` or ``freeze`` the graph an earlier run
+    kept in the folder (:mod:`featcache.store.artifacts`) is started and the model is not built;
+    a graph made now is kept there. Timings: ``build_s`` (building the model), ``levers_s`` (the
+    whole set-up of the levers) and with a graph ``export_s`` (the part of it spent making and
+    keeping the graph, exporting or freezing: 0.0 when the kept graph was started)."""
     t0 = time.perf_counter()
-    graph = onnx_forward.kept(folder) if levers.onnxruntime else None
+    kind = graph_kind(levers)
+    graph = artifacts.kept(folder, kind) if kind is not None else None
     if graph is not None:
-        forward = onnx_forward.start(graph, example, advice=f"delete the *{artifacts.ONNX_GRAPH.suffix} file in "
-                                     f"{folder} to export the model again")
+        forward = start_kept(graph, levers, example, f"delete the *{kind.suffix} file in {folder}: the next run "
+                             f"{kind.remakes}")
         return forward, {"build_s": 0.0, "levers_s": time.perf_counter() - t0, "export_s": 0.0}
-    extractor = build()
+    extractor = build().eval()
     t1 = time.perf_counter()
-    if not levers.onnxruntime:
+    if kind is None:
         forward = prepare(extractor, levers, example)
         return forward, {"build_s": t1 - t0, "levers_s": time.perf_counter() - t1}
-    graph = onnx_forward.export_graph(extractor.eval(), example)
-    onnx_forward.keep(folder, graph)
-    exported = time.perf_counter() - t1
-    forward = onnx_forward.start(graph, example)
-    return forward, {"build_s": t1 - t0, "levers_s": time.perf_counter() - t1, "export_s": exported}
+    if levers.onnxruntime:
+        graph = onnx_forward.export_graph(extractor, example)
+        artifacts.keep(folder, kind, graph)
+        made = time.perf_counter() - t1
+        forward = onnx_forward.start(graph, example)
+    else:
+        extractor, example = in_layout(extractor, example, levers)
+        frozen = freeze_module(extractor, example)
+        artifacts.keep(folder, kind, frozen_bytes(frozen))  # before optimized(), which changes the module
+        made = time.perf_counter() - t1
+        forward = optimized(frozen, example)
+    return forward, {"build_s": t1 - t0, "levers_s": time.perf_counter() - t1, "export_s": made}
 
 
 def to_input(x: torch.Tensor, levers: Levers) -> torch.Tensor:

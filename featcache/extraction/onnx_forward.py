@@ -5,7 +5,7 @@ torch's eager or frozen oneDNN graphs on the same cores: on a 2-core AVX2 AMD EP
 batch 32, resnet18 ran 37-41 img/s against 25-28 frozen and 18 eager, efficientnet_b0 65
 against 16-17 (benchmarks/README.md, "ONNX Runtime"). The export traces the extractor once
 (``torch.onnx.export``'s TorchScript exporter, with a free batch dimension). A feature set
-keeps its graph in its folder (:func:`keep`, :mod:`featcache.store.artifacts`): every later run
+keeps its graph in its folder (:func:`featcache.store.artifacts.keep`): every later run
 into the set starts its session from that file without building or exporting the model, so
 all of the set's rows come from one graph, bit for bit.
 
@@ -19,14 +19,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
 import warnings
 
 import numpy as np
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.store import artifacts
 
 #: The ONNX opset of the export: one that both the exporter of torch 2.14 and ONNX Runtime 1.2x cover.
 OPSET = 17
@@ -100,28 +98,3 @@ def start(graph: bytes, example: torch.Tensor, *, advice: str = "pass --compute 
         raise FeatcacheError(f"ONNX Runtime could not run the exported graph ({type(e).__name__}: "
                              f"{str(e)[:300]}); {advice}") from None
     return forward
-
-
-def export(extractor: torch.nn.Module, example: torch.Tensor) -> OnnxForward:
-    """``extractor`` exported (:func:`export_graph`) and started (:func:`start`)."""
-    return start(export_graph(extractor, example), example)
-
-
-def kept(folder: str | os.PathLike) -> bytes | None:
-    """The graph an earlier run kept in a feature set's ``folder`` (:func:`keep`), or None. A
-    damaged one is passed over with a warning: the run exports the model again and replaces it."""
-    graph, damaged = artifacts.load(folder, artifacts.ONNX_GRAPH)
-    for path in damaged:
-        warnings.warn(f"the exported graph {path} is damaged (its bytes do not match the digest in its name); "
-                      "exporting the model again", RuntimeWarning, stacklevel=2)
-    return graph
-
-
-def keep(folder: str | os.PathLike, graph: bytes) -> None:
-    """Keep ``graph`` in a feature set's ``folder`` for the later runs into the set
-    (:mod:`featcache.store.artifacts`). Failing to write it only costs the next run an export."""
-    try:
-        artifacts.save(folder, artifacts.ONNX_GRAPH, graph)
-    except OSError as e:
-        warnings.warn(f"could not keep the exported graph in {folder} ({e}); the next run into this feature set "
-                      "exports the model again", RuntimeWarning, stacklevel=2)

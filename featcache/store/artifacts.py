@@ -1,10 +1,11 @@
 """Files a feature set keeps beside its rows, derived from its model and named by their digest.
 
-The ``onnxruntime`` lever exports the feature extractor to an ONNX graph; the graph is kept in
-the set's folder (``features/<key>/onnxruntime-<digest>.onnx``) so that every later run into
-the set (a resumed, grown or torchrun job) loads it instead of building and exporting the model
-again, and computes its rows with the very graph the earlier rows came from. The folder is
-keyed by the model's identity, so the file needs no key of its own.
+The ``onnxruntime`` lever exports the feature extractor to an ONNX graph, and the ``freeze``
+lever traces and freezes it into a TorchScript graph; the graph is kept in the set's folder
+(``features/<key>/onnxruntime-<digest>.onnx``, ``frozen-<digest>.pt``) so that every later run
+into the set (a resumed, grown or torchrun job) loads it instead of building the model and
+making the graph again, and computes its rows with the very graph the earlier rows came from.
+The folder is keyed by the model's identity, so the file needs no key of its own.
 
 The name carries the SHA-256 digest of the bytes (128 bits, hex): a reader checks it, so a
 damaged file is never used; ``cache verify`` reports one and ``cache gc --repair`` removes
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,16 +28,21 @@ from featcache.store.digests import hash_file
 
 
 class Kind(NamedTuple):
-    """A kind of file: ``<prefix>-<digest><suffix>``."""
+    """A kind of file: ``<prefix>-<digest><suffix>``; ``what`` it is and how a run ``remakes`` it, for messages."""
 
     prefix: str
     suffix: str
+    what: str
+    remakes: str  # e.g. "exports the model again"
 
 
 #: The feature extractor exported by the ``onnxruntime`` lever (featcache.extraction.onnx_forward).
-ONNX_GRAPH = Kind("onnxruntime", ".onnx")
+ONNX_GRAPH = Kind("onnxruntime", ".onnx", "the exported graph", "exports the model again")
+#: The feature extractor traced and frozen by the ``freeze`` lever (featcache.extraction.levers), not yet
+#: optimised for inference (an optimised graph holds oneDNN constants that TorchScript cannot load back).
+FROZEN_GRAPH = Kind("frozen", ".pt", "the frozen graph", "freezes the model again")
 #: Every kind a feature set may keep (what ``cache verify`` checks).
-KINDS = (ONNX_GRAPH,)
+KINDS = (ONNX_GRAPH, FROZEN_GRAPH)
 
 
 def _named(folder: Path, kind: Kind) -> list[Path]:
@@ -82,6 +89,31 @@ def load(folder: str | os.PathLike, kind: Kind) -> tuple[bytes | None, list[Path
             return data, passed
         passed.append(path)
     return None, passed
+
+
+def kept(folder: str | os.PathLike, kind: Kind) -> bytes | None:
+    """The file of ``kind`` an earlier run kept in a feature set's ``folder`` (:func:`keep`), or None. A
+    damaged one is passed over with a warning: the run makes it again and replaces it."""
+    data, passed = load(folder, kind)
+    for path in passed:
+        warnings.warn(f"{kind.what} {path} is damaged (its bytes do not match the digest in its name); this run "
+                      f"{kind.remakes}", RuntimeWarning, stacklevel=2)
+    return data
+
+
+def keep(folder: str | os.PathLike, kind: Kind, data: bytes) -> None:
+    """Keep ``data`` in a feature set's ``folder`` for the later runs into the set, in place of any
+    damaged file of its kind (a file's bytes need not be the same when it is made again: TorchScript
+    files carry a serialisation id). Failing to write it only costs the next run the work of making
+    it again."""
+    try:
+        path = save(folder, kind, data)
+        for old in damaged(folder, kind):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError as e:
+        warnings.warn(f"could not keep {kind.what} in {folder} ({e}); the next run into this feature set "
+                      f"{kind.remakes}", RuntimeWarning, stacklevel=2)
 
 
 def _damaged(path: Path) -> bool:
