@@ -56,3 +56,9 @@ def test_keep_replaces_damaged_files_of_its_kind(tmp_path):
     other = artifacts.save(tmp_path, KIND._replace(prefix="other"), b"another kind")
     artifacts.keep(tmp_path, KIND, b"made again")
     assert not old.exists() and other.exists() and artifacts.load(tmp_path, KIND) == (b"made again", [])
+
+
+def test_keep_leaves_an_intact_file_of_its_kind_alone(tmp_path):
+    first = artifacts.save(tmp_path, KIND, b"kept by another torchrun rank")
+    artifacts.keep(tmp_path, KIND, b"the same graph, saved with another serialisation id")
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]

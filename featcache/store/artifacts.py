@@ -104,11 +104,15 @@ def kept(folder: str | os.PathLike, kind: Kind) -> bytes | None:
 def keep(folder: str | os.PathLike, kind: Kind, data: bytes) -> None:
     """Keep ``data`` in a feature set's ``folder`` for the later runs into the set, in place of any
     damaged file of its kind (a file's bytes need not be the same when it is made again: TorchScript
-    files carry a serialisation id). Failing to write it only costs the next run the work of making
-    it again."""
+    files carry a serialisation id); nothing is written when an intact one is there already (kept
+    meanwhile by another process, e.g. another torchrun rank). Failing to write it only costs the
+    next run the work of making it again."""
     try:
+        existing = _named(Path(folder), kind)
+        if any(not _damaged(p) for p in existing):
+            return
         path = save(folder, kind, data)
-        for old in damaged(folder, kind):
+        for old in existing:
             if old != path:
                 old.unlink(missing_ok=True)
     except OSError as e:
