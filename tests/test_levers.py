@@ -459,6 +459,20 @@ def test_a_graph_that_cannot_be_kept_only_costs_a_warning(image_folder, tmp_path
     assert not list((tmp_path / "cache" / "features" / r.feature_key).glob(pattern))
 
 
+def test_a_frozen_graph_torchscript_cannot_save_only_costs_a_warning(image_folder, tmp_path, monkeypatch,
+                                                                     both_levers_pay):
+    def unsaveable(module, f):
+        raise RuntimeError("Could not export Python function call 'Custom'")
+
+    monkeypatch.setattr(levers, "FREEZE_MIN_WORK", 1)
+    monkeypatch.setattr(torch.jit, "save", unsaveable)
+    with pytest.warns(RuntimeWarning, match=r"could not save the frozen graph \(RuntimeError: Could not export.*"
+                                            r"the next run into this feature set freezes the model again"):
+        r = featcache.extract(str(image_folder), cache_dir=tmp_path / "cache", **KW)
+    assert r.levers == "channels_last+freeze" and r.rows == 12
+    assert not list((tmp_path / "cache" / "features" / r.feature_key).glob("frozen-*"))
+
+
 def test_compute_plain_into_a_set_computed_with_levers_is_refused(image_folder, cache_dir, both_levers_pay):
     featcache.extract(str(image_folder), cache_dir=cache_dir, **KW)
     make_image(image_folder / "dog" / "new.png", seed=998)

@@ -305,7 +305,13 @@ def prepare_for_set(build: Callable[[], torch.nn.Module], levers: Levers, exampl
     else:
         extractor, example = in_layout(extractor, example, levers)
         frozen = freeze_module(extractor, example)
-        artifacts.keep(folder, kind, frozen_bytes(frozen))  # before optimized(), which changes the module
+        try:
+            graph = frozen_bytes(frozen)  # before optimized(), which changes the module
+        except Exception as e:  # noqa: BLE001 - a module TorchScript cannot save only costs later runs a freeze
+            warnings.warn(f"could not save the frozen graph ({type(e).__name__}: {str(e)[:200]}); the next run into "
+                          f"this feature set {kind.remakes}", RuntimeWarning, stacklevel=2)
+        else:
+            artifacts.keep(folder, kind, graph)
         made = time.perf_counter() - t1
         forward = optimized(frozen, example)
     return forward, {"build_s": t1 - t0, "levers_s": time.perf_counter() - t1, "export_s": made}
