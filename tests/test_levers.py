@@ -348,7 +348,8 @@ def test_a_remembered_identity_that_resolves_to_another_key_is_refused(tmp_path)
                                              rf"{other.key}, but it resolves to [\w-]+ now.*delete that file"):
         remembered.entry
     same = RememberedIdentity(resolve_identity("resnet18", weights="none", image_size=32).identity, None,
-                              BackboneSpec(backbone="resnet18", weights="none", image_size=32), "cpu")
+                              BackboneSpec(backbone="resnet18", weights="none", image_size=32), "cpu",
+                              str(tmp_path / "resolutions.sqlite"))
     assert same.entry.name == "resnet18" and same.weights.label == "none"
 
 

@@ -269,9 +269,9 @@ def resolve_for_run(spec: BackboneSpec, device: str, dev: torch.device, store: F
     augmented run resolves in full for its second set."""
     if dist.world == 1 and not spec.augment:
         index = ResolutionIndex(store.root)
-        res = index.lookup(spec_request(spec, device))
-        fs = store.open_key(res.key) if res is not None else None
-        if fs is not None:
+        known = store.open_resolved(index, spec_request(spec, device))
+        if known is not None:
+            fs, res = known
             return RememberedIdentity(fs.identity, res.weights_path, spec, dev, str(index.path))
     return resolve_remembered(spec, device, dev, store.root if dist.world == 1 else None)
 

@@ -60,7 +60,7 @@ def answer_from_cache(data: DataSpec | Manifest, spec: BackboneSpec, run: RunSpe
     t_start = time.perf_counter()
     store = FeatureStore(run.cache_dir)
     index = ResolutionIndex(store.root)
-    plain = _known_set(store, index, spec_request(spec, run.device))
+    plain = store.open_resolved(index, spec_request(spec, run.device))
     if plain is None:
         return None, None
     timings = new_timings()
@@ -71,16 +71,10 @@ def answer_from_cache(data: DataSpec | Manifest, spec: BackboneSpec, run: RunSpe
     if result is None or not spec.augment:
         return result, manifest
     extra = identity_extra(spec.augment_seed)
-    aug = _known_set(store, index, spec_request(spec, run.device, extra))
+    aug = store.open_resolved(index, spec_request(spec, run.device, extra))
     copies = augmented_manifest(manifest, spec.augment, spec.augment_seed)
     aug_result = _answer(*aug, copies, run.on_error, new_timings(), time.perf_counter()) if aug else None
     return (result.with_augmented(aug_result, spec.augment) if aug_result else None), manifest
-
-
-def _known_set(store: FeatureStore, index: ResolutionIndex, request: dict) -> tuple[FeatureSet, Resolution] | None:
-    res = index.lookup(request)
-    fs = store.open_key(res.key) if res is not None else None
-    return (fs, res) if fs is not None else None
 
 
 def _answer(fs: FeatureSet, res: Resolution, manifest: Manifest, on_error: str, timings: dict,

@@ -50,14 +50,14 @@ class RememberedIdentity:
     weights_path: str | None
     spec: BackboneSpec
     device: object  # what resolve_identity's ``device`` takes
-    index_file: str = ""  # named in the error, for the advice to delete it
+    index_file: str  # named in the error, for the advice to delete it
 
     @functools.cached_property
     def full(self) -> ResolvedIdentity:
         full = resolve_identity(self.spec, device=self.device)
         if full.identity.key != self.identity.key:
             raise FeatcacheError(
-                f"the resolution index {self.index_file or '(resolutions.sqlite)'} said backbone "
+                f"the resolution index {self.index_file} said backbone "
                 f"{self.spec.backbone!r} gives feature set {self.identity.key}, but it resolves to "
                 f"{full.identity.key} now; nothing was written. The index is a cache: delete that file and run "
                 "the same command again")

@@ -40,6 +40,7 @@ from featcache.faults import failpoint
 from featcache.store.digests import DigestCache
 from featcache.store.layout import results_log, store_root
 from featcache.store.keys import FORMAT_VERSION, FeatureIdentity, canonical_json
+from featcache.store.resolutions import Resolution, ResolutionIndex
 from featcache.store.shards import DIGEST_DTYPE, SHARD_BYTES, RowShards, ShardWriter, write_hdf5_atomically
 
 STR = h5py.string_dtype("utf-8")
@@ -213,6 +214,13 @@ class FeatureStore:
         except StoreError:
             return None
         return FeatureSet(self, key, ident) if ident.key == key else None
+
+    def open_resolved(self, index: ResolutionIndex, request: dict) -> tuple[FeatureSet, Resolution] | None:
+        """The set the resolution ``index`` resolves ``request`` to, with that resolution, when this
+        store holds it; else None."""
+        res = index.lookup(request)
+        fs = self.open_key(res.key) if res is not None else None
+        return (fs, res) if fs is not None else None
 
     def _read_identity(self, path: Path) -> FeatureIdentity:
         try:
